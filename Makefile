@@ -1,0 +1,76 @@
+# One entry point for every task. Each target works on a fresh checkout:
+# it creates the virtualenv, installs pinned dependencies and generates code
+# from protos/ as needed.
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+.DELETE_ON_ERROR:
+MAKEFLAGS += --warn-undefined-variables --no-builtin-rules
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+NODE_INSTALLED := node_modules/.installed
+GENERATED := gen/.generated
+PROTOS := $(shell find protos -name '*.proto')
+PYTEST_ARGS ?=
+
+.PHONY: help
+help: ## List the targets.
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(INSTALLED): pyproject.toml
+	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python 3.11+ is required")'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@# Generated stubs live in gen/python; make them importable as `jobs.v1`.
+	$(BIN)/python -c 'import pathlib, sysconfig; pathlib.Path(sysconfig.get_paths()["purelib"], "jobs-generated.pth").write_text(str(pathlib.Path("gen/python").resolve()) + "\n")'
+	touch $@
+
+$(NODE_INSTALLED): package.json package-lock.json
+	npm ci --silent --no-audit --no-fund
+	touch $@
+
+.PHONY: venv
+venv: $(INSTALLED) ## Create .venv with the pinned dependencies.
+
+$(GENERATED): $(INSTALLED) $(PROTOS)
+	$(BIN)/python -m devstack.protogen
+	touch $@
+
+.PHONY: proto
+proto: $(GENERATED) ## Generate Python stubs (gen/python) and the Envoy descriptor (gen/envoy).
+
+.PHONY: run
+run: $(GENERATED) ## Run the whole service locally (embedded PostgreSQL and Redis unless DATABASE_URL / REDIS_URL are set).
+	$(BIN)/python -m devstack
+
+.PHONY: test
+test: $(GENERATED) ## Run the full test suite against real PostgreSQL, Redis, worker, server and Envoy.
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+.PHONY: lint
+lint: $(GENERATED) $(NODE_INSTALLED) ## buf lint, ruff and mypy.
+	npx --no-install buf lint
+	npx --no-install buf build -o /dev/null
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+.PHONY: fmt
+fmt: $(INSTALLED) ## Format and auto-fix the Python code.
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+.PHONY: migrate
+migrate: $(GENERATED) ## Apply database migrations to DATABASE_URL.
+	$(BIN)/python -m jobcore.migrate
+
+.PHONY: clean
+clean: ## Remove generated code (keeps .venv and local data).
+	rm -rf gen
+
+.PHONY: distclean
+distclean: clean ## Remove generated code, .venv, node_modules and local data.
+	rm -rf $(VENV) node_modules .data

@@ -1,0 +1,1 @@
+"""Developer tooling: code generation and the local process supervisor behind `make run` and the tests."""

@@ -1,0 +1,45 @@
+"""Domain errors: raised by jobcore, mapped to gRPC statuses in one place by the server."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class JobError(Exception):
+    """Base class of every error the job domain raises on purpose."""
+
+
+@dataclass(frozen=True)
+class FieldViolation:
+    """One invalid field of a request: which field, and what is wrong with it."""
+
+    field: str
+    description: str
+
+
+class InvalidJobError(JobError):
+    """A request was rejected because one or more of its fields are invalid."""
+
+    def __init__(self, violations: list[FieldViolation]) -> None:
+        self.violations = violations
+        super().__init__("; ".join(f"{v.field}: {v.description}" for v in violations))
+
+
+class JobNotFoundError(JobError):
+    """No job has this id (it never existed, or it was purged)."""
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        super().__init__(f"job {job_id} not found")
+
+
+class StoreUnavailableError(JobError):
+    """PostgreSQL (the source of truth) cannot be reached, so nothing was stored or read."""
+
+
+class ComputationError(JobError):
+    """A job's computation cannot produce a valid result; the job fails with this message."""
+
+
+class ResultOverflowError(ComputationError):
+    """The exact result is too large to be represented as a double."""
