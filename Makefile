@@ -24,8 +24,9 @@ $(INSTALLED): pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python 3.11+ is required")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
-	@# Generated stubs live in gen/python; make them importable as `jobs.v1`.
-	$(BIN)/python -c 'import pathlib, sysconfig; pathlib.Path(sysconfig.get_paths()["purelib"], "jobs-generated.pth").write_text(str(pathlib.Path("gen/python").resolve()) + "\n")'
+	@# Import our packages from this checkout (new ones too) and the generated
+	@# stubs from gen/python as `jobs.v1`, without any import rewriting.
+	$(BIN)/python -c 'import pathlib, sysconfig; root = pathlib.Path.cwd(); pathlib.Path(sysconfig.get_paths()["purelib"], "jobs-service-paths.pth").write_text(f"{root}\n{root}/gen/python\n")'
 	touch $@
 
 $(NODE_INSTALLED): package.json package-lock.json

@@ -43,3 +43,11 @@ class ComputationError(JobError):
 
 class ResultOverflowError(ComputationError):
     """The exact result is too large to be represented as a double."""
+
+
+class BrokerUnavailableError(JobError):
+    """The message broker (Redis) cannot be reached."""
+
+
+class ServiceShuttingDownError(JobError):
+    """The process is draining; the client should retry against another replica."""

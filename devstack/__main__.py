@@ -1,0 +1,126 @@
+"""`make run`: the whole service on this machine until Ctrl-C, with data kept in .data/."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+
+from devstack.processes import free_port, port_in_use
+from devstack.stack import ROOT, Stack, StackConfig, StackPorts
+
+logger = logging.getLogger("devstack")
+
+DATA_DIR = ROOT / ".data"
+
+
+def _port(name: str, default: int) -> int:
+    return int(os.environ.get(name, default))
+
+
+def _ports() -> StackPorts:
+    return StackPorts(
+        grpc=_port("GRPC_PORT", 50051),
+        http=_port("HTTP_PORT", 8000),
+        envoy_admin=_port("ENVOY_ADMIN_PORT", 9901),
+        flower=_port("FLOWER_PORT", 5555),
+        # Internal ones: fixed defaults so a restart finds the same data, overridable.
+        postgres=_port("EMBEDDED_POSTGRES_PORT", 54329),
+        redis=_port("EMBEDDED_REDIS_PORT", 63790),
+    )
+
+
+def _taken_ports(ports: StackPorts, *, embedded_pg: bool, embedded_redis: bool) -> list[str]:
+    wanted = {
+        "GRPC_PORT (gRPC server)": ports.grpc,
+        "HTTP_PORT (Envoy REST/gRPC gateway)": ports.http,
+        "ENVOY_ADMIN_PORT (Envoy admin)": ports.envoy_admin,
+        "FLOWER_PORT (Flower)": ports.flower,
+    }
+    if embedded_pg:
+        wanted["EMBEDDED_POSTGRES_PORT (PostgreSQL)"] = ports.postgres
+    if embedded_redis:
+        wanted["EMBEDDED_REDIS_PORT (Redis)"] = ports.redis
+    return [
+        f"port {port} for {name} is already in use"
+        for name, port in wanted.items()
+        if port_in_use("127.0.0.1", port)
+    ]
+
+
+def main() -> int:
+    """Start, print where everything is, and stop it all on Ctrl-C or SIGTERM."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    ports = _ports()
+    database_url = os.environ.get("DATABASE_URL") or None
+    redis_url = os.environ.get("REDIS_URL") or None
+    problems = _taken_ports(ports, embedded_pg=database_url is None, embedded_redis=redis_url is None)
+    if problems:
+        for problem in problems:
+            logger.error("make run: %s", problem)
+        logger.error("Stop what uses it, or choose another port with the variable named above.")
+        return 1
+
+    stack = Stack(
+        StackConfig(
+            data_dir=DATA_DIR,
+            ports=ports,
+            database_url=database_url,
+            redis_url=redis_url,
+            env={"ENVIRONMENT": os.environ.get("ENVIRONMENT", "development")},
+        )
+    )
+    stopping = threading.Event()
+
+    def request_stop(signum: int, _frame: FrameType | None) -> None:
+        logger.info("\n%s received: stopping everything...", signal.Signals(signum).name)
+        stopping.set()
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    logger.info("Starting (logs in %s) ...", stack.log_dir)
+    try:
+        stack.start()
+    except Exception as error:
+        logger.error("make run: could not start: %s", error)
+        return 1
+    _print_banner(stack, ports, database_url=database_url, redis_url=redis_url)
+    try:
+        while not stopping.wait(1):
+            dead = [p.name for p in stack.running_processes() if not p.is_running()]
+            if dead:
+                logger.error("%s exited unexpectedly; see %s. Stopping.", ", ".join(dead), stack.log_dir)
+                return 1
+    finally:
+        stack.stop()
+        logger.info("All processes stopped.")
+    return 0
+
+
+def _print_banner(
+    stack: Stack, ports: StackPorts, *, database_url: str | None, redis_url: str | None
+) -> None:
+    flower_user = os.environ.get("FLOWER_BASIC_AUTH", "admin:admin").split(":", 1)[0]
+    lines = [
+        "",
+        "The job service is running:",
+        f"  REST + gRPC gateway (Envoy)  http://127.0.0.1:{ports.http}   (GET /health)",
+        f"  gRPC server (direct)         127.0.0.1:{ports.grpc}",
+        f"  Flower dashboard             http://127.0.0.1:{ports.flower}   (user {flower_user!r})",
+        f"  Envoy admin                  http://127.0.0.1:{ports.envoy_admin}",
+        f"  PostgreSQL                   {database_url or stack.database_url}",
+        f"  Redis                        {redis_url or stack.redis_url}",
+        f"  Data and logs                {Path(stack.log_dir).parent}",
+        "",
+        f"Try: grpcurl -plaintext 127.0.0.1:{ports.http} list",
+        "Press Ctrl-C to stop everything.",
+    ]
+    logger.info("\n".join(lines))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

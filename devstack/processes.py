@@ -1,0 +1,150 @@
+"""Child processes that never outlive their supervisor, and port helpers."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import IO
+
+logger = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: get SIGTERM if the supervisor dies, so nothing is left behind."""
+    if sys.platform == "linux":
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """Whether binding host:port would fail (something else has it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def wait_for(
+    condition: Callable[[], bool], *, timeout_seconds: float, what: str, interval: float = 0.1
+) -> None:
+    """Poll `condition` until it holds; TimeoutError naming `what` otherwise."""
+    deadline = time.monotonic() + timeout_seconds
+    while True:
+        with contextlib.suppress(Exception):
+            if condition():
+                return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout_seconds:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+class ManagedProcess:
+    """A named child process with its output in a log file, stopped politely then firmly."""
+
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        log_path: Path,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+        user: str | None = None,
+        stop_signal: signal.Signals = signal.SIGTERM,
+    ) -> None:
+        self.name = name
+        self.argv = list(argv)
+        self.log_path = log_path
+        self._env = dict(env) if env is not None else None
+        self._cwd = cwd
+        self._user = user
+        self._stop_signal = stop_signal
+        self._popen: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        """The running child's pid."""
+        return self._popen.pid if self._popen is not None else None
+
+    def start(self) -> None:
+        """Launch the child (its own session, so a terminal's Ctrl-C reaches only the supervisor)."""
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = self.log_path.open("ab")
+        self._popen = subprocess.Popen(
+            self.argv,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=self._env,
+            cwd=self._cwd,
+            user=self._user,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509 - only sets a signal, no locks
+        )
+
+    def is_running(self) -> bool:
+        """Whether the child has been started and has not exited."""
+        return self._popen is not None and self._popen.poll() is None
+
+    def exit_code(self) -> int | None:
+        """The child's exit status once it has exited."""
+        return self._popen.poll() if self._popen is not None else None
+
+    def log_tail(self, lines: int = 30) -> str:
+        """The end of the child's log, for error messages."""
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def send(self, signum: signal.Signals) -> None:
+        """Deliver a signal to the child (tests use SIGKILL to simulate crashes)."""
+        if self._popen is not None and self._popen.poll() is None:
+            self._popen.send_signal(signum)
+
+    def stop(self, *, timeout_seconds: float = 15) -> None:
+        """Ask the child to stop, wait for it to drain, kill it if it will not."""
+        popen = self._popen
+        if popen is not None and popen.poll() is None:
+            popen.send_signal(self._stop_signal)
+            try:
+                popen.wait(timeout_seconds)
+            except subprocess.TimeoutExpired:
+                logger.warning("%s did not stop within %.0f s; killing it", self.name, timeout_seconds)
+                popen.kill()
+                popen.wait()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+
+def python_module(module: str, *args: str) -> list[str]:
+    """argv that runs `python -m module` with this interpreter."""
+    return [sys.executable, "-m", module, *args]
+
+
+def child_env(extra: Mapping[str, str]) -> dict[str, str]:
+    """The current environment plus `extra` (children inherit PATH, PYTHONPATH, ...)."""
+    return {**os.environ, **extra}

@@ -1,0 +1,242 @@
+"""The whole service on one machine: what `make run` starts and what the tests run against.
+
+PostgreSQL and Redis are embedded (from wheels) unless DATABASE_URL / REDIS_URL
+point elsewhere; then migrations, the worker(s), the gRPC server, Envoy and
+optionally Flower, each a supervised child process on loopback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import subprocess
+import sys
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from devstack.processes import ManagedProcess, child_env, python_module, wait_for
+from devstack.services import EmbeddedPostgres, EmbeddedRedis
+from gateway.config import GatewayOptions, write_config
+
+logger = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parent.parent
+DESCRIPTOR = ROOT / "gen" / "envoy" / "jobs.binpb"
+
+
+@dataclass(frozen=True)
+class StackPorts:
+    """Every port the stack uses; all bound to 127.0.0.1."""
+
+    grpc: int
+    http: int
+    envoy_admin: int
+    flower: int
+    postgres: int
+    redis: int
+
+
+@dataclass
+class StackConfig:
+    """What to start and how."""
+
+    data_dir: Path
+    ports: StackPorts
+    database_url: str | None = None  # None: embedded PostgreSQL
+    redis_url: str | None = None  # None: embedded Redis
+    env: dict[str, str] = field(default_factory=dict)  # settings for server and worker
+    workers: int = 1
+    flower: bool = True
+
+
+class Stack:
+    """Starts the service's processes in dependency order and stops them in reverse."""
+
+    def __init__(self, config: StackConfig) -> None:
+        self.config = config
+        data = config.data_dir.resolve()
+        self.log_dir = data / "logs"
+        ports = config.ports
+        self.postgres = (
+            EmbeddedPostgres(data / "postgres", port=ports.postgres, log_dir=self.log_dir)
+            if config.database_url is None
+            else None
+        )
+        self.redis = (
+            EmbeddedRedis(data / "redis", port=ports.redis, log_dir=self.log_dir)
+            if config.redis_url is None
+            else None
+        )
+        self.database_url = config.database_url or (self.postgres.url if self.postgres else "")
+        self.redis_url = config.redis_url or (self.redis.url if self.redis else "")
+        self.env = child_env(
+            {
+                "DATABASE_URL": self.database_url,
+                "REDIS_URL": self.redis_url,
+                "GRPC_HOST": "127.0.0.1",
+                "GRPC_PORT": str(ports.grpc),
+                **config.env,
+            }
+        )
+        self.workers = [
+            ManagedProcess(
+                f"worker-{index}",
+                python_module("worker", f"--hostname=worker{index}@%h"),
+                log_path=self.log_dir / f"worker-{index}.log",
+                env=self.env,
+                cwd=ROOT,
+            )
+            for index in range(1, config.workers + 1)
+        ]
+        self.server = ManagedProcess(
+            "server",
+            python_module("server"),
+            log_path=self.log_dir / "server.log",
+            env=self.env,
+            cwd=ROOT,
+        )
+        self.envoy_config = data / "envoy.yaml"
+        self.envoy = ManagedProcess(
+            "envoy",
+            [
+                str(Path(_venv_bin()) / "envoy"),
+                "-c",
+                str(self.envoy_config),
+                "--use-dynamic-base-id",
+                "--log-level",
+                "warn",
+            ],
+            log_path=self.log_dir / "envoy.log",
+            cwd=ROOT,
+        )
+        self.flower = ManagedProcess(
+            "flower",
+            [
+                str(Path(_venv_bin()) / "celery"),
+                "-A",
+                "worker.app",
+                "flower",
+                "--address=127.0.0.1",
+                f"--port={ports.flower}",
+                f"--basic-auth={self.env.get('FLOWER_BASIC_AUTH', 'admin:admin')}",
+            ],
+            log_path=self.log_dir / "flower.log",
+            env=self.env,
+            cwd=ROOT,
+        )
+        self._started: list[ManagedProcess] = []
+
+    @property
+    def grpc_target(self) -> str:
+        """Where to reach the gRPC server directly."""
+        return f"127.0.0.1:{self.config.ports.grpc}"
+
+    @property
+    def gateway_target(self) -> str:
+        """Where to reach Envoy (REST and gRPC)."""
+        return f"127.0.0.1:{self.config.ports.http}"
+
+    @property
+    def http_base(self) -> str:
+        """Base URL of the REST API."""
+        return f"http://{self.gateway_target}"
+
+    def _launch(self, process: ManagedProcess) -> None:
+        process.start()
+        self._started.append(process)
+
+    def _check_alive(self, process: ManagedProcess) -> None:
+        if not process.is_running():
+            raise RuntimeError(
+                f"{process.name} exited with status {process.exit_code()}; "
+                f"last lines of {process.log_path}:\n{process.log_tail()}"
+            )
+
+    def start(self) -> None:
+        """Start everything and wait until the REST gateway reports healthy."""
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        if self.postgres is not None:
+            self.postgres.start()
+            self._started.append(self.postgres.process)
+        if self.redis is not None:
+            self.redis.start()
+            self._started.append(self.redis.process)
+        self.migrate()
+        for worker in self.workers:
+            self._launch(worker)
+        self._launch(self.server)
+        wait_for(
+            lambda: self._check_alive(self.server) is None and self.server_serving(),
+            timeout_seconds=60,
+            what=f"the gRPC server to report SERVING (log: {self.server.log_path})",
+        )
+        write_config(
+            GatewayOptions(
+                listen_host="127.0.0.1",
+                listen_port=self.config.ports.http,
+                admin_host="127.0.0.1",
+                admin_port=self.config.ports.envoy_admin,
+                upstream_host="127.0.0.1",
+                upstream_port=self.config.ports.grpc,
+                upstream_dns=False,
+                descriptor_path=DESCRIPTOR,
+            ),
+            self.envoy_config,
+        )
+        self._launch(self.envoy)
+        wait_for(
+            lambda: self._check_alive(self.envoy) is None and self.gateway_healthy(),
+            timeout_seconds=60,
+            what=f"Envoy to report /health 200 (log: {self.envoy.log_path})",
+        )
+        for worker in self.workers:
+            self._check_alive(worker)
+        if self.config.flower:
+            self._launch(self.flower)
+
+    def migrate(self) -> None:
+        """Apply Alembic migrations to the stack's database."""
+        subprocess.run(python_module("jobcore.migrate"), env=self.env, cwd=ROOT, check=True)
+
+    def server_serving(self) -> bool:
+        """Whether the gRPC server's standard health service says SERVING."""
+        with grpc.insecure_channel(self.grpc_target) as channel:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service="jobs.v1.JobService"), timeout=2
+            )
+        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+    def gateway_healthy(self) -> bool:
+        """Whether Envoy answers GET /health with 200."""
+        with urllib.request.urlopen(f"{self.http_base}/health", timeout=2) as response:  # noqa: S310
+            return bool(response.status == 200)
+
+    def running_processes(self) -> list[ManagedProcess]:
+        """The processes started so far, in start order."""
+        return list(self._started)
+
+    def stop(self) -> None:
+        """Stop in reverse start order: front door first, data stores last."""
+        while self._started:
+            process = self._started.pop()
+            with contextlib.suppress(Exception):
+                if self.postgres is not None and process is self.postgres.process:
+                    self.postgres.stop()
+                else:
+                    process.stop()
+
+
+def _venv_bin() -> str:
+    """The folder of this interpreter's scripts (envoy, celery), which may not be on PATH."""
+    return str(Path(sys.executable).parent)

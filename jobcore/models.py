@@ -1,0 +1,81 @@
+"""Domain values passed between the store, the server and the worker."""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+from jobcore.operations import Operation
+
+
+class JobStatus(enum.StrEnum):
+    """Where a job is in its life cycle; the values are what PostgreSQL and the API use."""
+
+    PENDING = "PENDING"
+    IN_PROGRESS = "IN_PROGRESS"
+    SUCCESS = "SUCCESS"
+    FAILED = "FAILED"
+
+    @property
+    def is_final(self) -> bool:
+        """Final states never change again."""
+        return self in FINAL_STATUSES
+
+
+FINAL_STATUSES = frozenset({JobStatus.SUCCESS, JobStatus.FAILED})
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How a finished job ended: a result or an error, never both."""
+
+    result: float | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A job as clients see it (its numbers are not carried around)."""
+
+    id: uuid.UUID
+    status: JobStatus
+    operation: Operation
+    created_at: datetime
+    updated_at: datetime
+    sequence: int
+    outcome: Outcome | None
+
+
+@dataclass(frozen=True, slots=True)
+class JobEvent:
+    """One state change of one job; `sequence` counts a job's changes from 1."""
+
+    job_id: uuid.UUID
+    sequence: int
+    status: JobStatus
+    occurred_at: datetime
+    outcome: Outcome | None
+
+    def apply_to(self, job: Job) -> Job:
+        """The job as it is right after this event."""
+        return Job(
+            id=job.id,
+            status=self.status,
+            operation=job.operation,
+            created_at=job.created_at,
+            updated_at=self.occurred_at,
+            sequence=self.sequence,
+            outcome=self.outcome,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A worker's hold on one attempt of a job: only this attempt may record the outcome."""
+
+    job_id: uuid.UUID
+    attempt: int
+    operation: Operation
+    numbers: bytes

@@ -1,0 +1,70 @@
+"""Process configuration, read once from the environment with the names the seed documented."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEVELOPMENT_DATABASE_URL = "postgresql+asyncpg://postgres:postgres@localhost:5432/jobdb"
+DEVELOPMENT_FLOWER_BASIC_AUTH = "admin:admin"
+
+
+class Settings(BaseSettings):
+    """Every knob of the server and the worker; `.env.example` documents each one."""
+
+    model_config = SettingsConfigDict(extra="ignore", frozen=True)
+
+    environment: Literal["development", "test", "production"] = "development"
+    database_url: str = DEVELOPMENT_DATABASE_URL
+    redis_url: str = "redis://localhost:6379/0"
+    # Empty means "same as REDIS_URL", as in the seed's defaults.
+    celery_broker_url: str = ""
+    celery_result_backend: str = ""
+    flower_basic_auth: str = DEVELOPMENT_FLOWER_BASIC_AUTH
+
+    grpc_host: str = "0.0.0.0"  # noqa: S104 - a container must listen on all interfaces
+    grpc_port: int = Field(default=50051, ge=0, le=65535)
+    # Largest gRPC message the server accepts; a job of N numbers needs about 9 * N bytes.
+    grpc_max_message_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    max_job_numbers: int = Field(default=100_000, ge=1)
+    simulated_delay_seconds: float = Field(default=2.0, ge=0)
+    # Jobs one worker process keeps in flight; they wait on asyncio, not on threads' CPU.
+    worker_concurrency: int = Field(default=100, ge=1)
+    # How long a claimed attempt owns its job before it counts as abandoned.
+    job_lease_seconds: float = Field(default=300.0, gt=0)
+    # A PENDING job whose broker message is older than this is published again (Redis may
+    # have lost it); duplicates are harmless. Failed publishes are retried at every sweep.
+    redispatch_after_seconds: float = Field(default=60.0, gt=0)
+    redispatch_sweep_seconds: float = Field(default=5.0, gt=0)
+    db_pool_size: int = Field(default=10, ge=1)
+    health_check_interval_seconds: float = Field(default=2.0, gt=0)
+    shutdown_grace_seconds: float = Field(default=10.0, ge=0)
+    log_level: str = "INFO"
+
+    @property
+    def broker_url(self) -> str:
+        """Where Celery messages go: CELERY_BROKER_URL, else REDIS_URL."""
+        return self.celery_broker_url or self.redis_url
+
+    @property
+    def result_backend_url(self) -> str:
+        """Celery's result backend; job results themselves live in PostgreSQL."""
+        return self.celery_result_backend or self.redis_url
+
+    @model_validator(mode="after")
+    def _no_development_secrets_in_production(self) -> Settings:
+        if self.environment == "production":
+            if self.database_url == DEVELOPMENT_DATABASE_URL:
+                raise ValueError("DATABASE_URL must be set explicitly in production")
+            if self.flower_basic_auth == DEVELOPMENT_FLOWER_BASIC_AUTH:
+                raise ValueError("FLOWER_BASIC_AUTH must be set to a real secret in production")
+        return self
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, parsed from the environment on first use."""
+    return Settings()

@@ -1,0 +1,123 @@
+"""Builds and runs the gRPC server: JobService, health, reflection, and a graceful SIGTERM drain."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable
+from datetime import timedelta
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+from jobs.v1 import jobs_service_pb2 as pb
+from jobs.v1 import jobs_service_pb2_grpc as pb_grpc
+
+from jobcore.queue import create_celery_app
+from jobcore.settings import Settings
+from jobcore.store import JobStore, create_engine
+from server.errors import DomainErrorInterceptor
+from server.health import HealthMonitor
+from server.servicer import JobServicer
+from server.sweeper import run_sweeper
+from server.watch import JobEventHub
+
+logger = logging.getLogger(__name__)
+
+
+def _server_options(settings: Settings) -> list[tuple[str, Any]]:
+    return [
+        ("grpc.max_receive_message_length", settings.grpc_max_message_bytes),
+        # Many idle WatchJob streams per process (the defaults stop near 5,000).
+        ("grpc.server.max_pending_requests", 100_000),
+        ("grpc.server.max_pending_requests_hard_limit", 100_000),
+        # Keep long-lived streams alive through proxies and detect dead clients.
+        ("grpc.keepalive_time_ms", 60_000),
+        ("grpc.keepalive_timeout_ms", 20_000),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+    ]
+
+
+async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> None:
+    """Run until SIGTERM or SIGINT, then drain: stop accepting, finish calls, end streams."""
+    engine = create_engine(settings.database_url, pool_size=settings.db_pool_size)
+    store = JobStore(engine)
+    celery_app = create_celery_app(settings)
+    hub = JobEventHub(settings.database_url)
+    await hub.start(timeout_seconds=5)
+
+    server = grpc.aio.server(
+        interceptors=[DomainErrorInterceptor()], options=_server_options(settings)
+    )
+    pb_grpc.add_JobServiceServicer_to_server(
+        JobServicer(
+            store=store,
+            celery_app=celery_app,
+            hub=hub,
+            max_job_numbers=settings.max_job_numbers,
+        ),
+        server,
+    )
+    health = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    reflection.enable_server_reflection(
+        (
+            pb.DESCRIPTOR.services_by_name["JobService"].full_name,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ),
+        server,
+    )
+    address = f"{settings.grpc_host}:{settings.grpc_port}"
+    server.add_insecure_port(address)
+    await server.start()
+
+    monitor = HealthMonitor(
+        health=health,
+        store=store,
+        celery_app=celery_app,
+        hub=hub,
+        interval_seconds=settings.health_check_interval_seconds,
+    )
+    await monitor.check_once()
+    background = [
+        asyncio.create_task(monitor.run(), name="health-monitor"),
+        asyncio.create_task(
+            run_sweeper(
+                store,
+                celery_app,
+                interval=timedelta(seconds=settings.redispatch_sweep_seconds),
+                older_than=timedelta(seconds=settings.redispatch_after_seconds),
+            ),
+            name="redispatch-sweeper",
+        ),
+    ]
+    logger.info("gRPC server listening on %s", address)
+    if ready is not None:
+        ready.set()
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+
+    logger.info("draining: health NOT_SERVING, ending watch streams, finishing calls")
+    await health.enter_graceful_shutdown()
+    for task in background:
+        task.cancel()
+    await _quietly(asyncio.gather(*background, return_exceptions=True))
+    await hub.stop()
+    await server.stop(settings.shutdown_grace_seconds)
+    await engine.dispose()
+    logger.info("stopped")
+
+
+async def _quietly(awaitable: Awaitable[object]) -> None:
+    with contextlib.suppress(asyncio.CancelledError):
+        await awaitable

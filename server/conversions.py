@@ -1,0 +1,64 @@
+"""Protobuf <-> domain conversions, so servicers stay one-liners around the domain."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from google.protobuf.timestamp_pb2 import Timestamp
+from jobs.v1 import jobs_service_pb2 as pb
+
+from jobcore.errors import FieldViolation, InvalidJobError
+from jobcore.ids import parse_job_id
+from jobcore.models import Job
+from jobcore.operations import Operation
+
+_OPERATIONS = {
+    pb.square_sum: Operation.SQUARE_SUM,
+    pb.cube_sum: Operation.CUBE_SUM,
+}
+_KNOWN_OPERATIONS = ", ".join(operation.value for operation in Operation)
+
+
+def _timestamp(moment: datetime) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(moment)
+    return stamp
+
+
+def operation_from_proto(value: int) -> Operation:
+    """The requested operation, or InvalidJobError naming the `operation` field."""
+    operation = _OPERATIONS.get(value)  # type: ignore[call-overload]
+    if operation is None:
+        raise InvalidJobError(
+            [FieldViolation("operation", f"must be one of {_KNOWN_OPERATIONS}")]
+        )
+    return operation
+
+
+def job_id_from_proto(text: str) -> uuid.UUID:
+    """The job id a client sent, or InvalidJobError naming the `job_id` field."""
+    job_id = parse_job_id(text)
+    if job_id is None:
+        shown = text if len(text) <= 64 else text[:64] + "..."
+        raise InvalidJobError(
+            [FieldViolation("job_id", f"must be a job id returned by SubmitJob, got {shown!r}")]
+        )
+    return job_id
+
+
+def job_to_proto(job: Job, *, with_result: bool) -> pb.Job:
+    """The API's view of a job; the outcome is only included where the RPC promises it."""
+    message = pb.Job(
+        id=str(job.id),
+        status=pb.JobStatus.Value(job.status.value),
+        operation=pb.Operation.Value(job.operation.value),
+        created_at=_timestamp(job.created_at),
+        updated_at=_timestamp(job.updated_at),
+    )
+    if with_result and job.outcome is not None:
+        if job.outcome.error is None:
+            message.result.result = job.outcome.result if job.outcome.result is not None else 0.0
+        else:
+            message.result.error = job.outcome.error
+    return message

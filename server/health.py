@@ -1,0 +1,89 @@
+"""Keeps the standard grpc.health.v1 status in step with PostgreSQL and the broker."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from celery import Celery
+from grpc_health.v1 import health_pb2
+from grpc_health.v1._async import HealthServicer
+
+from jobcore.store import JobStore
+from server.watch import JobEventHub
+
+logger = logging.getLogger(__name__)
+
+SERVICE_NAME = "jobs.v1.JobService"
+# Reported for the whole server ("") and for JobService alike.
+_SERVICES = ("", SERVICE_NAME)
+
+
+def _broker_reachable(celery_app: Celery, timeout_seconds: float) -> bool:
+    """Whether a broker connection can be opened right now (blocking)."""
+    try:
+        with celery_app.connection_for_write() as connection:
+            connection.ensure_connection(max_retries=1, timeout=timeout_seconds)
+    except Exception as error:  # kombu raises many transport-specific errors
+        logger.warning("broker unreachable: %s", error)
+        return False
+    return True
+
+
+class HealthMonitor:
+    """Checks dependencies every interval and flips SERVING / NOT_SERVING when they change."""
+
+    def __init__(
+        self,
+        *,
+        health: HealthServicer,
+        store: JobStore,
+        celery_app: Celery,
+        hub: JobEventHub,
+        interval_seconds: float,
+    ) -> None:
+        self._health = health
+        self._store = store
+        self._celery = celery_app
+        self._hub = hub
+        self._interval = interval_seconds
+        self._serving: bool | None = None
+
+    async def _store_reachable(self) -> bool:
+        try:
+            await asyncio.wait_for(self._store.ping(), self._interval)
+        except Exception as error:  # any failure to answer means not healthy
+            logger.warning("PostgreSQL unreachable: %s", error)
+            return False
+        return True
+
+    async def check_once(self) -> bool:
+        """Probe every dependency and publish the result; True when all are reachable."""
+        store_ok, broker_ok = await asyncio.gather(
+            self._store_reachable(),
+            asyncio.to_thread(_broker_reachable, self._celery, self._interval),
+        )
+        serving = store_ok and broker_ok and self._hub.connected
+        if serving != self._serving:
+            logger.info(
+                "health: %s (postgres=%s broker=%s listener=%s)",
+                "SERVING" if serving else "NOT_SERVING",
+                store_ok,
+                broker_ok,
+                self._hub.connected,
+            )
+            self._serving = serving
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for service in _SERVICES:
+            await self._health.set(service, status)
+        return serving
+
+    async def run(self) -> None:
+        """Check forever; cancelled at shutdown."""
+        while True:
+            await self.check_once()
+            await asyncio.sleep(self._interval)

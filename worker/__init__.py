@@ -1,0 +1,1 @@
+"""The Celery worker: takes job ids from Redis and runs the jobs stored in PostgreSQL."""

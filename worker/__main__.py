@@ -1,0 +1,23 @@
+"""`python -m worker`: start a Celery worker on the jobs queue with the configured concurrency."""
+
+from __future__ import annotations
+
+from jobcore.queue import JOBS_QUEUE
+from worker.app import app, settings
+
+
+def main() -> None:
+    """Run the worker until SIGTERM (warm shutdown: running jobs finish first)."""
+    app.worker_main(
+        [
+            "worker",
+            f"--loglevel={settings.log_level}",
+            f"--queues={JOBS_QUEUE}",
+            "--without-mingle",
+            "--without-gossip",
+        ]
+    )
+
+
+if __name__ == "__main__":
+    main()

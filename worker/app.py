@@ -1,0 +1,19 @@
+"""The worker's Celery app (`celery -A worker.app ...`): the shared app plus the job task."""
+
+from __future__ import annotations
+
+from jobcore.queue import create_celery_app
+from jobcore.settings import get_settings
+
+settings = get_settings()
+app = create_celery_app(settings)
+app.conf.update(
+    # Jobs spend their time waiting (the simulated delay, the database), so threads that
+    # hand the work to one asyncio loop keep many jobs in flight per process.
+    worker_pool="threads",
+    worker_concurrency=settings.worker_concurrency,
+    # Task events feed Flower's dashboard.
+    worker_send_task_events=True,
+    task_send_sent_event=True,
+)
+app.autodiscover_tasks(["worker"], related_name="tasks", force=True)
