@@ -1,0 +1,80 @@
+"""Session fixtures: the real stack (embedded PostgreSQL and Redis, a Celery worker process,
+the gRPC server and Envoy), started once on free loopback ports and stopped at the end."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import grpc
+import httpx
+import pytest
+from jobs.v1 import jobs_service_pb2_grpc as pb_grpc
+
+from devstack.processes import free_port
+from devstack.stack import Stack, StackConfig, StackPorts
+
+# Short enough to keep the suite quick, long enough to observe IN_PROGRESS.
+TEST_DELAY_SECONDS = 0.5
+TEST_MAX_JOB_NUMBERS = 1000
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[Stack]:
+    """The whole service, as `make run` starts it, on free ports in a temporary folder."""
+    with tempfile.TemporaryDirectory(prefix="jobs-test-") as data_dir:
+        ports = StackPorts(
+            grpc=free_port(),
+            http=free_port(),
+            envoy_admin=free_port(),
+            flower=free_port(),
+            postgres=free_port(),
+            redis=free_port(),
+        )
+        running = Stack(
+            StackConfig(
+                data_dir=Path(data_dir),
+                ports=ports,
+                env={
+                    "ENVIRONMENT": "test",
+                    "SIMULATED_DELAY_SECONDS": str(TEST_DELAY_SECONDS),
+                    "MAX_JOB_NUMBERS": str(TEST_MAX_JOB_NUMBERS),
+                    "HEALTH_CHECK_INTERVAL_SECONDS": "0.5",
+                    "WORKER_CONCURRENCY": "50",
+                },
+                flower=False,
+            )
+        )
+        running.start()
+        try:
+            yield running
+        finally:
+            running.stop()
+
+
+@pytest.fixture(scope="session")
+async def grpc_channel(stack: Stack) -> AsyncIterator[grpc.aio.Channel]:
+    """A channel straight to the gRPC server."""
+    async with grpc.aio.insecure_channel(stack.grpc_target) as channel:
+        yield channel
+
+
+@pytest.fixture(scope="session")
+async def gateway_channel(stack: Stack) -> AsyncIterator[grpc.aio.Channel]:
+    """A native gRPC channel through Envoy."""
+    async with grpc.aio.insecure_channel(stack.gateway_target) as channel:
+        yield channel
+
+
+@pytest.fixture(scope="session")
+def jobs_stub(grpc_channel: grpc.aio.Channel) -> pb_grpc.JobServiceStub:
+    """JobService client on the direct channel."""
+    return pb_grpc.JobServiceStub(grpc_channel)
+
+
+@pytest.fixture(scope="session")
+async def http(stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
+    """A REST client for the Envoy gateway."""
+    async with httpx.AsyncClient(base_url=stack.http_base, timeout=30) as client:
+        yield client

@@ -1,0 +1,172 @@
+"""The seed's REST API through Envoy: paths, JSON shapes, status codes, errors and SSE watch."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import TEST_MAX_JOB_NUMBERS
+from tests.eventually import eventually
+
+SEED_JOB_FIELDS = {"id", "status", "operation", "created_at", "updated_at"}
+UNKNOWN_ID = "01a20000-0000-7000-8000-000000000000"
+
+
+def _is_rfc3339(value: str) -> bool:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).tzinfo is not None
+
+
+async def _submit(http: httpx.AsyncClient, body: dict[str, Any]) -> dict[str, Any]:
+    response = await http.post("/api/v1/jobs/", json=body)
+    assert response.status_code == 201, response.text
+    job: dict[str, Any] = response.json()
+    return job
+
+
+async def _result_when_final(http: httpx.AsyncClient, job_id: str) -> dict[str, Any]:
+    async def probe() -> dict[str, Any]:
+        response = await http.get(f"/api/v1/jobs/{job_id}/result")
+        assert response.status_code == 200
+        body: dict[str, Any] = response.json()
+        return body
+
+    return await eventually(probe, until=lambda body: body["status"] in ("SUCCESS", "FAILED"))
+
+
+@pytest.mark.parametrize("path", ["/api/v1/jobs/", "/api/v1/jobs"])
+async def test_submit_answers_201_with_the_seed_shape(http: httpx.AsyncClient, path: str) -> None:
+    response = await http.post(path, json={"data": [1, 2, 3, 4, 5], "operation": "square_sum"})
+
+    assert response.status_code == 201
+    assert response.headers["content-type"].startswith("application/json")
+    job = response.json()
+    assert set(job) == SEED_JOB_FIELDS
+    assert job["status"] == "PENDING"
+    assert job["operation"] == "square_sum"
+    assert _is_rfc3339(job["created_at"])
+    assert job["created_at"] == job["updated_at"]
+
+
+async def test_status_then_result_follow_the_job(http: httpx.AsyncClient) -> None:
+    job = await _submit(http, {"data": [1, 2, 3, 4, 5], "operation": "cube_sum"})
+
+    status = await http.get(f"/api/v1/jobs/{job['id']}/status")
+    early = await http.get(f"/api/v1/jobs/{job['id']}/result")
+    final = await _result_when_final(http, job["id"])
+
+    assert status.status_code == 200
+    assert set(status.json()) == SEED_JOB_FIELDS
+    assert status.json()["status"] in ("PENDING", "IN_PROGRESS")
+    # Until the job has finished, /result answers with its status and no result.
+    assert early.status_code == 200
+    assert early.json()["status"] in ("PENDING", "IN_PROGRESS")
+    assert "result" not in early.json()
+    assert final["status"] == "SUCCESS"
+    assert final["result"] == {"result": 225}
+    assert set(final) == {*SEED_JOB_FIELDS, "result"}
+
+
+async def test_failed_job_reports_its_error(http: httpx.AsyncClient) -> None:
+    job = await _submit(http, {"data": [1e300, -1e300, 1e300], "operation": "cube_sum"})
+
+    final = await _result_when_final(http, job["id"])
+
+    assert final["status"] == "FAILED"
+    assert set(final["result"]) == {"error"}
+    assert "double" in final["result"]["error"]
+
+
+async def test_watch_is_server_sent_events_ending_after_the_final_state(
+    http: httpx.AsyncClient,
+) -> None:
+    job = await _submit(http, {"data": [2, 2], "operation": "square_sum"})
+
+    events: list[dict[str, Any]] = []
+    async with http.stream("GET", f"/api/v1/jobs/{job['id']}/watch") as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        async for line in response.aiter_lines():
+            if line.startswith("data: "):
+                events.append(json.loads(line.removeprefix("data: ")))
+
+    statuses = [event["job"]["status"] for event in events]
+    assert statuses in (["PENDING", "IN_PROGRESS", "SUCCESS"], ["IN_PROGRESS", "SUCCESS"])
+    assert [event["sequence"] for event in events] == list(range(4 - len(events), 4))
+    assert events[-1]["job"]["result"] == {"result": 8}
+    assert all(event["job"]["id"] == job["id"] for event in events)
+
+
+@pytest.mark.parametrize("suffix", ["status", "result", "watch"])
+async def test_unknown_job_is_404_with_a_json_body(http: httpx.AsyncClient, suffix: str) -> None:
+    response = await http.get(f"/api/v1/jobs/{UNKNOWN_ID}/{suffix}")
+
+    assert response.status_code == 404
+    body = response.json()
+    assert body["code"] == 5
+    assert UNKNOWN_ID in body["message"]
+
+
+async def test_malformed_job_id_is_400_naming_the_field(http: httpx.AsyncClient) -> None:
+    response = await http.get("/api/v1/jobs/1/status")
+
+    assert response.status_code == 400
+    assert "job_id" in response.json()["message"]
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"data": [], "operation": "square_sum"}, "data"),
+        ({"data": [1, "NaN"], "operation": "square_sum"}, "data[1]"),
+        ({"data": [1] * (TEST_MAX_JOB_NUMBERS + 1), "operation": "square_sum"}, "data"),
+        ({"data": [1, 2]}, "operation"),
+        ({"data": [1, 2], "operation": "mean"}, "operation"),
+        ({"data": ["one"], "operation": "square_sum"}, "data"),
+        ({"operation": "square_sum"}, "data"),
+    ],
+)
+async def test_invalid_body_is_400_naming_the_field(
+    http: httpx.AsyncClient, body: dict[str, Any], field: str
+) -> None:
+    response = await http.post("/api/v1/jobs/", json=body)
+
+    assert response.status_code == 400
+    error = response.json()
+    assert error["code"] == 3
+    assert field in error["message"]
+
+
+async def test_malformed_json_is_400(http: httpx.AsyncClient) -> None:
+    response = await http.post(
+        "/api/v1/jobs/", content=b"{not json", headers={"content-type": "application/json"}
+    )
+
+    assert response.status_code == 400
+    assert response.json()["code"] == 3
+
+
+async def test_path_id_cannot_be_overridden_by_a_query_parameter(http: httpx.AsyncClient) -> None:
+    job = await _submit(http, {"data": [1], "operation": "square_sum"})
+
+    response = await http.get(f"/api/v1/jobs/{job['id']}/status", params={"job_id": UNKNOWN_ID})
+
+    assert response.status_code == 400
+    assert "job_id" in response.json()["message"]
+
+
+async def test_unknown_path_is_404_json(http: httpx.AsyncClient) -> None:
+    response = await http.get("/api/v1/nothing-here")
+
+    assert response.status_code == 404
+    assert "code" in response.json()
+
+
+async def test_health_reports_serving(http: httpx.AsyncClient) -> None:
+    response = await http.get("/health")
+
+    assert response.status_code == 200
+    assert response.json()["status"] == "SERVING"
