@@ -10,12 +10,13 @@ import threading
 from pathlib import Path
 from types import FrameType
 
-from devstack.processes import free_port, port_in_use
+from devstack.processes import port_in_use
 from devstack.stack import ROOT, Stack, StackConfig, StackPorts
 
 logger = logging.getLogger("devstack")
 
-DATA_DIR = ROOT / ".data"
+# LOCAL_DATA_DIR moves it (the tests use a temporary folder).
+DATA_DIR = Path(os.environ.get("LOCAL_DATA_DIR", ROOT / ".data"))
 
 
 def _port(name: str, default: int) -> int:
@@ -58,7 +59,9 @@ def main() -> int:
     ports = _ports()
     database_url = os.environ.get("DATABASE_URL") or None
     redis_url = os.environ.get("REDIS_URL") or None
-    problems = _taken_ports(ports, embedded_pg=database_url is None, embedded_redis=redis_url is None)
+    problems = _taken_ports(
+        ports, embedded_pg=database_url is None, embedded_redis=redis_url is None
+    )
     if problems:
         for problem in problems:
             logger.error("make run: %s", problem)
@@ -93,7 +96,9 @@ def main() -> int:
         while not stopping.wait(1):
             dead = [p.name for p in stack.running_processes() if not p.is_running()]
             if dead:
-                logger.error("%s exited unexpectedly; see %s. Stopping.", ", ".join(dead), stack.log_dir)
+                logger.error(
+                    "%s exited unexpectedly; see %s. Stopping.", ", ".join(dead), stack.log_dir
+                )
                 return 1
     finally:
         stack.stop()

@@ -34,6 +34,12 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+def tcp_accepts(host: str, port: int) -> bool:
+    """Whether something accepts TCP connections on host:port."""
+    with socket.create_connection((host, port), timeout=1):
+        return True
+
+
 def port_in_use(host: str, port: int) -> bool:
     """Whether binding host:port would fail (something else has it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -132,7 +138,9 @@ class ManagedProcess:
             try:
                 popen.wait(timeout_seconds)
             except subprocess.TimeoutExpired:
-                logger.warning("%s did not stop within %.0f s; killing it", self.name, timeout_seconds)
+                logger.warning(
+                    "%s did not stop within %.0f s; killing it", self.name, timeout_seconds
+                )
                 popen.kill()
                 popen.wait()
         if self._log is not None:

@@ -43,7 +43,9 @@ def _run_protoc(args: list[str]) -> None:
     well_known = Path(grpc_tools.__file__).parent / "_proto"
     # The mypy-protobuf plugins sit beside this interpreter, which may not be on PATH.
     scripts = Path(sys.executable).parent
-    plugins = [f"--plugin={name}={scripts / name}" for name in ("protoc-gen-mypy", "protoc-gen-mypy_grpc")]
+    plugins = [
+        f"--plugin={name}={scripts / name}" for name in ("protoc-gen-mypy", "protoc-gen-mypy_grpc")
+    ]
     argv = ["protoc", *plugins, f"-I{PROTOS}", f"-I{THIRD_PARTY}", f"-I{well_known}", *args]
     if protoc.main(argv) != 0:
         sys.exit(f"protoc failed: {' '.join(argv)}")

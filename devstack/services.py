@@ -5,18 +5,12 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 from pathlib import Path
 
-from devstack.processes import ManagedProcess, wait_for
+from devstack.processes import ManagedProcess, tcp_accepts, wait_for
 
 DATABASE_NAME = "jobdb"
-
-
-def _tcp_accepts(host: str, port: int) -> bool:
-    with socket.create_connection((host, port), timeout=0.5):
-        return True
 
 
 class EmbeddedPostgres:
@@ -100,7 +94,7 @@ class EmbeddedPostgres:
             timeout_seconds=60,
             what=f"PostgreSQL on port {self.port} (log: {self._process.log_path})",
         )
-        exists = self._psql(f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE_NAME}'")
+        exists = self._psql(f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE_NAME}'")  # noqa: S608 - a constant
         if exists.strip() != "1":
             self._psql(f"CREATE DATABASE {DATABASE_NAME}")
 
@@ -178,7 +172,7 @@ class EmbeddedRedis:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._process.start()
         wait_for(
-            lambda: self._process.is_running() and _tcp_accepts("127.0.0.1", self.port),
+            lambda: self._process.is_running() and tcp_accepts("127.0.0.1", self.port),
             timeout_seconds=30,
             what=f"Redis on port {self.port} (log: {self._process.log_path})",
         )

@@ -18,7 +18,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from devstack.processes import ManagedProcess, child_env, python_module, wait_for
+from devstack.processes import ManagedProcess, child_env, python_module, tcp_accepts, wait_for
 from devstack.services import EmbeddedPostgres, EmbeddedRedis
 from gateway.config import GatewayOptions, write_config
 
@@ -149,12 +149,14 @@ class Stack:
         process.start()
         self._started.append(process)
 
-    def _check_alive(self, process: ManagedProcess) -> None:
+    def _ensure_alive(self, process: ManagedProcess) -> bool:
+        """True while `process` runs; an error with its log tail once it has exited."""
         if not process.is_running():
             raise RuntimeError(
                 f"{process.name} exited with status {process.exit_code()}; "
                 f"last lines of {process.log_path}:\n{process.log_tail()}"
             )
+        return True
 
     def start(self) -> None:
         """Start everything and wait until the REST gateway reports healthy."""
@@ -177,7 +179,7 @@ class Stack:
             self._launch(worker)
         self._launch(self.server)
         wait_for(
-            lambda: self._check_alive(self.server) is None and self.server_serving(),
+            lambda: self._ensure_alive(self.server) and self.server_serving(),
             timeout_seconds=60,
             what=f"the gRPC server to report SERVING (log: {self.server.log_path})",
         )
@@ -196,14 +198,22 @@ class Stack:
         )
         self._launch(self.envoy)
         wait_for(
-            lambda: self._check_alive(self.envoy) is None and self.gateway_healthy(),
+            lambda: self._ensure_alive(self.envoy) and self.gateway_healthy(),
             timeout_seconds=60,
             what=f"Envoy to report /health 200 (log: {self.envoy.log_path})",
         )
         for worker in self.workers:
-            self._check_alive(worker)
+            self._ensure_alive(worker)
         if self.config.flower:
             self._launch(self.flower)
+            wait_for(
+                lambda: (
+                    self._ensure_alive(self.flower)
+                    and tcp_accepts("127.0.0.1", self.config.ports.flower)
+                ),
+                timeout_seconds=60,
+                what=f"Flower (log: {self.flower.log_path})",
+            )
 
     def migrate(self) -> None:
         """Apply Alembic migrations to the stack's database."""

@@ -16,7 +16,9 @@ def new_job_id() -> uuid.UUID:
     random_bits = secrets.randbits(74)
     rand_a = random_bits >> 62  # 12 bits
     rand_b = random_bits & ((1 << 62) - 1)
-    value = (unix_ms << 80) | (_VERSION_7 << 76) | (rand_a << 64) | (_VARIANT_RFC4122 << 62) | rand_b
+    value = (
+        (unix_ms << 80) | (_VERSION_7 << 76) | (rand_a << 64) | (_VARIANT_RFC4122 << 62) | rand_b
+    )
     return uuid.UUID(int=value)
 
 

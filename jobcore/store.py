@@ -52,7 +52,7 @@ def _is_connection_problem(error: BaseException) -> bool:
     return isinstance(error, DBAPIError) and error.connection_invalidated
 
 
-def _job_from_row(row: Mapping[str, Any]) -> Job:
+def _job_from_row(row: Mapping[Any, Any]) -> Job:
     status = JobStatus(row["status"])
     outcome = Outcome(result=row["result"], error=row["error"]) if status.is_final else None
     return Job(
@@ -66,7 +66,7 @@ def _job_from_row(row: Mapping[str, Any]) -> Job:
     )
 
 
-def event_from_row(row: Mapping[str, Any]) -> JobEvent:
+def event_from_row(row: Mapping[Any, Any]) -> JobEvent:
     """A JobEvent from a job_events row (or the same row as JSON, already parsed)."""
     status = JobStatus(row["status"])
     outcome = Outcome(result=row["result"], error=row["error"]) if status.is_final else None

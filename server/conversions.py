@@ -13,7 +13,7 @@ from jobcore.ids import parse_job_id
 from jobcore.models import Job
 from jobcore.operations import Operation
 
-_OPERATIONS = {
+_OPERATIONS: dict[int, Operation] = {
     pb.square_sum: Operation.SQUARE_SUM,
     pb.cube_sum: Operation.CUBE_SUM,
 }
@@ -28,11 +28,9 @@ def _timestamp(moment: datetime) -> Timestamp:
 
 def operation_from_proto(value: int) -> Operation:
     """The requested operation, or InvalidJobError naming the `operation` field."""
-    operation = _OPERATIONS.get(value)  # type: ignore[call-overload]
+    operation = _OPERATIONS.get(value)
     if operation is None:
-        raise InvalidJobError(
-            [FieldViolation("operation", f"must be one of {_KNOWN_OPERATIONS}")]
-        )
+        raise InvalidJobError([FieldViolation("operation", f"must be one of {_KNOWN_OPERATIONS}")])
     return operation
 
 

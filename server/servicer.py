@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, TypeAlias
 
 import grpc
 from celery import Celery
@@ -22,7 +22,7 @@ from server.watch import JobEventHub, follow_job
 
 logger = logging.getLogger(__name__)
 
-Context = grpc.aio.ServicerContext[Any, Any]
+Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 
 
 class JobServicer(pb_grpc.JobServiceServicer):
@@ -55,7 +55,9 @@ class JobServicer(pb_grpc.JobServiceServicer):
             await asyncio.to_thread(dispatch, self._celery, job.id)
         except Exception:
             # The job is stored, so the answer is still OK: the re-dispatch sweep sends it later.
-            logger.exception("job %s: publishing to the broker failed; the sweep will retry", job.id)
+            logger.exception(
+                "job %s: publishing to the broker failed; the sweep will retry", job.id
+            )
             await self._store.mark_undispatched([job.id])
         return job_to_proto(job, with_result=False)
 
@@ -67,9 +69,11 @@ class JobServicer(pb_grpc.JobServiceServicer):
         job = await self._store.get(job_id_from_proto(request.job_id))
         return job_to_proto(job, with_result=True)
 
-    async def WatchJob(  # type: ignore[override]
+    async def WatchJob(
         self, request: pb.WatchJobRequest, context: Context
     ) -> AsyncIterator[pb.WatchJobResponse]:
         job_id = job_id_from_proto(request.job_id)
         async for job in follow_job(self._hub, self._store, job_id):
-            yield pb.WatchJobResponse(job=job_to_proto(job, with_result=True), sequence=job.sequence)
+            yield pb.WatchJobResponse(
+                job=job_to_proto(job, with_result=True), sequence=job.sequence
+            )

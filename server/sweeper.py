@@ -29,7 +29,11 @@ async def sweep_once(store: JobStore, celery_app: Celery, *, older_than: timedel
         try:
             await asyncio.to_thread(dispatch, celery_app, job_id)
         except Exception as error:  # the broker is down: leave the rest for the next sweep
-            logger.warning("re-dispatch failed (%s); %d jobs wait for the next sweep", error, len(job_ids) - sent)
+            logger.warning(
+                "re-dispatch failed (%s); %d jobs wait for the next sweep",
+                error,
+                len(job_ids) - sent,
+            )
             await store.mark_undispatched(job_ids[sent:])
             break
         sent += 1

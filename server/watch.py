@@ -115,9 +115,11 @@ class JobEventHub:
                 if not inboxes:
                     del self._inboxes[job_id]
 
-    def _on_notification(self, _connection: Any, _pid: int, _channel: str, payload: str) -> None:
+    def _on_notification(
+        self, _connection: Any, _pid: int, _channel: str, payload: object, /
+    ) -> None:
         try:
-            event = _parse_notification(payload)
+            event = _parse_notification(str(payload))
         except (ValueError, KeyError, TypeError):
             logger.exception("ignoring malformed job event notification: %.200s", payload)
             return
@@ -141,7 +143,7 @@ class JobEventHub:
                 delay = min(delay * 2, _RECONNECT_MAX_DELAY_SECONDS)
                 continue
             lost = asyncio.Event()
-            connection.add_termination_listener(lambda _connection: lost.set())
+            connection.add_termination_listener(lambda _connection, lost=lost: lost.set())
             try:
                 await connection.add_listener(JOB_EVENTS_CHANNEL, self._on_notification)
                 self._connected.set()

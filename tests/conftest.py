@@ -68,7 +68,7 @@ async def gateway_channel(stack: Stack) -> AsyncIterator[grpc.aio.Channel]:
 
 
 @pytest.fixture(scope="session")
-def jobs_stub(grpc_channel: grpc.aio.Channel) -> pb_grpc.JobServiceStub:
+def jobs_stub(grpc_channel: grpc.aio.Channel) -> pb_grpc.JobServiceAsyncStub:
     """JobService client on the direct channel."""
     return pb_grpc.JobServiceStub(grpc_channel)
 

@@ -72,4 +72,6 @@ async def execute_job(
     if recorded:
         logger.info("job %s: attempt %d finished (%s)", job_id, claim.attempt, outcome)
     else:
-        logger.warning("job %s: attempt %d lost its claim; outcome discarded", job_id, claim.attempt)
+        logger.warning(
+            "job %s: attempt %d lost its claim; outcome discarded", job_id, claim.attempt
+        )

@@ -22,7 +22,9 @@ class AsyncRuntime:
 
     def __init__(self, settings: Settings) -> None:
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="jobs-loop", daemon=True)
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="jobs-loop", daemon=True
+        )
         self._thread.start()
         engine = create_engine(settings.database_url, pool_size=settings.db_pool_size)
         self.store = JobStore(engine)

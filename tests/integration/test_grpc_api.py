@@ -17,16 +17,18 @@ from tests.conftest import TEST_MAX_JOB_NUMBERS
 from tests.eventually import eventually
 
 
-async def _finished(stub: pb_grpc.JobServiceStub, job_id: str) -> pb.Job:
+async def _finished(stub: pb_grpc.JobServiceAsyncStub, job_id: str) -> pb.Job:
     return await eventually(
         lambda: stub.GetResult(pb.GetResultRequest(job_id=job_id)),
         until=lambda job: job.status in (pb.SUCCESS, pb.FAILED),
     )
 
 
-def _details(error: grpc.aio.AioRpcError) -> tuple[list[error_details_pb2.ErrorInfo], dict[str, str]]:
+def _details(
+    error: grpc.aio.AioRpcError,
+) -> tuple[list[error_details_pb2.ErrorInfo], dict[str, str]]:
     """The ErrorInfo details and the BadRequest field violations (field -> description)."""
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    status = rpc_status.from_call(error)
     assert status is not None, "expected google.rpc.Status details"
     infos: list[error_details_pb2.ErrorInfo] = []
     violations: dict[str, str] = {}
@@ -42,7 +44,9 @@ def _details(error: grpc.aio.AioRpcError) -> tuple[list[error_details_pb2.ErrorI
     return infos, violations
 
 
-async def test_submit_stores_a_pending_job_with_a_uuid7_id(jobs_stub: pb_grpc.JobServiceStub) -> None:
+async def test_submit_stores_a_pending_job_with_a_uuid7_id(
+    jobs_stub: pb_grpc.JobServiceAsyncStub,
+) -> None:
     job = await jobs_stub.SubmitJob(pb.SubmitJobRequest(data=[1, 2, 3], operation=pb.square_sum))
 
     assert job.status == pb.PENDING
@@ -64,7 +68,7 @@ async def test_submit_stores_a_pending_job_with_a_uuid7_id(jobs_stub: pb_grpc.Jo
     ],
 )
 async def test_job_runs_to_success_with_the_exact_result(
-    jobs_stub: pb_grpc.JobServiceStub, operation: int, data: list[float], expected: float
+    jobs_stub: pb_grpc.JobServiceAsyncStub, operation: int, data: list[float], expected: float
 ) -> None:
     submitted = await jobs_stub.SubmitJob(pb.SubmitJobRequest(data=data, operation=operation))  # type: ignore[arg-type]
 
@@ -77,7 +81,7 @@ async def test_job_runs_to_success_with_the_exact_result(
 
 
 async def test_overflowing_result_fails_the_job_with_a_readable_error(
-    jobs_stub: pb_grpc.JobServiceStub,
+    jobs_stub: pb_grpc.JobServiceAsyncStub,
 ) -> None:
     submitted = await jobs_stub.SubmitJob(
         pb.SubmitJobRequest(data=[1e300, 1e300], operation=pb.square_sum)
@@ -90,7 +94,9 @@ async def test_overflowing_result_fails_the_job_with_a_readable_error(
     assert "double" in job.result.error
 
 
-async def test_status_and_result_before_the_job_finishes(jobs_stub: pb_grpc.JobServiceStub) -> None:
+async def test_status_and_result_before_the_job_finishes(
+    jobs_stub: pb_grpc.JobServiceAsyncStub,
+) -> None:
     submitted = await jobs_stub.SubmitJob(pb.SubmitJobRequest(data=[2], operation=pb.cube_sum))
 
     status = await jobs_stub.GetStatus(pb.GetStatusRequest(job_id=submitted.id))
@@ -108,7 +114,9 @@ async def test_status_and_result_before_the_job_finishes(jobs_stub: pb_grpc.JobS
     assert (await _finished(jobs_stub, submitted.id)).result.result == 8.0
 
 
-async def test_watch_streams_every_state_in_order_and_ends(jobs_stub: pb_grpc.JobServiceStub) -> None:
+async def test_watch_streams_every_state_in_order_and_ends(
+    jobs_stub: pb_grpc.JobServiceAsyncStub,
+) -> None:
     submitted = await jobs_stub.SubmitJob(pb.SubmitJobRequest(data=[3, 4], operation=pb.square_sum))
 
     updates = [u async for u in jobs_stub.WatchJob(pb.WatchJobRequest(job_id=submitted.id))]
@@ -124,7 +132,7 @@ async def test_watch_streams_every_state_in_order_and_ends(jobs_stub: pb_grpc.Jo
 
 
 async def test_watch_of_a_finished_job_sends_the_final_state_once(
-    jobs_stub: pb_grpc.JobServiceStub,
+    jobs_stub: pb_grpc.JobServiceAsyncStub,
 ) -> None:
     submitted = await jobs_stub.SubmitJob(pb.SubmitJobRequest(data=[1], operation=pb.square_sum))
     await _finished(jobs_stub, submitted.id)
@@ -136,7 +144,7 @@ async def test_watch_of_a_finished_job_sends_the_final_state_once(
 
 
 async def test_many_watchers_of_many_jobs_all_see_every_change(
-    jobs_stub: pb_grpc.JobServiceStub,
+    jobs_stub: pb_grpc.JobServiceAsyncStub,
 ) -> None:
     jobs = [
         await jobs_stub.SubmitJob(pb.SubmitJobRequest(data=[i], operation=pb.square_sum))
@@ -156,7 +164,7 @@ async def test_many_watchers_of_many_jobs_all_see_every_change(
         assert [u.sequence for u in updates] == list(range(updates[0].sequence, 4))
 
 
-async def test_one_worker_keeps_many_jobs_in_flight(jobs_stub: pb_grpc.JobServiceStub) -> None:
+async def test_one_worker_keeps_many_jobs_in_flight(jobs_stub: pb_grpc.JobServiceAsyncStub) -> None:
     jobs = await asyncio.gather(
         *(
             jobs_stub.SubmitJob(pb.SubmitJobRequest(data=[i], operation=pb.square_sum))
@@ -186,13 +194,20 @@ async def test_one_worker_keeps_many_jobs_in_flight(jobs_stub: pb_grpc.JobServic
         ({"data": [], "operation": pb.square_sum}, "data", "at least one"),
         ({"data": [1.0, math.nan], "operation": pb.square_sum}, "data[1]", "finite"),
         ({"data": [math.inf], "operation": pb.cube_sum}, "data[0]", "finite"),
-        ({"data": [1.0] * (TEST_MAX_JOB_NUMBERS + 1), "operation": pb.cube_sum}, "data", str(TEST_MAX_JOB_NUMBERS)),
+        (
+            {"data": [1.0] * (TEST_MAX_JOB_NUMBERS + 1), "operation": pb.cube_sum},
+            "data",
+            str(TEST_MAX_JOB_NUMBERS),
+        ),
         ({"data": [1.0]}, "operation", "square_sum, cube_sum"),
         ({"data": [1.0], "operation": 7}, "operation", "square_sum, cube_sum"),
     ],
 )
 async def test_invalid_submissions_are_rejected_naming_the_field(
-    jobs_stub: pb_grpc.JobServiceStub, request_fields: dict[str, object], field: str, fragment: str
+    jobs_stub: pb_grpc.JobServiceAsyncStub,
+    request_fields: dict[str, object],
+    field: str,
+    fragment: str,
 ) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await jobs_stub.SubmitJob(pb.SubmitJobRequest(**request_fields))  # type: ignore[arg-type]
@@ -204,7 +219,7 @@ async def test_invalid_submissions_are_rejected_naming_the_field(
     assert field in (raised.value.details() or "")
 
 
-async def test_all_violations_are_reported_together(jobs_stub: pb_grpc.JobServiceStub) -> None:
+async def test_all_violations_are_reported_together(jobs_stub: pb_grpc.JobServiceAsyncStub) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await jobs_stub.SubmitJob(pb.SubmitJobRequest(data=[]))
 
@@ -213,18 +228,20 @@ async def test_all_violations_are_reported_together(jobs_stub: pb_grpc.JobServic
 
 
 @pytest.mark.parametrize("method", ["GetStatus", "GetResult", "WatchJob"])
-async def test_unknown_job_is_not_found(jobs_stub: pb_grpc.JobServiceStub, method: str) -> None:
+async def test_unknown_job_is_not_found(
+    jobs_stub: pb_grpc.JobServiceAsyncStub, method: str
+) -> None:
     unknown = "01a20000-0000-7000-8000-000000000000"
     request_type = {"GetStatus": pb.GetStatusRequest, "GetResult": pb.GetResultRequest}.get(
         method, pb.WatchJobRequest
     )
     call = getattr(jobs_stub, method)(request_type(job_id=unknown))
 
+    async def complete() -> object:
+        return [u async for u in call] if method == "WatchJob" else await call
+
     with pytest.raises(grpc.aio.AioRpcError) as raised:
-        if method == "WatchJob":
-            [u async for u in call]
-        else:
-            await call
+        await complete()
 
     assert raised.value.code() == grpc.StatusCode.NOT_FOUND
     infos, _ = _details(raised.value)
@@ -234,7 +251,7 @@ async def test_unknown_job_is_not_found(jobs_stub: pb_grpc.JobServiceStub, metho
 
 @pytest.mark.parametrize("job_id", ["", "1", "not-a-uuid", str(uuid.uuid4())])
 async def test_malformed_job_id_is_invalid_argument(
-    jobs_stub: pb_grpc.JobServiceStub, job_id: str
+    jobs_stub: pb_grpc.JobServiceAsyncStub, job_id: str
 ) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await jobs_stub.GetStatus(pb.GetStatusRequest(job_id=job_id))

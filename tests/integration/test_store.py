@@ -29,9 +29,13 @@ async def store(stack: Stack) -> AsyncIterator[JobStore]:
 
 
 async def test_only_one_of_two_concurrent_claims_wins(store: JobStore) -> None:
-    job = await store.create(job_id=new_job_id(), operation=Operation.CUBE_SUM, numbers=pack_numbers([2.0]))
+    job = await store.create(
+        job_id=new_job_id(), operation=Operation.CUBE_SUM, numbers=pack_numbers([2.0])
+    )
 
-    claims = await asyncio.gather(store.claim(job.id, lease=LEASE), store.claim(job.id, lease=LEASE))
+    claims = await asyncio.gather(
+        store.claim(job.id, lease=LEASE), store.claim(job.id, lease=LEASE)
+    )
 
     winners = [claim for claim in claims if claim is not None]
     assert len(winners) == 1
@@ -40,7 +44,9 @@ async def test_only_one_of_two_concurrent_claims_wins(store: JobStore) -> None:
 
 
 async def test_a_stale_attempt_cannot_overwrite_the_outcome(store: JobStore) -> None:
-    job = await store.create(job_id=new_job_id(), operation=Operation.SQUARE_SUM, numbers=pack_numbers([3.0]))
+    job = await store.create(
+        job_id=new_job_id(), operation=Operation.SQUARE_SUM, numbers=pack_numbers([3.0])
+    )
     claim = await store.claim(job.id, lease=LEASE)
     assert claim is not None
 
@@ -62,12 +68,14 @@ async def test_every_change_is_an_event_and_a_notification_on_commit(
         JOB_EVENTS_CHANNEL, lambda *args: received.put_nowait(json.loads(args[3]))
     )
     try:
-        job = await store.create(job_id=new_job_id(), operation=Operation.SQUARE_SUM, numbers=pack_numbers([1.0, 2.0]))
+        job = await store.create(
+            job_id=new_job_id(), operation=Operation.SQUARE_SUM, numbers=pack_numbers([1.0, 2.0])
+        )
         claim = await store.claim(job.id, lease=LEASE)
         assert claim is not None
         await store.finish(claim, Outcome(result=5.0))
 
-        notified = []
+        notified: list[tuple[object, object, object]] = []
         while len(notified) < 3:
             payload = await asyncio.wait_for(received.get(), timeout=10)
             if payload["job_id"] == str(job.id):
@@ -87,7 +95,9 @@ async def test_every_change_is_an_event_and_a_notification_on_commit(
 
 
 async def test_jobs_whose_publish_failed_are_taken_for_redispatch_once(store: JobStore) -> None:
-    job = await store.create(job_id=new_job_id(), operation=Operation.SQUARE_SUM, numbers=pack_numbers([1.0]))
+    job = await store.create(
+        job_id=new_job_id(), operation=Operation.SQUARE_SUM, numbers=pack_numbers([1.0])
+    )
     await store.mark_undispatched([job.id])
 
     first = await store.take_undispatched(older_than=timedelta(hours=1), limit=1000)

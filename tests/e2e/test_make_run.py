@@ -1,0 +1,129 @@
+"""`make run`'s supervisor: starts everything, keeps jobs across restarts, stops every process on Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+
+import psutil
+import pytest
+
+from devstack.processes import free_port
+from devstack.stack import ROOT
+
+BANNER = "Press Ctrl-C to stop everything."
+
+
+@pytest.fixture
+def run_env() -> Iterator[dict[str, str]]:
+    with tempfile.TemporaryDirectory(prefix="make-run-") as data_dir:
+        yield {
+            **os.environ,
+            "LOCAL_DATA_DIR": data_dir,
+            "GRPC_PORT": str(free_port()),
+            "HTTP_PORT": str(free_port()),
+            "ENVOY_ADMIN_PORT": str(free_port()),
+            "FLOWER_PORT": str(free_port()),
+            "EMBEDDED_POSTGRES_PORT": str(free_port()),
+            "EMBEDDED_REDIS_PORT": str(free_port()),
+            "SIMULATED_DELAY_SECONDS": "0",
+        }
+
+
+def _start(env: dict[str, str]) -> tuple[subprocess.Popen[str], list[str]]:
+    """Start `python -m devstack` and read its output until the banner's last line."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "devstack"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert process.stdout is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        lines.append(line.rstrip())
+        if BANNER in line:
+            return process, lines
+    process.kill()
+    raise AssertionError("make run did not get ready:\n" + "\n".join(lines))
+
+
+def _stop(process: subprocess.Popen[str]) -> list[psutil.Process]:
+    """Ctrl-C the supervisor; return the child processes it had, for checking afterwards."""
+    children = psutil.Process(process.pid).children(recursive=True)
+    assert children, "expected the supervisor to have child processes"
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=90) == 0
+    return children
+
+
+def _http(method: str, url: str, body: dict[str, object] | None = None) -> dict[str, object]:
+    request = urllib.request.Request(
+        url,
+        data=json.dumps(body).encode() if body is not None else None,
+        headers={"content-type": "application/json"},
+        method=method,
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        result: dict[str, object] = json.loads(response.read())
+        return result
+
+
+def test_run_serves_keeps_jobs_across_restarts_and_leaves_nothing_behind(
+    run_env: dict[str, str],
+) -> None:
+    base = f"http://127.0.0.1:{run_env['HTTP_PORT']}"
+    process, lines = _start(run_env)
+    try:
+        banner = "\n".join(lines)
+        for port in ("HTTP_PORT", "GRPC_PORT", "FLOWER_PORT"):
+            assert run_env[port] in banner
+        job = _http("POST", f"{base}/api/v1/jobs/", {"data": [1, 2], "operation": "square_sum"})
+        flower = urllib.request.Request(f"http://127.0.0.1:{run_env['FLOWER_PORT']}/")
+        with pytest.raises(urllib.error.HTTPError) as unauthorised:
+            urllib.request.urlopen(flower, timeout=10)
+        assert unauthorised.value.code == 401  # Flower asks for FLOWER_BASIC_AUTH
+    finally:
+        children = _stop(process)
+    assert not [child for child in children if child.is_running() and child.status() != "zombie"]
+
+    process, _ = _start(run_env)
+    try:
+        again = _http("GET", f"{base}/api/v1/jobs/{job['id']}/result")
+    finally:
+        _stop(process)
+    assert again["id"] == job["id"]
+    assert again["status"] in ("PENDING", "IN_PROGRESS", "SUCCESS")
+
+
+def test_run_names_the_port_that_is_taken(run_env: dict[str, str]) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", int(run_env["HTTP_PORT"])))
+        taken.listen()
+        completed = subprocess.run(
+            [sys.executable, "-m", "devstack"],
+            cwd=ROOT,
+            env=run_env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    assert completed.returncode == 1
+    assert f"port {run_env['HTTP_PORT']}" in completed.stdout + completed.stderr
+    assert "HTTP_PORT" in completed.stdout + completed.stderr
