@@ -1,0 +1,53 @@
+"""Settings come from the seed's environment variables; production refuses development secrets."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from jobcore.settings import Settings
+
+
+def test_defaults_match_the_documented_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("REDIS_URL", "CELERY_BROKER_URL", "SIMULATED_DELAY_SECONDS", "MAX_JOB_NUMBERS"):
+        monkeypatch.delenv(name, raising=False)
+
+    settings = Settings()
+
+    assert settings.simulated_delay_seconds == 2.0
+    assert settings.max_job_numbers == 100_000
+    assert settings.broker_url == settings.redis_url == "redis://localhost:6379/0"
+
+
+def test_celery_urls_default_to_redis_url_and_can_be_overridden(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("REDIS_URL", "redis://cache:6379/1")
+    monkeypatch.setenv("CELERY_BROKER_URL", "redis://broker:6379/2")
+    monkeypatch.delenv("CELERY_RESULT_BACKEND", raising=False)
+
+    settings = Settings()
+
+    assert settings.broker_url == "redis://broker:6379/2"
+    assert settings.result_backend_url == "redis://cache:6379/1"
+
+
+def test_production_refuses_development_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ENVIRONMENT", "production")
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.setenv("FLOWER_BASIC_AUTH", "ops:s3cret")
+
+    with pytest.raises(ValidationError, match="DATABASE_URL"):
+        Settings()
+
+    monkeypatch.setenv("DATABASE_URL", "postgresql+asyncpg://jobs:pw@db/jobdb")
+    monkeypatch.setenv("FLOWER_BASIC_AUTH", "admin:admin")
+    with pytest.raises(ValidationError, match="FLOWER_BASIC_AUTH"):
+        Settings()
+
+
+def test_negative_delay_is_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SIMULATED_DELAY_SECONDS", "-1")
+
+    with pytest.raises(ValidationError, match="simulated_delay_seconds"):
+        Settings()
