@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from jobcore.queue import JOBS_QUEUE
 from worker.app import app, settings
 
@@ -15,6 +17,8 @@ def main() -> None:
             f"--queues={JOBS_QUEUE}",
             "--without-mingle",
             "--without-gossip",
+            # Anything else (for example --hostname) is passed through to Celery.
+            *sys.argv[1:],
         ]
     )
 
