@@ -33,6 +33,26 @@ class JobNotFoundError(JobError):
         super().__init__(f"job {job_id} not found")
 
 
+class JobAlreadyFinishedError(JobError):
+    """The job already reached a final state, so it cannot be changed (e.g. cancelled)."""
+
+    def __init__(self, job_id: str, status: str) -> None:
+        self.job_id = job_id
+        self.status = status
+        super().__init__(f"job {job_id} already finished with status {status}")
+
+
+class IdempotencyKeyReusedError(JobError):
+    """A request_id / Idempotency-Key was already used for a different submission."""
+
+    def __init__(self, request_id: str) -> None:
+        self.request_id = request_id
+        super().__init__(
+            f"request_id {request_id!r} was already used for a different job; "
+            "use a new key for a new submission"
+        )
+
+
 class StoreUnavailableError(JobError):
     """PostgreSQL (the source of truth) cannot be reached, so nothing was stored or read."""
 

@@ -17,6 +17,7 @@ class JobStatus(enum.StrEnum):
     IN_PROGRESS = "IN_PROGRESS"
     SUCCESS = "SUCCESS"
     FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
 
     @property
     def is_final(self) -> bool:
@@ -24,7 +25,7 @@ class JobStatus(enum.StrEnum):
         return self in FINAL_STATUSES
 
 
-FINAL_STATUSES = frozenset({JobStatus.SUCCESS, JobStatus.FAILED})
+FINAL_STATUSES = frozenset({JobStatus.SUCCESS, JobStatus.FAILED, JobStatus.CANCELLED})
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +47,7 @@ class Job:
     updated_at: datetime
     sequence: int
     outcome: Outcome | None
+    attempts: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +59,7 @@ class JobEvent:
     status: JobStatus
     occurred_at: datetime
     outcome: Outcome | None
+    attempts: int = 0  # the job's attempt count right after this change
 
     def apply_to(self, job: Job) -> Job:
         """The job as it is right after this event."""
@@ -68,6 +71,7 @@ class JobEvent:
             updated_at=self.occurred_at,
             sequence=self.sequence,
             outcome=self.outcome,
+            attempts=self.attempts,
         )
 
 
@@ -79,3 +83,4 @@ class Claim:
     attempt: int
     operation: Operation
     numbers: bytes
+    sequence: int  # the claim's own event; later events mean the job changed under us

@@ -29,8 +29,13 @@ def create_celery_app(settings: Settings) -> Celery:
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         broker_connection_retry_on_startup=True,
-        # Fail fast at submit time rather than hanging a client when Redis is down.
-        broker_transport_options={"max_retries": 1, "interval_start": 0, "interval_step": 0.2},
+        broker_transport_options={
+            # Fail fast at submit time rather than hang a client while Redis is down.
+            "max_retries": 1,
+            "interval_start": 0,
+            "interval_step": 0.2,
+            "visibility_timeout": settings.visibility_timeout_seconds,
+        },
         worker_hijack_root_logger=False,
         enable_utc=True,
     )

@@ -44,14 +44,36 @@ jobs = Table(
     Column("last_sequence", Integer, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    # Idempotency key of SubmitJob and a digest of the request it was first used with.
+    Column("request_id", Text, nullable=True),
+    Column("request_hash", LargeBinary, nullable=True),
     CheckConstraint("operation IN ('square_sum', 'cube_sum')", name="jobs_operation_known"),
     CheckConstraint(
-        "status IN ('PENDING', 'IN_PROGRESS', 'SUCCESS', 'FAILED')", name="jobs_status_known"
+        "status IN ('PENDING', 'IN_PROGRESS', 'SUCCESS', 'FAILED', 'CANCELLED')",
+        name="jobs_status_known",
     ),
 )
 
 # Serves the re-dispatch sweep, which only ever looks at PENDING jobs.
 Index("jobs_pending_by_dispatch", jobs.c.dispatched_at, postgresql_where=jobs.c.status == "PENDING")
+# Serves the lease reaper, which only looks at running jobs.
+Index(
+    "jobs_running_by_lease",
+    jobs.c.lease_expires_at,
+    postgresql_where=jobs.c.status == "IN_PROGRESS",
+)
+# Serves retention, which deletes finished jobs by age.
+Index(
+    "jobs_finished_by_update",
+    jobs.c.updated_at,
+    postgresql_where=jobs.c.status.in_(["SUCCESS", "FAILED", "CANCELLED"]),
+)
+Index(
+    "jobs_request_id",
+    jobs.c.request_id,
+    unique=True,
+    postgresql_where=jobs.c.request_id.is_not(None),
+)
 
 job_events = Table(
     "job_events",
@@ -62,5 +84,6 @@ job_events = Table(
     Column("occurred_at", DateTime(timezone=True), nullable=False),
     Column("result", Double, nullable=True),
     Column("error", Text, nullable=True),
+    Column("attempt", Integer, nullable=False, server_default="0"),
     PrimaryKeyConstraint("job_id", "sequence"),
 )

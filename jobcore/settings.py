@@ -33,12 +33,22 @@ class Settings(BaseSettings):
     simulated_delay_seconds: float = Field(default=2.0, ge=0)
     # Jobs one worker process keeps in flight; they wait on asyncio, not on threads' CPU.
     worker_concurrency: int = Field(default=100, ge=1)
-    # How long a claimed attempt owns its job before it counts as abandoned.
-    job_lease_seconds: float = Field(default=300.0, gt=0)
+    # A worker renews its claim on a running job every third of this; a claim not renewed
+    # for this long (the worker died) is taken back and the job runs again.
+    job_lease_seconds: float = Field(default=30.0, gt=0)
+    # A job that runs longer than this (delay included) fails as timed out.
+    job_timeout_seconds: float = Field(default=300.0, gt=0)
+    # After this many lost workers in a row a job fails instead of running again.
+    max_attempts: int = Field(default=3, ge=1)
+    # Finished jobs and their events are deleted this long after they finished.
+    job_retention_days: float = Field(default=30.0, gt=0)
+    # WatchJob sends a heartbeat after this long without a change.
+    watch_heartbeat_seconds: float = Field(default=15.0, gt=0)
     # A PENDING job whose broker message is older than this is published again (Redis may
     # have lost it); duplicates are harmless. Failed publishes are retried at every sweep.
     redispatch_after_seconds: float = Field(default=60.0, gt=0)
-    redispatch_sweep_seconds: float = Field(default=5.0, gt=0)
+    # How often each server re-dispatches, takes back expired leases and purges old jobs.
+    maintenance_interval_seconds: float = Field(default=5.0, gt=0)
     db_pool_size: int = Field(default=10, ge=1)
     health_check_interval_seconds: float = Field(default=2.0, gt=0)
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
@@ -53,6 +63,15 @@ class Settings(BaseSettings):
     def result_backend_url(self) -> str:
         """Celery's result backend; job results themselves live in PostgreSQL."""
         return self.celery_result_backend or self.redis_url
+
+    @property
+    def visibility_timeout_seconds(self) -> float:
+        """Redis redelivers an unacknowledged message after this; longer than any job may run.
+
+        A redelivery while the job still runs would be harmless (claims are
+        compare-and-set) but wasteful; lost jobs are recovered by the lease instead.
+        """
+        return self.job_timeout_seconds + self.job_lease_seconds + 60
 
     @model_validator(mode="after")
     def _no_development_secrets_in_production(self) -> Settings:

@@ -17,14 +17,14 @@ from grpc_reflection.v1alpha import reflection
 from jobs.v1 import jobs_service_pb2 as pb
 from jobs.v1 import jobs_service_pb2_grpc as pb_grpc
 
+from jobcore.events import JobEventHub
 from jobcore.queue import create_celery_app
 from jobcore.settings import Settings
 from jobcore.store import JobStore, create_engine
 from server.errors import DomainErrorInterceptor
 from server.health import HealthMonitor
+from server.maintenance import MaintenancePolicy, run_maintenance
 from server.servicer import JobServicer
-from server.sweeper import run_sweeper
-from server.watch import JobEventHub
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +60,7 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
             celery_app=celery_app,
             hub=hub,
             max_job_numbers=settings.max_job_numbers,
+            watch_heartbeat=timedelta(seconds=settings.watch_heartbeat_seconds),
         ),
         server,
     )
@@ -88,13 +89,17 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
     background = [
         asyncio.create_task(monitor.run(), name="health-monitor"),
         asyncio.create_task(
-            run_sweeper(
+            run_maintenance(
                 store,
                 celery_app,
-                interval=timedelta(seconds=settings.redispatch_sweep_seconds),
-                older_than=timedelta(seconds=settings.redispatch_after_seconds),
+                MaintenancePolicy(
+                    interval=timedelta(seconds=settings.maintenance_interval_seconds),
+                    redispatch_after=timedelta(seconds=settings.redispatch_after_seconds),
+                    max_attempts=settings.max_attempts,
+                    retention=timedelta(days=settings.job_retention_days),
+                ),
             ),
-            name="redispatch-sweeper",
+            name="maintenance",
         ),
     ]
     logger.info("gRPC server listening on %s", address)

@@ -53,6 +53,7 @@ def job_to_proto(job: Job, *, with_result: bool) -> pb.Job:
         operation=pb.Operation.Value(job.operation.value),
         created_at=_timestamp(job.created_at),
         updated_at=_timestamp(job.updated_at),
+        attempts=job.attempts,
     )
     if with_result and job.outcome is not None:
         if job.outcome.error is None:

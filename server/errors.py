@@ -13,7 +13,9 @@ from grpc_status import rpc_status
 
 from jobcore.errors import (
     BrokerUnavailableError,
+    IdempotencyKeyReusedError,
     InvalidJobError,
+    JobAlreadyFinishedError,
     JobError,
     JobNotFoundError,
     ServiceShuttingDownError,
@@ -57,6 +59,31 @@ def status_for(error: JobError) -> status_pb2.Status:
             code=code_pb2.INVALID_ARGUMENT,
             message=str(error),
             details=[_error_info("INVALID_REQUEST"), _pack(bad_request)],
+        )
+    if isinstance(error, JobAlreadyFinishedError):
+        return status_pb2.Status(
+            code=code_pb2.FAILED_PRECONDITION,
+            message=str(error),
+            details=[
+                _error_info("JOB_ALREADY_FINISHED", job_id=error.job_id, status=error.status),
+                _pack(
+                    error_details_pb2.PreconditionFailure(
+                        violations=[
+                            error_details_pb2.PreconditionFailure.Violation(
+                                type="STATUS",
+                                subject=f"jobs/{error.job_id}",
+                                description=f"the job is {error.status}; only PENDING or IN_PROGRESS jobs can be cancelled",
+                            )
+                        ]
+                    )
+                ),
+            ],
+        )
+    if isinstance(error, IdempotencyKeyReusedError):
+        return status_pb2.Status(
+            code=code_pb2.ALREADY_EXISTS,
+            message=str(error),
+            details=[_error_info("IDEMPOTENCY_KEY_REUSED", request_id=error.request_id)],
         )
     if isinstance(error, JobNotFoundError):
         return status_pb2.Status(

@@ -9,8 +9,8 @@ from celery import Celery
 from grpc_health.v1 import health_pb2
 from grpc_health.v1._async import HealthServicer
 
+from jobcore.events import JobEventHub
 from jobcore.store import JobStore
-from server.watch import JobEventHub
 
 logger = logging.getLogger(__name__)
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
-from typing import Any, TypeAlias
+from collections.abc import AsyncIterator, Callable
+from datetime import timedelta
+from typing import Any, TypeAlias, TypeVar
 
 import grpc
 from celery import Celery
@@ -13,52 +14,117 @@ from jobs.v1 import jobs_service_pb2 as pb
 from jobs.v1 import jobs_service_pb2_grpc as pb_grpc
 
 from jobcore.errors import FieldViolation, InvalidJobError
+from jobcore.events import JobEventHub
 from jobcore.ids import new_job_id
 from jobcore.operations import pack_numbers, validate_numbers
 from jobcore.queue import dispatch
 from jobcore.store import JobStore
 from server.conversions import job_id_from_proto, job_to_proto, operation_from_proto
-from server.watch import JobEventHub, follow_job
+from server.watch import follow_job
 
 logger = logging.getLogger(__name__)
 
 Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 
 
+T = TypeVar("T")
+
+_MAX_REQUEST_ID_CHARS = 128
+
+
+def _metadata(context: Context, key: str) -> str | None:
+    """A request header (REST clients' headers arrive through Envoy as gRPC metadata)."""
+    for name, value in context.invocation_metadata() or ():
+        if name == key:
+            return value if isinstance(value, str) else value.decode(errors="replace")
+    return None
+
+
+def _request_id(request: pb.SubmitJobRequest, context: Context) -> str | None:
+    """The idempotency key: the request_id field, or the Idempotency-Key header."""
+    header = _metadata(context, "idempotency-key")
+    if request.request_id and header and header != request.request_id:
+        raise InvalidJobError(
+            [FieldViolation("request_id", "differs from the Idempotency-Key header; send one")]
+        )
+    key = request.request_id or header
+    if key is not None and not (0 < len(key) <= _MAX_REQUEST_ID_CHARS and key.isprintable()):
+        raise InvalidJobError(
+            [
+                FieldViolation(
+                    "request_id",
+                    f"must be 1 to {_MAX_REQUEST_ID_CHARS} printable characters (a UUID is ideal)",
+                )
+            ]
+        )
+    return key or None
+
+
+def _collect(violations: list[FieldViolation], validate: Callable[[], T]) -> T | None:
+    """Run one validation, adding its violations to `violations`, so all are reported at once."""
+    try:
+        return validate()
+    except InvalidJobError as error:
+        violations += error.violations
+        return None
+
+
+def _after_sequence(request: pb.WatchJobRequest, context: Context) -> int:
+    """Where to resume: after_sequence, or the SSE Last-Event-ID header."""
+    if request.after_sequence < 0:
+        raise InvalidJobError([FieldViolation("after_sequence", "must not be negative")])
+    if request.after_sequence:
+        return request.after_sequence
+    header = _metadata(context, "last-event-id")
+    if header is None or header == "":
+        return 0
+    if not header.isdigit():
+        raise InvalidJobError(
+            [FieldViolation("Last-Event-ID", f"must be a sequence number, got {header[:32]!r}")]
+        )
+    return int(header)
+
+
 class JobServicer(pb_grpc.JobServiceServicer):
     """Submits jobs to PostgreSQL and Celery, and reads them back."""
 
     def __init__(
-        self, *, store: JobStore, celery_app: Celery, hub: JobEventHub, max_job_numbers: int
+        self,
+        *,
+        store: JobStore,
+        celery_app: Celery,
+        hub: JobEventHub,
+        max_job_numbers: int,
+        watch_heartbeat: timedelta,
     ) -> None:
         self._store = store
         self._celery = celery_app
         self._hub = hub
         self._max_job_numbers = max_job_numbers
+        self._watch_heartbeat = watch_heartbeat
 
     async def SubmitJob(self, request: pb.SubmitJobRequest, context: Context) -> pb.Job:
         violations: list[FieldViolation] = []
-        try:
-            numbers = validate_numbers(request.data, max_count=self._max_job_numbers)
-        except InvalidJobError as error:
-            violations += error.violations
-        try:
-            operation = operation_from_proto(request.operation)
-        except InvalidJobError as error:
-            violations += error.violations
-        if violations:
-            raise InvalidJobError(violations)
-        job = await self._store.create(
-            job_id=new_job_id(), operation=operation, numbers=pack_numbers(numbers)
+        numbers = _collect(
+            violations, lambda: validate_numbers(request.data, max_count=self._max_job_numbers)
         )
-        try:
-            await asyncio.to_thread(dispatch, self._celery, job.id)
-        except Exception:
-            # The job is stored, so the answer is still OK: the re-dispatch sweep sends it later.
-            logger.exception(
-                "job %s: publishing to the broker failed; the sweep will retry", job.id
-            )
-            await self._store.mark_undispatched([job.id])
+        operation = _collect(violations, lambda: operation_from_proto(request.operation))
+        request_id = _collect(violations, lambda: _request_id(request, context))
+        if violations or numbers is None or operation is None:
+            raise InvalidJobError(violations)
+        job, created = await self._store.create(
+            job_id=new_job_id(),
+            operation=operation,
+            numbers=pack_numbers(numbers),
+            request_id=request_id,
+        )
+        if created:
+            try:
+                await asyncio.to_thread(dispatch, self._celery, job.id)
+            except Exception:
+                # The job is stored, so the answer is still OK: maintenance re-dispatches it.
+                logger.exception("job %s: publishing to the broker failed; will retry", job.id)
+                await self._store.mark_undispatched([job.id])
         return job_to_proto(job, with_result=False)
 
     async def GetStatus(self, request: pb.GetStatusRequest, context: Context) -> pb.Job:
@@ -69,11 +135,22 @@ class JobServicer(pb_grpc.JobServiceServicer):
         job = await self._store.get(job_id_from_proto(request.job_id))
         return job_to_proto(job, with_result=True)
 
+    async def CancelJob(self, request: pb.CancelJobRequest, context: Context) -> pb.Job:
+        job = await self._store.cancel(job_id_from_proto(request.job_id))
+        return job_to_proto(job, with_result=True)
+
     async def WatchJob(
         self, request: pb.WatchJobRequest, context: Context
     ) -> AsyncIterator[pb.WatchJobResponse]:
         job_id = job_id_from_proto(request.job_id)
-        async for job in follow_job(self._hub, self._store, job_id):
+        updates = follow_job(
+            self._hub,
+            self._store,
+            job_id,
+            after_sequence=_after_sequence(request, context),
+            heartbeat=self._watch_heartbeat,
+        )
+        async for job, heartbeat in updates:
             yield pb.WatchJobResponse(
-                job=job_to_proto(job, with_result=True), sequence=job.sequence
+                job=job_to_proto(job, with_result=True), sequence=job.sequence, heartbeat=heartbeat
             )

@@ -1,194 +1,62 @@
-"""WatchJob fan-out: one LISTEN connection per server process feeds every open stream in memory.
+"""WatchJob: the job's state now, then every change as it commits, from the process's event hub.
 
-A thousand watchers cost one PostgreSQL subscription. Each stream subscribes
-before it reads the job's state, so a change committed in between is never
-missed; sequence numbers drop what it has already seen.
+Each stream subscribes before it reads the job, so a change committed in
+between is never missed; sequence numbers drop what it has already sent.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
-import logging
 import uuid
-from collections import defaultdict
-from collections.abc import AsyncIterator, Iterator
-from datetime import datetime
-from typing import Any, Final
-
-import asyncpg
-from sqlalchemy.engine import make_url
+from collections.abc import AsyncIterator
+from datetime import timedelta
 
 from jobcore.errors import ServiceShuttingDownError
+from jobcore.events import SHUTDOWN, JobEventHub
 from jobcore.models import Job, JobEvent
-from jobcore.schema import JOB_EVENTS_CHANNEL
-from jobcore.store import JobStore, event_from_row
-
-logger = logging.getLogger(__name__)
+from jobcore.store import JobStore
 
 
-class _Signal:
-    """A control message for inboxes, distinct from any JobEvent."""
+async def follow_job(
+    hub: JobEventHub,
+    store: JobStore,
+    job_id: uuid.UUID,
+    *,
+    after_sequence: int = 0,
+    heartbeat: timedelta,
+) -> AsyncIterator[tuple[Job, bool]]:
+    """Yield (job, is_heartbeat): each state of the job in order, ending after the final one.
 
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def __repr__(self) -> str:
-        return self.name
-
-
-# The listener reconnected: notifications may have been missed, so re-read from the database.
-RESYNC: Final = _Signal("RESYNC")
-# The server is draining: end the stream so the client reconnects elsewhere.
-SHUTDOWN: Final = _Signal("SHUTDOWN")
-
-InboxItem = JobEvent | _Signal
-
-_RECONNECT_FIRST_DELAY_SECONDS = 0.2
-_RECONNECT_MAX_DELAY_SECONDS = 5.0
-
-
-def asyncpg_dsn(database_url: str) -> str:
-    """The plain libpq URL asyncpg expects, from SQLAlchemy's `postgresql+asyncpg://` form."""
-    return make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
-def _parse_notification(payload: str) -> JobEvent:
-    row: dict[str, Any] = json.loads(payload)
-    row["job_id"] = uuid.UUID(row["job_id"])
-    row["occurred_at"] = datetime.fromisoformat(row["occurred_at"])
-    return event_from_row(row)
-
-
-class JobEventHub:
-    """Owns the LISTEN connection (reconnecting as needed) and the inboxes of open streams."""
-
-    def __init__(self, database_url: str) -> None:
-        self._dsn = asyncpg_dsn(database_url)
-        self._inboxes: defaultdict[uuid.UUID, set[asyncio.Queue[InboxItem]]] = defaultdict(set)
-        self._connected = asyncio.Event()
-        self._ready = asyncio.Event()
-        self._closing = False
-        self._task: asyncio.Task[None] | None = None
-
-    @property
-    def connected(self) -> bool:
-        """Whether notifications are flowing right now (part of the server's health)."""
-        return self._connected.is_set()
-
-    @property
-    def watcher_count(self) -> int:
-        """How many streams are open."""
-        return sum(len(inboxes) for inboxes in self._inboxes.values())
-
-    async def start(self, *, timeout_seconds: float) -> None:
-        """Start listening; wait up to `timeout_seconds` for the first connection."""
-        self._task = asyncio.create_task(self._listen_forever(), name="job-event-listener")
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._ready.wait(), timeout_seconds)
-
-    async def stop(self) -> None:
-        """End every open stream and close the LISTEN connection."""
-        self._closing = True
-        for inboxes in self._inboxes.values():
-            for inbox in inboxes:
-                inbox.put_nowait(SHUTDOWN)
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    @contextlib.contextmanager
-    def subscribe(self, job_id: uuid.UUID) -> Iterator[asyncio.Queue[InboxItem]]:
-        """An inbox that receives every event of this job committed from now on."""
-        if self._closing:
-            raise ServiceShuttingDownError("the server is shutting down")
-        inbox: asyncio.Queue[InboxItem] = asyncio.Queue()
-        self._inboxes[job_id].add(inbox)
-        try:
-            yield inbox
-        finally:
-            inboxes = self._inboxes.get(job_id)
-            if inboxes is not None:
-                inboxes.discard(inbox)
-                if not inboxes:
-                    del self._inboxes[job_id]
-
-    def _on_notification(
-        self, _connection: Any, _pid: int, _channel: str, payload: object, /
-    ) -> None:
-        try:
-            event = _parse_notification(str(payload))
-        except (ValueError, KeyError, TypeError):
-            logger.exception("ignoring malformed job event notification: %.200s", payload)
-            return
-        for inbox in self._inboxes.get(event.job_id, ()):
-            inbox.put_nowait(event)
-
-    def _broadcast(self, item: _Signal) -> None:
-        for inboxes in self._inboxes.values():
-            for inbox in inboxes:
-                inbox.put_nowait(item)
-
-    async def _listen_forever(self) -> None:
-        delay = _RECONNECT_FIRST_DELAY_SECONDS
-        while True:
-            try:
-                connection = await asyncpg.connect(self._dsn, timeout=5)
-            except (OSError, asyncpg.PostgresError, TimeoutError) as error:
-                logger.warning("LISTEN connection failed (%s); retrying in %.1f s", error, delay)
-                self._ready.set()
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, _RECONNECT_MAX_DELAY_SECONDS)
-                continue
-            lost = asyncio.Event()
-            connection.add_termination_listener(lambda _connection, lost=lost: lost.set())
-            try:
-                await connection.add_listener(JOB_EVENTS_CHANNEL, self._on_notification)
-                self._connected.set()
-                self._ready.set()
-                delay = _RECONNECT_FIRST_DELAY_SECONDS
-                # Anything committed while we were not listening is read back by each stream.
-                self._broadcast(RESYNC)
-                logger.info("listening for job events")
-                await self._wait_until_lost(connection, lost)
-            finally:
-                self._connected.clear()
-                if not connection.is_closed():
-                    await connection.close(timeout=2)
-            logger.warning("LISTEN connection lost; reconnecting")
-
-    @staticmethod
-    async def _wait_until_lost(connection: asyncpg.Connection, lost: asyncio.Event) -> None:
-        """Return when the connection dies; a periodic no-op query detects silent network loss."""
-        while not lost.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(lost.wait(), timeout=5)
-            if lost.is_set():
-                return
-            try:
-                await connection.execute("SELECT 1", timeout=5)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
-                return
-
-
-async def follow_job(hub: JobEventHub, store: JobStore, job_id: uuid.UUID) -> AsyncIterator[Job]:
-    """The job's current state, then each later state in order, ending after the final one."""
+    With after_sequence=0 the first state is the current one; otherwise only the
+    states after that sequence are sent, history first, so a client that lost
+    its stream resumes with nothing missed and nothing repeated. While nothing
+    changes for `heartbeat`, the latest state is repeated with is_heartbeat=True.
+    """
     with hub.subscribe(job_id) as inbox:
-        job = await store.get(job_id)
-        yield job
-        while not job.status.is_final:
-            item = await inbox.get()
+        latest = await store.get(job_id)
+        if after_sequence <= 0:
+            sent = latest.sequence
+            yield latest, False
+        else:
+            sent = after_sequence
+            for event in await store.events_after(job_id, sent):
+                latest, sent = event.apply_to(latest), event.sequence
+                yield latest, False
+        while not latest.status.is_final:
+            try:
+                item = await asyncio.wait_for(inbox.get(), heartbeat.total_seconds())
+            except TimeoutError:
+                yield latest, True
+                continue
             if item is SHUTDOWN:
                 raise ServiceShuttingDownError("the server is shutting down; watch again to resume")
-            if isinstance(item, JobEvent) and item.sequence <= job.sequence:
+            if isinstance(item, JobEvent) and item.sequence <= sent:
                 continue  # already sent
-            if isinstance(item, JobEvent) and item.sequence == job.sequence + 1:
+            if isinstance(item, JobEvent) and item.sequence == sent + 1:
                 events = [item]
             else:
                 # A gap or a reconnect: the database has the full history.
-                events = await store.events_after(job_id, job.sequence)
+                events = await store.events_after(job_id, sent)
             for event in events:
-                job = event.apply_to(job)
-                yield job
+                latest, sent = event.apply_to(latest), event.sequence
+                yield latest, False

@@ -5,14 +5,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from asyncio import FIRST_COMPLETED
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import TypeVar
 
 from jobcore.errors import ComputationError, StoreUnavailableError
-from jobcore.models import Claim, Outcome
+from jobcore.events import RESYNC, InboxItem
+from jobcore.models import Claim, JobEvent, JobStatus, Outcome
 from jobcore.operations import compute, unpack_numbers
 from jobcore.store import JobStore
+from worker.runtime import AsyncRuntime
 
 logger = logging.getLogger(__name__)
 
@@ -52,20 +55,64 @@ def _outcome_of(claim: Claim) -> Outcome:
         return Outcome(error="internal error while computing the result")
 
 
-async def execute_job(
-    store: JobStore, job_id: uuid.UUID, *, delay: timedelta, lease: timedelta
-) -> None:
-    """Process one job end to end; a job that is not PENDING (a duplicate delivery) is skipped."""
-    claim = await _retry_while_store_unavailable(
-        lambda: store.claim(job_id, lease=lease), give_up_after=lease
-    )
-    if claim is None:
-        logger.info("job %s: not pending (finished or claimed elsewhere), skipping", job_id)
-        return
-    logger.info("job %s: attempt %d started", job_id, claim.attempt)
+async def _compute_after_delay(claim: Claim, delay: timedelta) -> Outcome:
     await asyncio.sleep(delay.total_seconds())
     # Large jobs take real CPU; keep the loop free for the other jobs in flight.
-    outcome = await asyncio.to_thread(_outcome_of, claim)
+    return await asyncio.to_thread(_outcome_of, claim)
+
+
+async def _until_taken_away(inbox: asyncio.Queue[InboxItem], store: JobStore, claim: Claim) -> str:
+    """Return (with the new status) once the job changes under this attempt (e.g. cancelled)."""
+    while True:
+        item = await inbox.get()
+        if isinstance(item, JobEvent):
+            if item.sequence > claim.sequence:
+                return item.status.value
+        elif item is RESYNC:
+            try:
+                job = await store.get(claim.job_id)
+            except StoreUnavailableError:
+                continue  # the listener reconnects and sends RESYNC again
+            if job.status != JobStatus.IN_PROGRESS or job.attempts != claim.attempt:
+                return job.status.value
+
+
+async def execute_job(
+    runtime: AsyncRuntime, job_id: uuid.UUID, *, delay: timedelta, deadline: timedelta
+) -> None:
+    """Process one job end to end; a job that is not PENDING (a duplicate delivery) is skipped.
+
+    The attempt stops early if the job is cancelled or its claim is lost, and
+    fails the job if it runs longer than `deadline`.
+    """
+    store, lease = runtime.store, runtime.leases.lease
+    # Subscribe first: a cancellation right after the claim must not be missed.
+    with runtime.hub.subscribe(job_id) as inbox:
+        claim = await _retry_while_store_unavailable(
+            lambda: store.claim(job_id, lease=lease), give_up_after=lease
+        )
+        if claim is None:
+            logger.info("job %s: not pending (finished or claimed elsewhere), skipping", job_id)
+            return
+        logger.info("job %s: attempt %d started", job_id, claim.attempt)
+        work = asyncio.create_task(_compute_after_delay(claim, delay))
+        taken_away = asyncio.create_task(_until_taken_away(inbox, store, claim))
+        with runtime.leases.hold(claim, work):
+            done, _ = await asyncio.wait(
+                {work, taken_away}, timeout=deadline.total_seconds(), return_when=FIRST_COMPLETED
+            )
+        for task in (work, taken_away):
+            task.cancel()
+    if work in done and not work.cancelled():
+        outcome = work.result()
+    elif done:
+        status = taken_away.result() if taken_away in done else "lost"
+        logger.info(
+            "job %s: attempt %d stopped early (job is now %s)", job_id, claim.attempt, status
+        )
+        return
+    else:
+        outcome = Outcome(error=f"timed out: ran longer than {deadline.total_seconds():g} s")
     recorded = await _retry_while_store_unavailable(
         lambda: store.finish(claim, outcome), give_up_after=lease
     )

@@ -1,7 +1,8 @@
 """One asyncio loop per worker process, on its own thread, shared by all of Celery's task threads.
 
-Celery's task threads block on a future while the loop runs the job; so the
-database pool and the simulated delay cost coroutines, not threads.
+Celery's task threads block on a future while the loop runs the job, so the
+database pool, the simulated delay and the event listener cost coroutines, not
+threads.
 """
 
 from __future__ import annotations
@@ -9,18 +10,22 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Coroutine
+from datetime import timedelta
 from typing import Any, TypeVar
 
+from jobcore.events import JobEventHub
 from jobcore.settings import Settings
 from jobcore.store import JobStore, create_engine
+from worker.leases import LeaseKeeper
 
 T = TypeVar("T")
 
 
 class AsyncRuntime:
-    """A background event loop with the process's JobStore."""
+    """A background event loop with the process's store, event hub and lease keeper."""
 
     def __init__(self, settings: Settings) -> None:
+        self.settings = settings
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="jobs-loop", daemon=True
@@ -28,6 +33,13 @@ class AsyncRuntime:
         self._thread.start()
         engine = create_engine(settings.database_url, pool_size=settings.db_pool_size)
         self.store = JobStore(engine)
+        self.hub = JobEventHub(settings.database_url)
+        self.leases = LeaseKeeper(self.store, lease=timedelta(seconds=settings.job_lease_seconds))
+        self.run(self._start())
+
+    async def _start(self) -> None:
+        await self.hub.start(timeout_seconds=5)
+        self._renewals = asyncio.create_task(self.leases.run(), name="lease-renewal")
 
     def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         """Run a coroutine on the loop and wait for its result from the calling thread."""

@@ -20,9 +20,9 @@ def process_job(job_id: str) -> None:
     runtime = get_runtime(settings)
     runtime.run(
         execute_job(
-            runtime.store,
+            runtime,
             uuid.UUID(job_id),
             delay=timedelta(seconds=settings.simulated_delay_seconds),
-            lease=timedelta(seconds=settings.job_lease_seconds),
+            deadline=timedelta(seconds=settings.job_timeout_seconds),
         )
     )

@@ -11,12 +11,12 @@ import asyncpg
 import pytest
 
 from devstack.stack import Stack
+from jobcore.events import asyncpg_dsn
 from jobcore.ids import new_job_id
 from jobcore.models import JobStatus, Outcome
 from jobcore.operations import Operation, pack_numbers
 from jobcore.schema import JOB_EVENTS_CHANNEL
 from jobcore.store import JobStore, create_engine
-from server.watch import asyncpg_dsn
 
 LEASE = timedelta(minutes=5)
 
@@ -29,7 +29,7 @@ async def store(stack: Stack) -> AsyncIterator[JobStore]:
 
 
 async def test_only_one_of_two_concurrent_claims_wins(store: JobStore) -> None:
-    job = await store.create(
+    job, _ = await store.create(
         job_id=new_job_id(), operation=Operation.CUBE_SUM, numbers=pack_numbers([2.0])
     )
 
@@ -44,7 +44,7 @@ async def test_only_one_of_two_concurrent_claims_wins(store: JobStore) -> None:
 
 
 async def test_a_stale_attempt_cannot_overwrite_the_outcome(store: JobStore) -> None:
-    job = await store.create(
+    job, _ = await store.create(
         job_id=new_job_id(), operation=Operation.SQUARE_SUM, numbers=pack_numbers([3.0])
     )
     claim = await store.claim(job.id, lease=LEASE)
@@ -68,7 +68,7 @@ async def test_every_change_is_an_event_and_a_notification_on_commit(
         JOB_EVENTS_CHANNEL, lambda *args: received.put_nowait(json.loads(args[3]))
     )
     try:
-        job = await store.create(
+        job, _ = await store.create(
             job_id=new_job_id(), operation=Operation.SQUARE_SUM, numbers=pack_numbers([1.0, 2.0])
         )
         claim = await store.claim(job.id, lease=LEASE)
@@ -95,7 +95,7 @@ async def test_every_change_is_an_event_and_a_notification_on_commit(
 
 
 async def test_jobs_whose_publish_failed_are_taken_for_redispatch_once(store: JobStore) -> None:
-    job = await store.create(
+    job, _ = await store.create(
         job_id=new_job_id(), operation=Operation.SQUARE_SUM, numbers=pack_numbers([1.0])
     )
     await store.mark_undispatched([job.id])

@@ -1,0 +1,74 @@
+"""Background upkeep every server runs: recover jobs, re-publish lost messages, purge old jobs.
+
+All of it is idempotent and uses SKIP LOCKED, so any number of servers can run it
+at once. PostgreSQL is the source of truth: a job the broker lost is sent again,
+and a duplicate delivery is harmless because claiming a job is a compare-and-set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+
+from celery import Celery
+
+from jobcore.errors import StoreUnavailableError
+from jobcore.queue import dispatch
+from jobcore.store import JobStore
+
+logger = logging.getLogger(__name__)
+
+_BATCH = 500
+
+
+@dataclass(frozen=True)
+class MaintenancePolicy:
+    """How often and how eagerly to act."""
+
+    interval: timedelta
+    redispatch_after: timedelta
+    max_attempts: int
+    retention: timedelta
+
+
+async def requeue_expired_leases(store: JobStore, *, max_attempts: int) -> int:
+    """Take back jobs whose worker stopped renewing its lease; returns how many."""
+    jobs = await store.requeue_expired(max_attempts=max_attempts, limit=_BATCH)
+    for job in jobs:
+        logger.warning(
+            "job %s: worker lost during attempt %d; now %s", job.id, job.attempts, job.status
+        )
+    return len(jobs)
+
+
+async def redispatch(store: JobStore, celery_app: Celery, *, older_than: timedelta) -> int:
+    """Publish stale or never-published PENDING jobs again; returns how many were sent."""
+    job_ids = await store.take_undispatched(older_than=older_than, limit=_BATCH)
+    sent = 0
+    for job_id in job_ids:
+        try:
+            await asyncio.to_thread(dispatch, celery_app, job_id)
+        except Exception as error:  # the broker is down: leave the rest for the next round
+            logger.warning("re-dispatch failed (%s); %d jobs wait", error, len(job_ids) - sent)
+            await store.mark_undispatched(job_ids[sent:])
+            break
+        sent += 1
+    if sent:
+        logger.info("re-dispatched %d pending jobs", sent)
+    return sent
+
+
+async def run_maintenance(store: JobStore, celery_app: Celery, policy: MaintenancePolicy) -> None:
+    """One round every interval until cancelled."""
+    while True:
+        try:
+            await requeue_expired_leases(store, max_attempts=policy.max_attempts)
+            await redispatch(store, celery_app, older_than=policy.redispatch_after)
+            purged = await store.purge_finished(older_than=policy.retention, limit=_BATCH)
+            if purged:
+                logger.info("retention: deleted %d finished jobs", purged)
+        except StoreUnavailableError:
+            logger.warning("maintenance skipped: PostgreSQL unavailable")
+        await asyncio.sleep(policy.interval.total_seconds())
