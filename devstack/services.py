@@ -49,7 +49,11 @@ class EmbeddedPostgres:
     @property
     def url(self) -> str:
         """SQLAlchemy URL of the job database."""
-        return f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/{DATABASE_NAME}"
+        return self.url_of(DATABASE_NAME)
+
+    def url_of(self, database: str) -> str:
+        """SQLAlchemy URL of any database on this server."""
+        return f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/{database}"
 
     def _prepare(self) -> None:
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -94,9 +98,14 @@ class EmbeddedPostgres:
             timeout_seconds=60,
             what=f"PostgreSQL on port {self.port} (log: {self._process.log_path})",
         )
-        exists = self._psql(f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE_NAME}'")  # noqa: S608 - a constant
+        self.create_database(DATABASE_NAME)
+
+    def create_database(self, name: str) -> str:
+        """Create the database `name` (an identifier we choose) unless it exists; its URL."""
+        exists = self._psql(f"SELECT 1 FROM pg_database WHERE datname = '{name}'")  # noqa: S608 - our own name
         if exists.strip() != "1":
-            self._psql(f"CREATE DATABASE {DATABASE_NAME}")
+            self._psql(f'CREATE DATABASE "{name}"')
+        return self.url_of(name)
 
     def _accepts_queries(self) -> bool:
         return self._psql("SELECT 1").strip() == "1"

@@ -3,6 +3,9 @@ the gRPC server and Envoy), started once on free loopback ports and stopped at t
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -42,6 +45,10 @@ def stack() -> Iterator[Stack]:
                     "MAX_JOB_NUMBERS": str(TEST_MAX_JOB_NUMBERS),
                     "HEALTH_CHECK_INTERVAL_SECONDS": "0.5",
                     "WORKER_CONCURRENCY": "50",
+                    # Fast recovery and keep-alives, so the tests see them happen.
+                    "JOB_LEASE_SECONDS": "3",
+                    "MAINTENANCE_INTERVAL_SECONDS": "0.5",
+                    "WATCH_HEARTBEAT_SECONDS": "1",
                 },
                 flower=False,
             )
@@ -51,6 +58,22 @@ def stack() -> Iterator[Stack]:
             yield running
         finally:
             running.stop()
+
+
+@pytest.fixture(scope="session")
+def isolated_database_url(stack: Stack) -> str:
+    """A migrated database of its own on the stack's PostgreSQL, which no server or worker uses.
+
+    Store tests that need full control (expired leases, retention) run here.
+    """
+    assert stack.postgres is not None
+    url = stack.postgres.create_database("jobs_isolated")
+    subprocess.run(
+        [sys.executable, "-m", "jobcore.migrate"],
+        env={**os.environ, "DATABASE_URL": url},
+        check=True,
+    )
+    return url
 
 
 @pytest.fixture(scope="session")

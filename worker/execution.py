@@ -15,7 +15,7 @@ from jobcore.events import RESYNC, InboxItem
 from jobcore.models import Claim, JobEvent, JobStatus, Outcome
 from jobcore.operations import compute, unpack_numbers
 from jobcore.store import JobStore
-from worker.runtime import AsyncRuntime
+from worker.runtime import WorkerServices
 
 logger = logging.getLogger(__name__)
 
@@ -78,16 +78,16 @@ async def _until_taken_away(inbox: asyncio.Queue[InboxItem], store: JobStore, cl
 
 
 async def execute_job(
-    runtime: AsyncRuntime, job_id: uuid.UUID, *, delay: timedelta, deadline: timedelta
+    services: WorkerServices, job_id: uuid.UUID, *, delay: timedelta, deadline: timedelta
 ) -> None:
     """Process one job end to end; a job that is not PENDING (a duplicate delivery) is skipped.
 
     The attempt stops early if the job is cancelled or its claim is lost, and
     fails the job if it runs longer than `deadline`.
     """
-    store, lease = runtime.store, runtime.leases.lease
+    store, lease = services.store, services.leases.lease
     # Subscribe first: a cancellation right after the claim must not be missed.
-    with runtime.hub.subscribe(job_id) as inbox:
+    with services.hub.subscribe(job_id) as inbox:
         claim = await _retry_while_store_unavailable(
             lambda: store.claim(job_id, lease=lease), give_up_after=lease
         )
@@ -97,7 +97,7 @@ async def execute_job(
         logger.info("job %s: attempt %d started", job_id, claim.attempt)
         work = asyncio.create_task(_compute_after_delay(claim, delay))
         taken_away = asyncio.create_task(_until_taken_away(inbox, store, claim))
-        with runtime.leases.hold(claim, work):
+        with services.leases.hold(claim, work):
             done, _ = await asyncio.wait(
                 {work, taken_away}, timeout=deadline.total_seconds(), return_when=FIRST_COMPLETED
             )

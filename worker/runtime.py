@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Coroutine
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -20,26 +21,39 @@ from worker.leases import LeaseKeeper
 
 T = TypeVar("T")
 
+# Strong references to the process's background tasks, so they are never garbage-collected.
+_background: set[asyncio.Task[None]] = set()
+
+
+@dataclass(frozen=True)
+class WorkerServices:
+    """What running a job needs: the store, the event hub (for cancellation) and the leases."""
+
+    store: JobStore
+    hub: JobEventHub
+    leases: LeaseKeeper
+
+    @classmethod
+    async def start(cls, settings: Settings) -> WorkerServices:
+        """Connect, listen for job events and renew leases, on the running loop."""
+        store = JobStore(create_engine(settings.database_url, pool_size=settings.db_pool_size))
+        hub = JobEventHub(settings.database_url)
+        await hub.start(timeout_seconds=5)
+        leases = LeaseKeeper(store, lease=timedelta(seconds=settings.job_lease_seconds))
+        _background.add(asyncio.create_task(leases.run(), name="lease-renewal"))
+        return cls(store=store, hub=hub, leases=leases)
+
 
 class AsyncRuntime:
-    """A background event loop with the process's store, event hub and lease keeper."""
+    """A background event loop with the process's WorkerServices."""
 
     def __init__(self, settings: Settings) -> None:
-        self.settings = settings
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="jobs-loop", daemon=True
         )
         self._thread.start()
-        engine = create_engine(settings.database_url, pool_size=settings.db_pool_size)
-        self.store = JobStore(engine)
-        self.hub = JobEventHub(settings.database_url)
-        self.leases = LeaseKeeper(self.store, lease=timedelta(seconds=settings.job_lease_seconds))
-        self.run(self._start())
-
-    async def _start(self) -> None:
-        await self.hub.start(timeout_seconds=5)
-        self._renewals = asyncio.create_task(self.leases.run(), name="lease-renewal")
+        self.services = self.run(WorkerServices.start(settings))
 
     def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         """Run a coroutine on the loop and wait for its result from the calling thread."""

@@ -20,7 +20,7 @@ def process_job(job_id: str) -> None:
     runtime = get_runtime(settings)
     runtime.run(
         execute_job(
-            runtime,
+            runtime.services,
             uuid.UUID(job_id),
             delay=timedelta(seconds=settings.simulated_delay_seconds),
             deadline=timedelta(seconds=settings.job_timeout_seconds),

@@ -1,4 +1,5 @@
-"""JobStore against the real PostgreSQL: claims, fencing, events and their notifications."""
+"""JobStore against a real PostgreSQL database of its own: claims, fencing, leases, cancel,
+idempotency keys, retention, and the events and notifications every change produces."""
 
 from __future__ import annotations
 
@@ -10,28 +11,34 @@ from datetime import timedelta
 import asyncpg
 import pytest
 
-from devstack.stack import Stack
+from jobcore.errors import IdempotencyKeyReusedError, JobAlreadyFinishedError, JobNotFoundError
 from jobcore.events import asyncpg_dsn
 from jobcore.ids import new_job_id
-from jobcore.models import JobStatus, Outcome
+from jobcore.models import Job, JobStatus, Outcome
 from jobcore.operations import Operation, pack_numbers
 from jobcore.schema import JOB_EVENTS_CHANNEL
-from jobcore.store import JobStore, create_engine
+from jobcore.store import CANCELLED_ERROR, JobStore, create_engine
 
 LEASE = timedelta(minutes=5)
 
 
 @pytest.fixture(scope="module")
-async def store(stack: Stack) -> AsyncIterator[JobStore]:
-    engine = create_engine(stack.database_url, pool_size=4)
+async def store(isolated_database_url: str) -> AsyncIterator[JobStore]:
+    engine = create_engine(isolated_database_url, pool_size=4)
     yield JobStore(engine)
     await engine.dispose()
 
 
-async def test_only_one_of_two_concurrent_claims_wins(store: JobStore) -> None:
-    job, _ = await store.create(
-        job_id=new_job_id(), operation=Operation.CUBE_SUM, numbers=pack_numbers([2.0])
+async def _new_job(store: JobStore, numbers: list[float] | None = None) -> Job:
+    job, created = await store.create(
+        job_id=new_job_id(), operation=Operation.SQUARE_SUM, numbers=pack_numbers(numbers or [3.0])
     )
+    assert created
+    return job
+
+
+async def test_only_one_of_two_concurrent_claims_wins(store: JobStore) -> None:
+    job = await _new_job(store)
 
     claims = await asyncio.gather(
         store.claim(job.id, lease=LEASE), store.claim(job.id, lease=LEASE)
@@ -44,9 +51,7 @@ async def test_only_one_of_two_concurrent_claims_wins(store: JobStore) -> None:
 
 
 async def test_a_stale_attempt_cannot_overwrite_the_outcome(store: JobStore) -> None:
-    job, _ = await store.create(
-        job_id=new_job_id(), operation=Operation.SQUARE_SUM, numbers=pack_numbers([3.0])
-    )
+    job = await _new_job(store)
     claim = await store.claim(job.id, lease=LEASE)
     assert claim is not None
 
@@ -60,17 +65,15 @@ async def test_a_stale_attempt_cannot_overwrite_the_outcome(store: JobStore) -> 
 
 
 async def test_every_change_is_an_event_and_a_notification_on_commit(
-    store: JobStore, stack: Stack
+    store: JobStore, isolated_database_url: str
 ) -> None:
-    listener = await asyncpg.connect(asyncpg_dsn(stack.database_url))
+    listener = await asyncpg.connect(asyncpg_dsn(isolated_database_url))
     received: asyncio.Queue[dict[str, object]] = asyncio.Queue()
     await listener.add_listener(
         JOB_EVENTS_CHANNEL, lambda *args: received.put_nowait(json.loads(args[3]))
     )
     try:
-        job, _ = await store.create(
-            job_id=new_job_id(), operation=Operation.SQUARE_SUM, numbers=pack_numbers([1.0, 2.0])
-        )
+        job = await _new_job(store, [1.0, 2.0])
         claim = await store.claim(job.id, lease=LEASE)
         assert claim is not None
         await store.finish(claim, Outcome(result=5.0))
@@ -84,20 +87,126 @@ async def test_every_change_is_an_event_and_a_notification_on_commit(
         await listener.close()
 
     events = await store.events_after(job.id, 0)
-    assert [(e.sequence, e.status) for e in events] == [
-        (1, JobStatus.PENDING),
-        (2, JobStatus.IN_PROGRESS),
-        (3, JobStatus.SUCCESS),
+    assert [(e.sequence, e.status, e.attempts) for e in events] == [
+        (1, JobStatus.PENDING, 0),
+        (2, JobStatus.IN_PROGRESS, 1),
+        (3, JobStatus.SUCCESS, 1),
     ]
     assert events[-1].outcome == Outcome(result=5.0)
     assert notified == [(1, "PENDING", None), (2, "IN_PROGRESS", None), (3, "SUCCESS", 5.0)]
     assert (await store.get(job.id)).sequence == 3
 
 
-async def test_jobs_whose_publish_failed_are_taken_for_redispatch_once(store: JobStore) -> None:
-    job, _ = await store.create(
-        job_id=new_job_id(), operation=Operation.SQUARE_SUM, numbers=pack_numbers([1.0])
+async def test_expired_lease_requeues_the_job_then_gives_up_after_max_attempts(
+    store: JobStore,
+) -> None:
+    job = await _new_job(store)
+    short = timedelta(milliseconds=1)
+
+    for attempt in (1, 2):
+        claim = await store.claim(job.id, lease=short)
+        assert claim is not None
+        assert claim.attempt == attempt
+        await asyncio.sleep(0.01)
+        requeued = await store.requeue_expired(max_attempts=3, limit=10_000)
+        assert [(j.id, j.status) for j in requeued if j.id == job.id] == [
+            (job.id, JobStatus.PENDING)
+        ]
+        # The lost attempt can no longer record anything.
+        assert await store.finish(claim, Outcome(result=1.0)) is False
+
+    claim = await store.claim(job.id, lease=short)
+    assert claim is not None
+    await asyncio.sleep(0.01)
+    await store.requeue_expired(max_attempts=3, limit=10_000)
+
+    failed = await store.get(job.id)
+    assert failed.status == JobStatus.FAILED
+    assert failed.attempts == 3
+    assert failed.outcome is not None
+    assert "lost 3 times" in (failed.outcome.error or "")
+
+
+async def test_renewal_keeps_a_lease_and_reports_claims_that_are_gone(store: JobStore) -> None:
+    kept, cancelled = await _new_job(store), await _new_job(store)
+    claims = [await store.claim(job.id, lease=timedelta(seconds=1)) for job in (kept, cancelled)]
+    assert claims[0] is not None
+    assert claims[1] is not None
+    await store.cancel(cancelled.id)
+
+    held = await store.renew([claims[0], claims[1]], lease=LEASE)
+    await asyncio.sleep(1.1)
+    requeued = await store.requeue_expired(max_attempts=3, limit=10_000)
+
+    assert held == {kept.id}
+    assert kept.id not in {job.id for job in requeued}
+    assert (await store.get(kept.id)).status == JobStatus.IN_PROGRESS
+
+
+async def test_cancel_is_final_idempotent_and_refused_after_success(store: JobStore) -> None:
+    pending = await _new_job(store)
+
+    cancelled = await store.cancel(pending.id)
+    again = await store.cancel(pending.id)
+
+    assert cancelled.status == JobStatus.CANCELLED
+    assert cancelled.outcome == Outcome(error=CANCELLED_ERROR)
+    assert again == cancelled
+    assert await store.claim(pending.id, lease=LEASE) is None
+
+    done = await _new_job(store)
+    claim = await store.claim(done.id, lease=LEASE)
+    assert claim is not None
+    await store.finish(claim, Outcome(result=9.0))
+    with pytest.raises(JobAlreadyFinishedError, match="SUCCESS"):
+        await store.cancel(done.id)
+    with pytest.raises(JobNotFoundError):
+        await store.cancel(new_job_id())
+
+
+async def test_idempotency_key_returns_the_original_job_for_the_same_request(
+    store: JobStore,
+) -> None:
+    key = f"key-{new_job_id()}"
+    numbers = pack_numbers([1.0, 2.0])
+
+    first, created = await store.create(
+        job_id=new_job_id(), operation=Operation.CUBE_SUM, numbers=numbers, request_id=key
     )
+    retried, created_again = await store.create(
+        job_id=new_job_id(), operation=Operation.CUBE_SUM, numbers=numbers, request_id=key
+    )
+
+    assert created
+    assert not created_again
+    assert retried.id == first.id
+    with pytest.raises(IdempotencyKeyReusedError, match=key):
+        await store.create(
+            job_id=new_job_id(), operation=Operation.SQUARE_SUM, numbers=numbers, request_id=key
+        )
+
+
+async def test_concurrent_submissions_with_one_key_make_one_job(store: JobStore) -> None:
+    key = f"race-{new_job_id()}"
+
+    results = await asyncio.gather(
+        *(
+            store.create(
+                job_id=new_job_id(),
+                operation=Operation.SQUARE_SUM,
+                numbers=pack_numbers([4.0]),
+                request_id=key,
+            )
+            for _ in range(8)
+        )
+    )
+
+    assert len({job.id for job, _ in results}) == 1
+    assert sum(created for _, created in results) == 1
+
+
+async def test_jobs_whose_publish_failed_are_taken_for_redispatch_once(store: JobStore) -> None:
+    job = await _new_job(store)
     await store.mark_undispatched([job.id])
 
     first = await store.take_undispatched(older_than=timedelta(hours=1), limit=1000)
@@ -105,3 +214,17 @@ async def test_jobs_whose_publish_failed_are_taken_for_redispatch_once(store: Jo
 
     assert job.id in first
     assert job.id not in second
+
+
+async def test_retention_deletes_finished_jobs_with_their_events(store: JobStore) -> None:
+    finished, pending = await _new_job(store), await _new_job(store)
+    await store.cancel(finished.id)
+
+    await asyncio.sleep(0.01)
+    purged = await store.purge_finished(older_than=timedelta(milliseconds=5), limit=10_000)
+
+    assert purged >= 1
+    with pytest.raises(JobNotFoundError):
+        await store.get(finished.id)
+    assert await store.events_after(finished.id, 0) == []
+    assert (await store.get(pending.id)).status == JobStatus.PENDING

@@ -1,0 +1,451 @@
+"""Envoy v3 bootstrap for the job service gateway, built as a plain dict.
+
+One listener serves REST (transcoded to gRPC with the contract's descriptor) and native gRPC on
+the same port, and Envoy itself answers `GET /health` from active gRPC health checks of the
+upstream servers. Building the config in Python gives local runs, tests and the container image
+one typed source in which only hosts and ports differ.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+SERVICE = "jobs.v1.JobService"
+CLUSTER = "jobs_grpc"
+HEALTH_PATH = "/health"
+REST_PREFIX = "/api/"
+# Envoy's transcoder accepts `/api/v1/jobs`, `/api/v1/jobs/` and `/api/v1/jobs//` for the submit
+# mapping, so the route that turns its 200 into 201 must match all of them.
+SUBMIT_PATH_REGEX = "^/api/v1/jobs/*$"
+WATCH_PATH_REGEX = "^/api/v1/jobs/[^/]+/watch/*$"
+GRPC_WATCH_PATH = f"/{SERVICE}/WatchJob"
+# Every REST path below the collection addresses one job through the `{job_id}` path variable
+# (`/api/v1/jobs/{job_id}/status`, `/api/v1/jobs/{job_id}:cancel`, ...).
+JOB_PATH_REGEX = "^/api/v1/jobs/[^/]+(/.*)?$"
+PATH_VARIABLE = "job_id"
+
+# HTTP status of a reply Envoy generates itself -> the gRPC code put in its JSON body: the
+# inverse of the transcoder's gRPC -> HTTP mapping, so REST clients see one error shape.
+LOCAL_REPLY_GRPC_CODES: dict[int, int] = {
+    400: 3,  # INVALID_ARGUMENT: unparsable JSON, wrong type, unknown query parameter or enum
+    404: 5,  # NOT_FOUND: no RPC is mapped to this method and path
+    408: 4,  # DEADLINE_EXCEEDED: the client did not finish its request within the idle timeout
+    413: 8,  # RESOURCE_EXHAUSTED: what gRPC itself answers for an oversized message
+    431: 3,  # INVALID_ARGUMENT: request headers too large
+    503: 14,  # UNAVAILABLE: no upstream reachable (connection refused, reset, overflow)
+    504: 4,  # DEADLINE_EXCEEDED: the upstream sent nothing within the stream idle timeout
+}
+# Anything else Envoy might answer on its own.
+UNKNOWN_GRPC_CODE = 2
+
+# Every SSE watcher over HTTP/1.1 holds a connection of its own; beyond this Envoy refuses new ones
+# rather than running out of file descriptors.
+MAX_DOWNSTREAM_CONNECTIONS = 50_000
+
+# Circuit breaker ceiling. Each watcher holds one upstream HTTP/2 stream for the life of its job,
+# and Envoy's default of 1024 concurrent requests per cluster would answer the 1025th with 503.
+MAX_UPSTREAM_REQUESTS = 100_000
+
+# The transcoder answers every success with 200; the REST API promised 201 for a submit. Attached
+# to the submit route only, after the transcoder on the way back; errors keep their status.
+SUBMIT_CREATED_LUA = """\
+function envoy_on_response(response_handle)
+  if response_handle:headers():get(":status") == "200" then
+    response_handle:headers():replace(":status", "201")
+  end
+end
+"""
+
+
+@dataclass(frozen=True)
+class GatewayOptions:
+    """Where the gateway listens and where the gRPC servers are; the rest is fixed policy."""
+
+    listen_host: str
+    listen_port: int
+    admin_host: str
+    admin_port: int
+    upstream_host: str
+    upstream_port: int
+    upstream_dns: bool
+    descriptor_path: Path
+    max_request_bytes: int = 16 * 1024 * 1024
+    health_check_interval_seconds: float = 1.0
+
+    def __post_init__(self) -> None:
+        """Reject values Envoy would refuse later with a far less helpful message."""
+        if not self.upstream_dns:
+            try:
+                ipaddress.ip_address(self.upstream_host)
+            except ValueError:
+                raise ValueError(
+                    f"upstream host {self.upstream_host!r} is not an IP address: "
+                    "a host name needs upstream_dns=True"
+                ) from None
+        if not 0 < self.max_request_bytes < 2**32:
+            raise ValueError("max_request_bytes must be between 1 and 2**32 - 1")
+        if self.health_check_interval_seconds < 0.001:
+            raise ValueError("health_check_interval_seconds must be at least 0.001")
+
+
+def build_config(options: GatewayOptions) -> dict[str, Any]:
+    """Return the complete Envoy bootstrap for these options."""
+    return {
+        # No authentication on the admin interface: keep it on loopback unless told otherwise.
+        "admin": {"address": _address(options.admin_host, options.admin_port)},
+        "static_resources": {
+            "listeners": [_listener(options)],
+            "clusters": [_cluster(options)],
+        },
+        "overload_manager": {
+            "resource_monitors": [
+                {
+                    "name": "envoy.resource_monitors.global_downstream_max_connections",
+                    "typed_config": _typed(
+                        "envoy.extensions.resource_monitors.downstream_connections.v3."
+                        "DownstreamConnectionsConfig",
+                        max_active_downstream_connections=MAX_DOWNSTREAM_CONNECTIONS,
+                    ),
+                }
+            ]
+        },
+    }
+
+
+def write_config(options: GatewayOptions, path: Path) -> None:
+    """Write the bootstrap as YAML, the format `envoy -c` reads."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(build_config(options), sort_keys=False), encoding="utf-8")
+
+
+def path_with_query_parameter_regex(names: tuple[str, ...]) -> str:
+    """Match a whole raw `:path` whose query has a parameter in `names`, literal or %-encoded.
+
+    The transcoder percent-decodes parameter names before looking them up, so `job%5Fid` sets
+    the same field as `job_id`, whereas Envoy's query parameter matcher compares raw names.
+    Envoy regex header matchers must match the entire value, hence the leading and trailing parts.
+    """
+    alternatives = "|".join(
+        "".join(f"(?:{c}|%{ord(c) >> 4:X}{_hex_digit(ord(c) & 0xF)})" for c in name)
+        for name in names
+    )
+    return f"[^?]*\\?(?:[^&]*&)*(?:{alternatives})(?:[=&].*)?"
+
+
+def json_name(field: str) -> str:
+    """The proto3 JSON name of a snake_case field, which the transcoder also accepts."""
+    head, *rest = field.split("_")
+    return head + "".join(part.capitalize() for part in rest)
+
+
+def _hex_digit(nibble: int) -> str:
+    digit = f"{nibble:X}"
+    return f"[{digit}{digit.lower()}]" if digit.isalpha() else digit
+
+
+def _address(host: str, port: int) -> dict[str, Any]:
+    return {"socket_address": {"address": host, "port_value": port}}
+
+
+def _duration(seconds: float) -> str:
+    # Protobuf JSON durations take decimal seconds; `:g` could produce an exponent.
+    return f"{seconds:.3f}s"
+
+
+def _typed(type_name: str, **fields: Any) -> dict[str, Any]:
+    return {"@type": f"type.googleapis.com/{type_name}", **fields}
+
+
+def _disabled(*filter_names: str) -> dict[str, Any]:
+    return {
+        name: _typed("envoy.config.route.v3.FilterConfig", disabled=True) for name in filter_names
+    }
+
+
+def _listener(options: GatewayOptions) -> dict[str, Any]:
+    hcm = _typed(
+        "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        stat_prefix="ingress",
+        # AUTO: HTTP/1.1 for REST clients and prior-knowledge HTTP/2 (h2c) for gRPC, one port.
+        codec_type="AUTO",
+        route_config=_route_config(),
+        http_filters=_http_filters(options),
+        local_reply_config=_local_reply_config(options),
+    )
+    return {
+        "name": "ingress",
+        "address": _address(options.listen_host, options.listen_port),
+        "filter_chains": [
+            {
+                "filters": [
+                    {"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}
+                ]
+            }
+        ],
+    }
+
+
+def _route_config() -> dict[str, Any]:
+    # `timeout: 0s` on every route: a WatchJob stream (REST SSE or gRPC) lives as long as its job.
+    # Routes match the path the client sent (see `match_incoming_request_route`).
+    to_cluster = {"cluster": CLUSTER, "timeout": "0s"}
+    # A watched job can stay PENDING with nothing to send for longer than the connection
+    # manager's 5 minute stream idle timeout, so watch streams have none.
+    to_cluster_no_idle_timeout = {**to_cluster, "idle_timeout": "0s"}
+    path_variable_in_query = path_with_query_parameter_regex(
+        (PATH_VARIABLE, json_name(PATH_VARIABLE))
+    )
+    routes = [
+        {
+            # The transcoder lets `?job_id=` (or `?jobId=`) silently replace the id taken from
+            # the path. Refuse it before it is transcoded; the local reply mapper turns the text
+            # into the JSON error.
+            "match": {
+                "safe_regex": {"regex": JOB_PATH_REGEX},
+                "headers": [
+                    {
+                        "name": ":path",
+                        "string_match": {"safe_regex": {"regex": path_variable_in_query}},
+                    }
+                ],
+            },
+            "direct_response": {
+                "status": 400,
+                "body": {
+                    "inline_string": (
+                        f'query parameter "{PATH_VARIABLE}" is not allowed: '
+                        "the job id is taken from the path"
+                    )
+                },
+            },
+            "typed_per_filter_config": _disabled("envoy.filters.http.grpc_json_transcoder"),
+        },
+        {
+            "match": {
+                "safe_regex": {"regex": SUBMIT_PATH_REGEX},
+                "headers": [{"name": ":method", "string_match": {"exact": "POST"}}],
+            },
+            "route": to_cluster,
+            "typed_per_filter_config": {
+                "envoy.filters.http.lua": _typed(
+                    "envoy.extensions.filters.http.lua.v3.LuaPerRoute",
+                    source_code={"inline_string": SUBMIT_CREATED_LUA},
+                )
+            },
+        },
+        {"match": {"safe_regex": {"regex": WATCH_PATH_REGEX}}, "route": to_cluster_no_idle_timeout},
+        {"match": {"prefix": REST_PREFIX}, "route": to_cluster},
+        # Native gRPC below. Message size limits are the gRPC server's own.
+        {
+            "match": {"path": GRPC_WATCH_PATH},
+            "route": to_cluster_no_idle_timeout,
+            "typed_per_filter_config": _disabled("envoy.filters.http.body_size_limit"),
+        },
+        {
+            # Also every other path, which the transcoder answers with 404.
+            "match": {"prefix": "/"},
+            "route": to_cluster,
+            "typed_per_filter_config": _disabled("envoy.filters.http.body_size_limit"),
+        },
+    ]
+    return {
+        "name": "jobs",
+        "virtual_hosts": [{"name": "jobs", "domains": ["*"], "routes": routes}],
+    }
+
+
+def _http_filters(options: GatewayOptions) -> list[dict[str, Any]]:
+    health_check = _typed(
+        "envoy.extensions.filters.http.health_check.v3.HealthCheck",
+        pass_through_mode=False,
+        headers=[{"name": ":path", "string_match": {"exact": HEALTH_PATH}}],
+        # Percentages are truncated to integers: 1 means "at least one healthy host" for up to
+        # 100 replicas, and no healthy host (or an empty cluster) answers 503.
+        cluster_min_healthy_percentages={CLUSTER: {"value": 1.0}},
+    )
+    # The transcoder's own `max_request_body_size` only bounds what it holds unparsed at once
+    # (a 17 MB body went through), so the total size is capped by this filter, before it.
+    body_size_limit = _typed(
+        "envoy.extensions.filters.http.body_size_limit.v3.BodySizeLimit",
+        max_request_bytes=options.max_request_bytes,
+    )
+    transcoder = _typed(
+        "envoy.extensions.filters.http.grpc_json_transcoder.v3.GrpcJsonTranscoder",
+        proto_descriptor=str(options.descriptor_path),
+        services=[SERVICE],
+        print_options={
+            "preserve_proto_field_names": True,
+            "always_print_primitive_fields": True,
+            # WatchJob over REST: one `data: {...}` Server-Sent Event per message.
+            "stream_sse_style_delimited": True,
+        },
+        convert_grpc_status=True,
+        request_validation_options={
+            "reject_unknown_method": True,
+            "reject_unknown_query_parameters": True,
+            # A `body: "*"` mapping with a path variable (CancelJob) would otherwise let
+            # `{"job_id": ...}` in the body replace the id in the path.
+            "reject_binding_body_field_collisions": True,
+        },
+        # Route on the path the client sent, not the gRPC path it becomes: the REST routes carry
+        # per-route settings (the submit status script) that must still apply on the way back.
+        match_incoming_request_route=True,
+    )
+    return [
+        {"name": "envoy.filters.http.health_check", "typed_config": health_check},
+        {"name": "envoy.filters.http.body_size_limit", "typed_config": body_size_limit},
+        # Before the transcoder, so that on the way back it sees the transcoded response. No
+        # default script: it runs only where a route attaches one.
+        {
+            "name": "envoy.filters.http.lua",
+            "typed_config": _typed("envoy.extensions.filters.http.lua.v3.Lua"),
+        },
+        {"name": "envoy.filters.http.grpc_json_transcoder", "typed_config": transcoder},
+        {
+            "name": "envoy.filters.http.router",
+            "typed_config": _typed("envoy.extensions.filters.http.router.v3.Router"),
+        },
+    ]
+
+
+def _status_filter(status: int) -> dict[str, Any]:
+    return {
+        "status_code_filter": {
+            "comparison": {
+                "op": "EQ",
+                "value": {"default_value": status, "runtime_key": f"local_reply.status_{status}"},
+            }
+        }
+    }
+
+
+def _header_filter(matcher: dict[str, Any]) -> dict[str, Any]:
+    return {"header_filter": {"header": matcher}}
+
+
+def _path_filter(path: str) -> dict[str, Any]:
+    return _header_filter({"name": ":path", "string_match": {"exact": path}})
+
+
+def _grpc_error_body(code: int) -> dict[str, Any]:
+    return {"json_format": {"code": code, "message": "%LOCAL_REPLY_BODY%"}}
+
+
+def _local_reply_config(options: GatewayOptions) -> dict[str, Any]:
+    # Replies Envoy makes itself (transcoder rejections, no upstream, oversized body, /health)
+    # would be plain text or empty. The first matching mapper rewrites them into the JSON shape
+    # of a transcoded gRPC error, keeping Envoy's text (which names the field) as the message.
+    native_grpc = {
+        # Native gRPC callers get Envoy's text as grpc-message (their status comes from the HTTP
+        # code). Transcoded REST calls carry a gRPC content type by then too, but also the
+        # x-envoy-original-path header the transcoder adds, which tells them apart.
+        "filter": {
+            "and_filter": {
+                "filters": [
+                    _header_filter(
+                        {"name": "content-type", "string_match": {"prefix": "application/grpc"}}
+                    ),
+                    _header_filter(
+                        {
+                            "name": "x-envoy-original-path",
+                            "present_match": True,
+                            "invert_match": True,
+                        }
+                    ),
+                ]
+            }
+        },
+        "body_format_override": {"text_format_source": {"inline_string": "%LOCAL_REPLY_BODY%"}},
+    }
+    health = [
+        {
+            "filter": {"and_filter": {"filters": [_path_filter(HEALTH_PATH), _status_filter(200)]}},
+            "body_format_override": {"json_format": {"status": "SERVING"}},
+        },
+        {
+            "filter": _path_filter(HEALTH_PATH),
+            "body_format_override": {"json_format": {"status": "NOT_SERVING"}},
+        },
+    ]
+    errors: list[dict[str, Any]] = []
+    for status, code in LOCAL_REPLY_GRPC_CODES.items():
+        mapper: dict[str, Any] = {
+            "filter": _status_filter(status),
+            "body_format_override": _grpc_error_body(code),
+        }
+        if status == 413:
+            # The size filter says only "content length too large"; name the limit instead.
+            mapper["body"] = {
+                "inline_string": f"request body is larger than {options.max_request_bytes} bytes"
+            }
+        errors.append(mapper)
+    return {
+        "mappers": [native_grpc, *health, *errors],
+        "body_format": _grpc_error_body(UNKNOWN_GRPC_CODE),
+    }
+
+
+def _cluster(options: GatewayOptions) -> dict[str, Any]:
+    interval = _duration(options.health_check_interval_seconds)
+    cluster: dict[str, Any] = {
+        "name": CLUSTER,
+        # STRICT_DNS makes every address behind the name (compose replicas) a host of its own.
+        "type": "STRICT_DNS" if options.upstream_dns else "STATIC",
+        "lb_policy": "ROUND_ROBIN",
+        "connect_timeout": "1s",
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": _typed(
+                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                explicit_http_config={"http2_protocol_options": {}},
+            )
+        },
+        "circuit_breakers": {
+            "thresholds": [
+                {
+                    "priority": "DEFAULT",
+                    "max_requests": MAX_UPSTREAM_REQUESTS,
+                    "max_pending_requests": MAX_UPSTREAM_REQUESTS,
+                }
+            ]
+        },
+        "load_assignment": {
+            "cluster_name": CLUSTER,
+            "endpoints": [
+                {
+                    "lb_endpoints": [
+                        {
+                            "endpoint": {
+                                "address": _address(options.upstream_host, options.upstream_port)
+                            }
+                        }
+                    ]
+                }
+            ],
+        },
+        # When every host fails its check, Envoy's panic threshold still routes to all of them,
+        # so requests get the server's own gRPC error rather than "no healthy upstream".
+        "health_checks": [
+            {
+                "timeout": interval,
+                "interval": interval,
+                # Without this a cluster that has not carried traffic yet is probed only every
+                # 60 s, and /health would lag far behind the servers.
+                "no_traffic_interval": interval,
+                # An explicit NOT_SERVING takes a host out at once; a timeout or refused
+                # connection must happen twice, so one slow probe on a busy machine does not flap
+                # /health. One success brings the host back.
+                "unhealthy_threshold": 2,
+                "healthy_threshold": 1,
+                "grpc_health_check": {"service_name": SERVICE},
+            }
+        ],
+    }
+    if options.upstream_dns:
+        # Servers listen on IPv4 in compose; AUTO would prefer an AAAA record if one existed.
+        cluster["dns_lookup_family"] = "V4_PREFERRED"
+    return cluster
