@@ -93,13 +93,8 @@ def main() -> int:
         return 1
     _print_banner(stack, ports, database_url=database_url, redis_url=redis_url)
     try:
-        while not stopping.wait(1):
-            dead = [p.name for p in stack.running_processes() if not p.is_running()]
-            if dead:
-                logger.error(
-                    "%s exited unexpectedly; see %s. Stopping.", ", ".join(dead), stack.log_dir
-                )
-                return 1
+        # The stack restarts any process that exits on its own; we only wait for Ctrl-C.
+        stopping.wait()
     finally:
         stack.stop()
         logger.info("All processes stopped.")

@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -66,7 +67,11 @@ def wait_for(
 
 
 class ManagedProcess:
-    """A named child process with its output in a log file, stopped politely then firmly."""
+    """A named child process with its output in a log file, stopped politely then firmly.
+
+    Between start() and stop() the process is "wanted": revive() starts it again
+    if it exited on its own, as a process manager (systemd, Compose) would.
+    """
 
     def __init__(
         self,
@@ -88,6 +93,10 @@ class ManagedProcess:
         self._stop_signal = stop_signal
         self._popen: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
+        self._wanted = False
+        self._started_at = 0.0
+        # start/stop/revive may be called from the supervisor thread and the main thread.
+        self._lock = threading.RLock()
 
     @property
     def pid(self) -> int | None:
@@ -96,8 +105,15 @@ class ManagedProcess:
 
     def start(self) -> None:
         """Launch the child (its own session, so a terminal's Ctrl-C reaches only the supervisor)."""
+        with self._lock:
+            self._wanted = True
+            self._spawn()
+
+    def _spawn(self) -> None:
+        self._close_log()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = self.log_path.open("ab")
+        self._started_at = time.monotonic()
         self._popen = subprocess.Popen(
             self.argv,
             stdout=self._log,
@@ -130,8 +146,29 @@ class ManagedProcess:
         if self._popen is not None and self._popen.poll() is None:
             self._popen.send_signal(signum)
 
+    def revive(self, *, min_uptime_seconds: float = 2.0) -> bool:
+        """Start the child again if it is wanted but exited; True if it did.
+
+        A child that keeps dying is restarted at most every `min_uptime_seconds`.
+        """
+        with self._lock:
+            if not self._wanted or self._popen is None or self._popen.poll() is None:
+                return False
+            if time.monotonic() - self._started_at < min_uptime_seconds:
+                return False
+            logger.warning(
+                "%s exited with status %s; restarting it", self.name, self._popen.returncode
+            )
+            self._spawn()
+            return True
+
     def stop(self, *, timeout_seconds: float = 15) -> None:
         """Ask the child to stop, wait for it to drain, kill it if it will not."""
+        with self._lock:
+            self._wanted = False
+            self._terminate(timeout_seconds)
+
+    def _terminate(self, timeout_seconds: float) -> None:
         popen = self._popen
         if popen is not None and popen.poll() is None:
             popen.send_signal(self._stop_signal)
@@ -143,6 +180,9 @@ class ManagedProcess:
                 )
                 popen.kill()
                 popen.wait()
+        self._close_log()
+
+    def _close_log(self) -> None:
         if self._log is not None:
             self._log.close()
             self._log = None

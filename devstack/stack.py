@@ -11,6 +11,8 @@ import contextlib
 import logging
 import subprocess
 import sys
+import threading
+import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,6 +131,8 @@ class Stack:
             cwd=ROOT,
         )
         self._started: list[ManagedProcess] = []
+        self._supervising = threading.Event()
+        self._supervisor = threading.Thread(target=self._supervise, name="supervisor", daemon=True)
 
     @property
     def grpc_target(self) -> str:
@@ -147,7 +151,8 @@ class Stack:
 
     def _launch(self, process: ManagedProcess) -> None:
         process.start()
-        self._started.append(process)
+        if process not in self._started:
+            self._started.append(process)
 
     def _ensure_alive(self, process: ManagedProcess) -> bool:
         """True while `process` runs; an error with its log tail once it has exited."""
@@ -159,12 +164,22 @@ class Stack:
         return True
 
     def start(self) -> None:
-        """Start everything and wait until the REST gateway reports healthy."""
+        """Start everything, wait until the REST gateway reports healthy, then supervise."""
         try:
             self._start()
         except BaseException:
             self.stop()
             raise
+        self._supervising.set()
+        self._supervisor.start()
+
+    def _supervise(self) -> None:
+        """Restart any process that exits on its own (a crash, an unrecoverable broker error)."""
+        while self._supervising.is_set():
+            for process in list(self._started):
+                if self._supervising.is_set() and process.revive():
+                    logger.warning("restarted %s (log: %s)", process.name, process.log_path)
+            time.sleep(0.5)
 
     def _start(self) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -177,12 +192,7 @@ class Stack:
         self.migrate()
         for worker in self.workers:
             self._launch(worker)
-        self._launch(self.server)
-        wait_for(
-            lambda: self._ensure_alive(self.server) and self.server_serving(),
-            timeout_seconds=60,
-            what=f"the gRPC server to report SERVING (log: {self.server.log_path})",
-        )
+        self.start_server()
         write_config(
             GatewayOptions(
                 listen_host="127.0.0.1",
@@ -196,12 +206,7 @@ class Stack:
             ),
             self.envoy_config,
         )
-        self._launch(self.envoy)
-        wait_for(
-            lambda: self._ensure_alive(self.envoy) and self.gateway_healthy(),
-            timeout_seconds=60,
-            what=f"Envoy to report /health 200 (log: {self.envoy.log_path})",
-        )
+        self.start_envoy()
         for worker in self.workers:
             self._ensure_alive(worker)
         if self.config.flower:
@@ -214,6 +219,24 @@ class Stack:
                 timeout_seconds=60,
                 what=f"Flower (log: {self.flower.log_path})",
             )
+
+    def start_server(self) -> None:
+        """(Re)start the gRPC server and wait until it reports SERVING."""
+        self._launch(self.server)
+        wait_for(
+            lambda: self._ensure_alive(self.server) and self.server_serving(),
+            timeout_seconds=60,
+            what=f"the gRPC server to report SERVING (log: {self.server.log_path})",
+        )
+
+    def start_envoy(self) -> None:
+        """(Re)start Envoy and wait until it answers /health with 200."""
+        self._launch(self.envoy)
+        wait_for(
+            lambda: self._ensure_alive(self.envoy) and self.gateway_healthy(),
+            timeout_seconds=60,
+            what=f"Envoy to report /health 200 (log: {self.envoy.log_path})",
+        )
 
     def migrate(self) -> None:
         """Apply Alembic migrations to the stack's database."""
@@ -232,12 +255,11 @@ class Stack:
         with urllib.request.urlopen(f"{self.http_base}/health", timeout=2) as response:  # noqa: S310
             return bool(response.status == 200)
 
-    def running_processes(self) -> list[ManagedProcess]:
-        """The processes started so far, in start order."""
-        return list(self._started)
-
     def stop(self) -> None:
         """Stop in reverse start order: front door first, data stores last."""
+        self._supervising.clear()
+        if self._supervisor.is_alive():
+            self._supervisor.join()
         while self._started:
             process = self._started.pop()
             with contextlib.suppress(Exception):

@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
 
+import asyncpg
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
@@ -61,13 +62,19 @@ def create_engine(database_url: str, *, pool_size: int) -> AsyncEngine:
     )
 
 
-def _is_connection_problem(error: BaseException) -> bool:
+def is_unavailable_error(error: BaseException) -> bool:
+    """Whether `error` means PostgreSQL is unreachable or restarting (so: retry later)."""
     if isinstance(error, OSError | TimeoutError | OperationalError | InterfaceError):
         return True
-    if not isinstance(error, DBAPIError):
-        return False
-    sqlstate = str(getattr(error.orig, "sqlstate", "") or getattr(error.orig, "pgcode", "") or "")
-    return error.connection_invalidated or sqlstate[:2] in _UNAVAILABLE_SQLSTATE_CLASSES
+    if isinstance(error, DBAPIError) and error.connection_invalidated:
+        return True
+    # asyncpg's own errors can escape SQLAlchemy while it (re)connects, e.g. "the database
+    # system is shutting down"; SQLAlchemy's wrappers carry the same code on .orig.
+    original = error.orig if isinstance(error, DBAPIError) else error
+    if isinstance(original, asyncpg.InterfaceError | asyncpg.ConnectionDoesNotExistError):
+        return True
+    sqlstate = str(getattr(original, "sqlstate", "") or "")
+    return sqlstate[:2] in _UNAVAILABLE_SQLSTATE_CLASSES
 
 
 def request_digest(operation: Operation, numbers: bytes) -> bytes:
@@ -144,7 +151,7 @@ class JobStore:
             async with self._engine.begin() as connection:
                 yield connection
         except Exception as error:
-            if _is_connection_problem(error):
+            if is_unavailable_error(error):
                 logger.warning("PostgreSQL unavailable: %s", error)
                 raise StoreUnavailableError("the job store (PostgreSQL) is unavailable") from error
             raise

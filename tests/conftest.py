@@ -3,6 +3,7 @@ the gRPC server and Envoy), started once on free loopback ports and stopped at t
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -23,10 +24,22 @@ TEST_DELAY_SECONDS = 0.5
 TEST_MAX_JOB_NUMBERS = 1000
 
 
+@contextlib.contextmanager
+def stack_data_dir(name: str) -> Iterator[Path]:
+    """A temporary folder for a test stack; with KEEP_TEST_LOGS=1 it is kept for reading logs."""
+    if os.environ.get("KEEP_TEST_LOGS") == "1":
+        kept = Path(tempfile.mkdtemp(prefix=f"jobs-{name}-"))
+        print(f"\n{name} stack data and logs kept in {kept}")
+        yield kept
+        return
+    with tempfile.TemporaryDirectory(prefix=f"jobs-{name}-") as data_dir:
+        yield Path(data_dir)
+
+
 @pytest.fixture(scope="session")
 def stack() -> Iterator[Stack]:
     """The whole service, as `make run` starts it, on free ports in a temporary folder."""
-    with tempfile.TemporaryDirectory(prefix="jobs-test-") as data_dir:
+    with stack_data_dir("test") as data_dir:
         ports = StackPorts(
             grpc=free_port(),
             http=free_port(),
@@ -37,7 +50,7 @@ def stack() -> Iterator[Stack]:
         )
         running = Stack(
             StackConfig(
-                data_dir=Path(data_dir),
+                data_dir=data_dir,
                 ports=ports,
                 env={
                     "ENVIRONMENT": "test",
