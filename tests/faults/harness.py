@@ -207,6 +207,8 @@ class Audit:
             "wrong_results": self.wrong_results,
             "watch_missed": self.watch_missed,
             "watch_repeated": self.watch_repeated,
+            # A careful client is never refused with a non-retryable error because of a fault.
+            "given_up": self.given_up,
         }
         assert not any(problems.values()), f"audit failed: {problems} ({self})"
         assert self.acknowledged > 0
