@@ -203,6 +203,9 @@ class Stack:
                 upstream_port=self.config.ports.grpc,
                 upstream_dns=False,
                 descriptor_path=DESCRIPTOR,
+                max_request_bytes=int(
+                    self.env.get("GATEWAY_MAX_REQUEST_BYTES", GatewayOptions.max_request_bytes)
+                ),
             ),
             self.envoy_config,
         )

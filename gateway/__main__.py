@@ -7,6 +7,7 @@ Containers pass `--listen-host 0.0.0.0 --upstream server:50051 --dns`.
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -63,8 +64,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[GatewayOptions, Path]
     parser.add_argument(
         "--max-request-bytes",
         type=int,
-        default=defaults.max_request_bytes,
-        help="larger REST bodies are answered with 413",
+        default=int(os.environ.get("GATEWAY_MAX_REQUEST_BYTES", defaults.max_request_bytes)),
+        help="larger REST bodies are answered with 413 (default: GATEWAY_MAX_REQUEST_BYTES or 16 MiB)",
     )
     parser.add_argument(
         "--health-check-interval-seconds",

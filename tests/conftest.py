@@ -22,6 +22,7 @@ from devstack.stack import Stack, StackConfig, StackPorts
 # Short enough to keep the suite quick, long enough to observe IN_PROGRESS.
 TEST_DELAY_SECONDS = 0.5
 TEST_MAX_JOB_NUMBERS = 1000
+TEST_MAX_MESSAGE_BYTES = 64 * 1024
 
 
 @contextlib.contextmanager
@@ -56,6 +57,9 @@ def stack() -> Iterator[Stack]:
                     "ENVIRONMENT": "test",
                     "SIMULATED_DELAY_SECONDS": str(TEST_DELAY_SECONDS),
                     "MAX_JOB_NUMBERS": str(TEST_MAX_JOB_NUMBERS),
+                    # Small size limits, so the tests can cross them cheaply.
+                    "GRPC_MAX_MESSAGE_BYTES": str(TEST_MAX_MESSAGE_BYTES),
+                    "GATEWAY_MAX_REQUEST_BYTES": str(TEST_MAX_MESSAGE_BYTES),
                     "HEALTH_CHECK_INTERVAL_SECONDS": "0.5",
                     "WORKER_CONCURRENCY": "50",
                     # Fast recovery and keep-alives, so the tests see them happen.
