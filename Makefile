@@ -52,12 +52,27 @@ test: $(GENERATED) ## Run the full test suite against real PostgreSQL, Redis, wo
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 .PHONY: lint
-lint: $(GENERATED) $(NODE_INSTALLED) ## buf lint, ruff and mypy.
+lint: $(GENERATED) $(NODE_INSTALLED) breaking ## buf lint and breaking, ruff and mypy.
 	npx --no-install buf lint
 	npx --no-install buf build -o /dev/null
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+
+BREAKING_AGAINST ?= main
+
+.PHONY: breaking
+breaking: $(GENERATED) $(NODE_INSTALLED) ## buf breaking against BREAKING_AGAINST (default: main).
+	@# buf cannot read the gitignored googleapis module from a git ref, so compare with the
+	@# base checked out in a temporary worktree that gets the same generated module.
+	@if ! git rev-parse --verify --quiet '$(BREAKING_AGAINST)^{commit}' >/dev/null; then \
+		echo "buf breaking: no '$(BREAKING_AGAINST)' ref here; skipped"; exit 0; fi; \
+	tmp=$$(mktemp -d); \
+	trap 'git worktree remove --force "$$tmp/base" >/dev/null 2>&1; rm -rf "$$tmp"' EXIT; \
+	git worktree add --quiet --detach "$$tmp/base" '$(BREAKING_AGAINST)'; \
+	mkdir -p "$$tmp/base/gen" && cp -r gen/third_party "$$tmp/base/gen/"; \
+	npx --no-install buf breaking --against "$$tmp/base"; \
+	echo "buf breaking: no breaking change against $(BREAKING_AGAINST)"
 
 .PHONY: fmt
 fmt: $(INSTALLED) ## Format and auto-fix the Python code.
