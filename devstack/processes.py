@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -18,14 +18,17 @@ from typing import IO
 
 logger = logging.getLogger(__name__)
 
-_PR_SET_PDEATHSIG = 1
+# setpriv (util-linux) sets the parent-death signal and then execs the command: if the
+# supervisor dies, even by SIGKILL, its children get SIGTERM, so nothing is left behind.
+# This is done by a separate program because subprocess's preexec_fn is unsafe in a
+# process with threads (a forked child can crash or deadlock before exec).
+_SETPRIV = shutil.which("setpriv")
 
 
-def _die_with_parent() -> None:
-    """Runs in the child before exec: get SIGTERM if the supervisor dies, so nothing is left behind."""
-    if sys.platform == "linux":
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+def _dying_with_parent(argv: Sequence[str]) -> list[str]:
+    if _SETPRIV is None or sys.platform != "linux":
+        return list(argv)
+    return [_SETPRIV, "--pdeathsig", "TERM", "--", *argv]
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -115,7 +118,7 @@ class ManagedProcess:
         self._log = self.log_path.open("ab")
         self._started_at = time.monotonic()
         self._popen = subprocess.Popen(
-            self.argv,
+            _dying_with_parent(self.argv),
             stdout=self._log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -123,7 +126,6 @@ class ManagedProcess:
             cwd=self._cwd,
             user=self._user,
             start_new_session=True,
-            preexec_fn=_die_with_parent,  # noqa: PLW1509 - only sets a signal, no locks
         )
 
     def is_running(self) -> bool:

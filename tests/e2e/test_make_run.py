@@ -127,3 +127,15 @@ def test_run_names_the_port_that_is_taken(run_env: dict[str, str]) -> None:
     assert completed.returncode == 1
     assert f"port {run_env['HTTP_PORT']}" in completed.stdout + completed.stderr
     assert "HTTP_PORT" in completed.stdout + completed.stderr
+
+
+def test_killing_the_supervisor_takes_every_child_with_it(run_env: dict[str, str]) -> None:
+    process, _ = _start(run_env)
+    children = psutil.Process(process.pid).children(recursive=True)
+    assert children
+
+    process.kill()  # SIGKILL: no chance to clean up; the children's parent-death signal fires
+    process.wait(timeout=30)
+
+    _, alive = psutil.wait_procs(children, timeout=60)
+    assert not [child for child in alive if child.status() != psutil.STATUS_ZOMBIE]
