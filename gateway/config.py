@@ -51,15 +51,71 @@ MAX_DOWNSTREAM_CONNECTIONS = 50_000
 # and Envoy's default of 1024 concurrent requests per cluster would answer the 1025th with 503.
 MAX_UPSTREAM_REQUESTS = 100_000
 
-# The transcoder answers every success with 200; the REST API promised 201 for a submit. Attached
-# to the submit route only, after the transcoder on the way back; errors keep their status.
-SUBMIT_CREATED_LUA = """\
+# The submit route's script. On the way in: the transcoder silently drops JSON fields the
+# contract does not have, so a misspelt or unsupported top-level field would be ignored; this
+# scans the body's top-level keys and answers 400 naming the first unknown one. On the way
+# back: the transcoder answers every success with 200; the REST API promised 201 for a
+# submit (errors keep their status). The lua filter sits before the transcoder.
+SUBMIT_FIELDS = ("data", "operation", "request_id", "requestId")
+SUBMIT_LUA = (
+    """\
+local allowed = {"""
+    + ", ".join(f'["{name}"] = true' for name in SUBMIT_FIELDS)
+    + """}
+
+-- The first top-level key of a JSON object that is not allowed, or nil.
+local function unknown_key(text)
+  local depth, i, n = 0, 1, #text
+  local top_is_object, expect_key = false, false
+  while i <= n do
+    local c = text:byte(i)
+    if c == 34 then -- a string: skip it, honouring escapes
+      local j = i + 1
+      while j <= n do
+        local d = text:byte(j)
+        if d == 92 then j = j + 2 elseif d == 34 then break else j = j + 1 end
+      end
+      if depth == 1 and top_is_object and expect_key then
+        local key = text:sub(i + 1, j - 1)
+        if not allowed[key] then return key end
+        expect_key = false
+      end
+      i = j + 1
+    else
+      if c == 123 or c == 91 then -- { or [
+        depth = depth + 1
+        if depth == 1 then top_is_object = (c == 123); expect_key = top_is_object end
+      elseif c == 125 or c == 93 then -- } or ]
+        depth = depth - 1
+      elseif c == 44 and depth == 1 then -- ,
+        expect_key = top_is_object
+      end
+      i = i + 1
+    end
+  end
+  return nil
+end
+
+function envoy_on_request(request_handle)
+  local body = request_handle:body()
+  if body == nil or body:length() == 0 then return end
+  local key = unknown_key(body:getBytes(0, body:length()))
+  if key ~= nil then
+    local shown = key:sub(1, 40):gsub("[^%w_%-%.]", "?")
+    request_handle:respond(
+      {[":status"] = "400", ["content-type"] = "application/json"},
+      '{"code":3,"message":"unknown field \\"' .. shown ..
+        '\\" in the request body; known fields: data, operation, request_id"}')
+  end
+end
+
 function envoy_on_response(response_handle)
   if response_handle:headers():get(":status") == "200" then
     response_handle:headers():replace(":status", "201")
   end
 end
 """
+)
 
 
 @dataclass(frozen=True)
@@ -173,7 +229,7 @@ def _listener(options: GatewayOptions) -> dict[str, Any]:
         stat_prefix="ingress",
         # AUTO: HTTP/1.1 for REST clients and prior-knowledge HTTP/2 (h2c) for gRPC, one port.
         codec_type="AUTO",
-        route_config=_route_config(),
+        route_config=_route_config(options),
         http_filters=_http_filters(options),
         local_reply_config=_local_reply_config(options),
     )
@@ -190,7 +246,7 @@ def _listener(options: GatewayOptions) -> dict[str, Any]:
     }
 
 
-def _route_config() -> dict[str, Any]:
+def _route_config(options: GatewayOptions) -> dict[str, Any]:
     # `timeout: 0s` on every route: a WatchJob stream (REST SSE or gRPC) lives as long as its job.
     # Routes match the path the client sent (see `match_incoming_request_route`).
     to_cluster = {"cluster": CLUSTER, "timeout": "0s"}
@@ -231,10 +287,13 @@ def _route_config() -> dict[str, Any]:
                 "headers": [{"name": ":method", "string_match": {"exact": "POST"}}],
             },
             "route": to_cluster,
+            # The script reads the whole body; let it buffer up to the REST body limit (the
+            # default buffer, 1 MiB, would turn a valid 100,000-number job into a 413).
+            "per_request_buffer_limit_bytes": options.max_request_bytes,
             "typed_per_filter_config": {
                 "envoy.filters.http.lua": _typed(
                     "envoy.extensions.filters.http.lua.v3.LuaPerRoute",
-                    source_code={"inline_string": SUBMIT_CREATED_LUA},
+                    source_code={"inline_string": SUBMIT_LUA},
                 )
             },
         },

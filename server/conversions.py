@@ -5,7 +5,9 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
+from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
+from google.protobuf.unknown_fields import UnknownFieldSet
 from jobs.v1 import jobs_service_pb2 as pb
 
 from jobcore.errors import FieldViolation, InvalidJobError
@@ -24,6 +26,22 @@ def _timestamp(moment: datetime) -> Timestamp:
     stamp = Timestamp()
     stamp.FromDatetime(moment)
     return stamp
+
+
+def reject_unknown_fields(request: Message) -> None:
+    """InvalidJobError if the request carries fields this server does not know.
+
+    Protobuf would silently drop them; a client that sets a field we ignore deserves to know.
+    """
+    fields = UnknownFieldSet(request)
+    unknown = sorted({fields[index].field_number for index in range(len(fields))})
+    if unknown:
+        raise InvalidJobError(
+            [
+                FieldViolation(f"#{number}", "unknown field (is the client newer than the server?)")
+                for number in unknown
+            ]
+        )
 
 
 def operation_from_proto(value: int) -> Operation:

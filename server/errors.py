@@ -21,6 +21,7 @@ from jobcore.errors import (
     ServiceShuttingDownError,
     StoreUnavailableError,
 )
+from server.conversions import reject_unknown_fields
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +115,10 @@ async def abort_with(context: grpc.aio.ServicerContext[Any, Any], error: JobErro
 
 
 class DomainErrorInterceptor(grpc.aio.ServerInterceptor):
-    """Maps JobError raised by any JobService method to its status, for unary and streaming calls."""
+    """Maps JobError raised by any JobService method to its status, for unary and streaming calls.
+
+    It also rejects requests with unknown fields first, so no method can forget to.
+    """
 
     async def intercept_service(
         self,
@@ -144,6 +148,7 @@ class DomainErrorInterceptor(grpc.aio.ServerInterceptor):
 def _wrap_unary(behaviour: Any) -> Any:
     async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         try:
+            reject_unknown_fields(request)
             return await behaviour(request, context)
         except JobError as error:
             await abort_with(context, error)
@@ -157,6 +162,7 @@ def _wrap_stream(behaviour: Any) -> Any:
         request: Any, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[Any]:
         try:
+            reject_unknown_fields(request)
             async for response in behaviour(request, context):
                 yield response
         except JobError as error:

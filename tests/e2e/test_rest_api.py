@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from datetime import datetime
 from typing import Any
 
@@ -174,3 +175,31 @@ async def test_health_reports_serving(http: httpx.AsyncClient) -> None:
 
     assert response.status_code == 200
     assert response.json()["status"] == "SERVING"
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"data": [1], "operation": "square_sum", "priority": 5}, "priority"),
+        ({"data": [1], "operaton": "square_sum"}, "operaton"),
+        ({"data": [1], "operation": "square_sum", "nested": {"data": 1}}, "nested"),
+    ],
+)
+async def test_unknown_body_fields_are_400_naming_them(
+    http: httpx.AsyncClient, body: dict[str, Any], field: str
+) -> None:
+    response = await http.post("/api/v1/jobs/", json=body)
+
+    assert response.status_code == 400
+    assert response.json()["code"] == 3
+    assert f'unknown field "{field}"' in response.json()["message"]
+
+
+async def test_known_fields_pass_the_unknown_field_check_even_in_big_bodies(
+    http: httpx.AsyncClient,
+) -> None:
+    body = {"request_id": str(uuid.uuid4()), "operation": "cube_sum", "data": [0.5] * 900}
+
+    response = await http.post("/api/v1/jobs", content=json.dumps(body, indent=2))
+
+    assert response.status_code == 201

@@ -259,3 +259,20 @@ async def test_malformed_job_id_is_invalid_argument(
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     _, violations = _details(raised.value)
     assert "job_id" in violations
+
+
+async def test_unknown_fields_are_rejected_not_ignored(grpc_channel: grpc.aio.Channel) -> None:
+    known = pb.SubmitJobRequest(data=[1.0], operation=pb.square_sum).SerializeToString()
+    with_unknown_field_9 = known + bytes([9 << 3 | 0, 1])  # field 9, varint 1
+    submit = grpc_channel.unary_unary(
+        "/jobs.v1.JobService/SubmitJob",
+        request_serializer=lambda raw: raw,
+        response_deserializer=pb.Job.FromString,
+    )
+
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await submit(with_unknown_field_9)
+
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    _, violations = _details(raised.value)
+    assert "unknown field" in violations["#9"]
