@@ -344,6 +344,9 @@ def _http_filters(options: GatewayOptions) -> list[dict[str, Any]]:
             "stream_sse_style_delimited": True,
         },
         convert_grpc_status=True,
+        # Form-style query strings (Python's urlencode, HTML forms) encode spaces as `+`;
+        # a ListJobs filter such as `status = "FAILED"` must survive them.
+        query_param_unescape_plus=True,
         request_validation_options={
             "reject_unknown_method": True,
             "reject_unknown_query_parameters": True,

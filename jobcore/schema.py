@@ -68,6 +68,10 @@ Index(
     jobs.c.updated_at,
     postgresql_where=jobs.c.status.in_(["SUCCESS", "FAILED", "CANCELLED"]),
 )
+# ListJobs: newest first, alone or within one status or operation.
+Index("jobs_by_creation", jobs.c.created_at.desc(), jobs.c.id.desc())
+Index("jobs_by_status_creation", jobs.c.status, jobs.c.created_at.desc(), jobs.c.id.desc())
+Index("jobs_by_operation_creation", jobs.c.operation, jobs.c.created_at.desc(), jobs.c.id.desc())
 Index(
     "jobs_request_id",
     jobs.c.request_id,

@@ -27,6 +27,7 @@ from jobcore.errors import (
     JobNotFoundError,
     StoreUnavailableError,
 )
+from jobcore.listing import Condition, PageCursor
 from jobcore.models import Claim, Job, JobEvent, JobStatus, Outcome
 from jobcore.operations import Operation
 from jobcore.schema import job_events, jobs
@@ -134,6 +135,27 @@ def _changes_with_event(changed: sa.CTE) -> sa.CTE:
     )
 
 
+_COLUMNS_BY_FIELD = {
+    "status": jobs.c.status,
+    "operation": jobs.c.operation,
+    "create_time": jobs.c.created_at,
+}
+
+
+def _condition(condition: Condition) -> sa.ColumnElement[bool]:
+    column = _COLUMNS_BY_FIELD[condition.field]
+    compare = {
+        "=": column.__eq__,
+        "!=": column.__ne__,
+        "<": column.__lt__,
+        "<=": column.__le__,
+        ">": column.__gt__,
+        ">=": column.__ge__,
+    }[condition.operator]
+    result: sa.ColumnElement[bool] = compare(condition.value)
+    return result
+
+
 def _next_state(**values: Any) -> dict[str, Any]:
     """The column values of a state change: the given ones plus a new event number and time."""
     return {**values, "last_sequence": jobs.c.last_sequence + 1, "updated_at": sa.func.now()}
@@ -225,6 +247,24 @@ class JobStore:
         if row is None:
             raise JobNotFoundError(str(job_id))
         return _job_from_row(row)
+
+    async def list_jobs(
+        self, conditions: Sequence[Condition], *, page_size: int, after: PageCursor | None
+    ) -> tuple[list[Job], PageCursor | None]:
+        """One page of jobs, newest first, and the cursor of the next page (None on the last)."""
+        statement = sa.select(*_JOB_COLUMNS).where(*(_condition(c) for c in conditions))
+        if after is not None:
+            statement = statement.where(
+                sa.tuple_(jobs.c.created_at, jobs.c.id) < (after.created_at, after.job_id)
+            )
+        statement = statement.order_by(jobs.c.created_at.desc(), jobs.c.id.desc()).limit(
+            page_size + 1
+        )
+        async with self._transaction() as connection:
+            rows = (await connection.execute(statement)).mappings().all()
+        page = [_job_from_row(row) for row in rows[:page_size]]
+        more = len(rows) > page_size
+        return page, (PageCursor(page[-1].created_at, page[-1].id) if more else None)
 
     async def events_after(self, job_id: uuid.UUID, sequence: int) -> list[JobEvent]:
         """The job's events with a sequence number above `sequence`, oldest first."""

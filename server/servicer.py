@@ -16,6 +16,7 @@ from jobs.v1 import jobs_service_pb2_grpc as pb_grpc
 from jobcore.errors import FieldViolation, InvalidJobError
 from jobcore.events import JobEventHub
 from jobcore.ids import new_job_id
+from jobcore.listing import decode_page_token, encode_page_token, page_size_of, parse_filter
 from jobcore.operations import pack_numbers, validate_numbers
 from jobcore.queue import dispatch
 from jobcore.store import JobStore
@@ -134,6 +135,25 @@ class JobServicer(pb_grpc.JobServiceServicer):
     async def GetResult(self, request: pb.GetResultRequest, context: Context) -> pb.Job:
         job = await self._store.get(job_id_from_proto(request.job_id))
         return job_to_proto(job, with_result=True)
+
+    async def ListJobs(self, request: pb.ListJobsRequest, context: Context) -> pb.ListJobsResponse:
+        violations: list[FieldViolation] = []
+        page_size = _collect(violations, lambda: page_size_of(request.page_size))
+        conditions = _collect(violations, lambda: parse_filter(request.filter))
+        after = _collect(
+            violations, lambda: decode_page_token(request.page_token, filter_text=request.filter)
+        )
+        if violations or page_size is None or conditions is None:
+            raise InvalidJobError(violations)
+        page, next_cursor = await self._store.list_jobs(
+            conditions, page_size=page_size, after=after
+        )
+        return pb.ListJobsResponse(
+            jobs=[job_to_proto(job, with_result=False) for job in page],
+            next_page_token=(
+                encode_page_token(next_cursor, filter_text=request.filter) if next_cursor else ""
+            ),
+        )
 
     async def CancelJob(self, request: pb.CancelJobRequest, context: Context) -> pb.Job:
         job = await self._store.cancel(job_id_from_proto(request.job_id))
