@@ -21,6 +21,7 @@ from jobcore.errors import (
     ServiceShuttingDownError,
     StoreUnavailableError,
 )
+from jobcore.logs import current_job_id
 from server.conversions import reject_unknown_fields
 
 logger = logging.getLogger(__name__)
@@ -145,9 +146,17 @@ class DomainErrorInterceptor(grpc.aio.ServerInterceptor):
         return handler
 
 
+def _note_job_id(request: Any) -> None:
+    """Log records of this call carry the job id it is about (each call has its own context)."""
+    job_id = getattr(request, "job_id", "")
+    if job_id:
+        current_job_id.set(job_id)
+
+
 def _wrap_unary(behaviour: Any) -> Any:
     async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         try:
+            _note_job_id(request)
             reject_unknown_fields(request)
             return await behaviour(request, context)
         except JobError as error:
@@ -162,6 +171,7 @@ def _wrap_stream(behaviour: Any) -> Any:
         request: Any, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[Any]:
         try:
+            _note_job_id(request)
             reject_unknown_fields(request)
             async for response in behaviour(request, context):
                 yield response

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from celery.signals import setup_logging
+
+from jobcore.logs import configure_logging
 from jobcore.queue import create_celery_app
 from jobcore.settings import get_settings
 
@@ -17,3 +22,9 @@ app.conf.update(
     task_send_sent_event=True,
 )
 app.autodiscover_tasks(["worker"], related_name="tasks", force=True)
+
+
+@setup_logging.connect  # type: ignore[untyped-decorator]
+def _use_our_logging(**_: Any) -> None:
+    """Celery's records get the same format (and job ids) as everything else."""
+    configure_logging(settings.log_level)

@@ -12,6 +12,7 @@ from typing import TypeVar
 
 from jobcore.errors import ComputationError, StoreUnavailableError
 from jobcore.events import RESYNC, InboxItem
+from jobcore.logs import current_job_id
 from jobcore.models import Claim, JobEvent, JobStatus, Outcome
 from jobcore.operations import compute, unpack_numbers
 from jobcore.store import JobStore
@@ -85,6 +86,7 @@ async def execute_job(
     The attempt stops early if the job is cancelled or its claim is lost, and
     fails the job if it runs longer than `deadline`.
     """
+    current_job_id.set(str(job_id))
     store, lease = services.store, services.leases.lease
     # Subscribe first: a cancellation right after the claim must not be missed.
     with services.hub.subscribe(job_id) as inbox:

@@ -1,0 +1,213 @@
+"""`jobs` command line: turn arguments into a request, call JobService, render the answer."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+
+import grpc
+from jobs.v1 import jobs_service_pb2 as pb
+from jobs.v1 import jobs_service_pb2_grpc as pb_grpc
+
+from cli import client
+from cli.output import Output, choose_output, report_error
+
+# Distinct exit codes, so scripts can tell "fix your input" from "try again later".
+EXIT_OK = 0
+EXIT_SERVER_ERROR = 1  # the server refused the call (invalid, not found, already finished …)
+EXIT_USAGE = 2  # argparse's own code for bad arguments
+EXIT_UNAVAILABLE = 3  # the server could not be reached, or a watch could not be resumed
+EXIT_JOB_UNSUCCESSFUL = 4  # a watched job ended FAILED or CANCELLED
+EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report SIGINT
+UNAVAILABLE_CODES = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
+)
+# Every operation the generated enum knows, so a new one needs no change here.
+OPERATIONS = [value.name for value in pb.Operation.DESCRIPTOR.values if value.number != 0]
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _add_common_options(parser: argparse.ArgumentParser, *, top_level: bool) -> None:
+    """--target and --json, accepted before the command and after it.
+
+    Each parser gets its own option objects (argparse's `parents` would share them); a
+    subcommand's are SUPPRESSed so that, when not repeated, the value given before stays.
+    """
+    parser.add_argument(
+        "--target",
+        default=None if top_level else argparse.SUPPRESS,
+        help=f"server HOST:PORT (default: $JOBS_TARGET or {client.DEFAULT_TARGET})",
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        default=False if top_level else argparse.SUPPRESS,
+        help="print JSON lines (the default when stdout is not a terminal)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `jobs` parser: one subcommand per RPC."""
+    parser = argparse.ArgumentParser(
+        prog="jobs",
+        description="Submit math jobs to the job service over gRPC and follow them.",
+        epilog="exit codes: 0 ok, 1 refused by the server, 2 usage, 3 server unavailable, "
+        "4 watched job FAILED or CANCELLED",
+    )
+    _add_common_options(parser, top_level=True)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    submit = commands.add_parser("submit", help="submit a job (or --count jobs)")
+    _add_common_options(submit, top_level=False)
+    submit.add_argument("operation", choices=OPERATIONS, help="the computation")
+    submit.add_argument(
+        "numbers", nargs="*", type=float, metavar="NUMBER", help="the numbers to compute over"
+    )
+    submit.add_argument(
+        "--watch", action="store_true", help="follow the job (or jobs) until finished"
+    )
+    submit.add_argument(
+        "--request-id",
+        default="",
+        metavar="KEY",
+        help="idempotency key: resubmitting with the same key returns the same job "
+        "(with --count, job i gets KEY-i)",
+    )
+    submit.add_argument(
+        "--count", type=_positive, default=1, metavar="N", help="submit N identical jobs"
+    )
+
+    listing = commands.add_parser("list", help="list jobs, newest first")
+    _add_common_options(listing, top_level=False)
+    listing.add_argument(
+        "--filter",
+        default="",
+        metavar="EXPR",
+        help='e.g. \'status = "FAILED" AND create_time > "2026-11-01T00:00:00Z"\'',
+    )
+    listing.add_argument("--page-size", type=_positive, default=50, metavar="N")
+    listing.add_argument("--all", action="store_true", help="follow next_page_token to the end")
+
+    for name, summary in (
+        ("status", "show a job's state"),
+        ("result", "show a job with its result, once it has finished"),
+        ("watch", "follow a job until it finishes"),
+        ("cancel", "cancel a pending or running job"),
+    ):
+        command = commands.add_parser(name, help=summary)
+        _add_common_options(command, top_level=False)
+        command.add_argument("job_id", metavar="ID", help="the id printed by submit")
+    return parser
+
+
+async def _follow(
+    stub: pb_grpc.JobServiceAsyncStub, channel: grpc.aio.Channel, job: pb.Job, output: Output
+) -> int:
+    """Render every update of one job; exit code by how it ended."""
+    final = job
+    with output.follow(job) as show:
+        async for update in client.watch_job(
+            stub, channel, job.id, on_resume=lambda note: print(f"jobs: {note}", file=sys.stderr)
+        ):
+            show(update)
+            final = update.job
+    return EXIT_OK if final.status == pb.SUCCESS else EXIT_JOB_UNSUCCESSFUL
+
+
+async def _submit(
+    stub: pb_grpc.JobServiceAsyncStub,
+    channel: grpc.aio.Channel,
+    args: argparse.Namespace,
+    output: Output,
+) -> int:
+    """One job (shown, or followed with --watch) or a --count batch with progress."""
+    request = pb.SubmitJobRequest(
+        data=args.numbers,
+        operation=pb.Operation.Value(args.operation),
+        request_id=args.request_id,
+    )
+    if args.count == 1:
+        job = await stub.SubmitJob(request, timeout=client.UNARY_TIMEOUT_SECONDS)
+        if args.watch:
+            return await _follow(stub, channel, job, output)
+        output.job(job)
+        return EXIT_OK
+    with output.batch(count=args.count, watch=args.watch) as view:
+        finished = await client.submit_batch(
+            stub,
+            channel,
+            client.batch_requests(request, args.count),
+            watch=args.watch,
+            on_submitted=view.submitted,
+            on_finished=view.finished,
+        )
+    succeeded = all(job.status == pb.SUCCESS for job in finished)
+    return EXIT_OK if succeeded else EXIT_JOB_UNSUCCESSFUL
+
+
+async def _list(stub: pb_grpc.JobServiceAsyncStub, args: argparse.Namespace, output: Output) -> int:
+    """One page, or every page with --all; the next page's token goes to stderr."""
+    token = ""
+    while True:
+        page = await stub.ListJobs(
+            pb.ListJobsRequest(page_size=args.page_size, page_token=token, filter=args.filter),
+            timeout=client.UNARY_TIMEOUT_SECONDS,
+        )
+        output.jobs(page.jobs)
+        token = page.next_page_token
+        if not token:
+            return EXIT_OK
+        if not args.all:
+            print(f"jobs: more jobs; next page token: {token}", file=sys.stderr)
+            return EXIT_OK
+
+
+async def run(args: argparse.Namespace, output: Output) -> int:
+    """Open the channel, make the calls the command needs and render them."""
+    async with client.open_channel(args.target) as channel:
+        stub = pb_grpc.JobServiceStub(channel)
+        timeout = client.UNARY_TIMEOUT_SECONDS
+        match args.command:
+            case "submit":
+                return await _submit(stub, channel, args, output)
+            case "watch":
+                return await _follow(stub, channel, pb.Job(id=args.job_id), output)
+            case "list":
+                return await _list(stub, args, output)
+            case "status":
+                job = await stub.GetStatus(pb.GetStatusRequest(job_id=args.job_id), timeout=timeout)
+            case "result":
+                job = await stub.GetResult(pb.GetResultRequest(job_id=args.job_id), timeout=timeout)
+            case "cancel":
+                job = await stub.CancelJob(pb.CancelJobRequest(job_id=args.job_id), timeout=timeout)
+            case _:  # pragma: no cover - argparse allows only the commands above
+                raise AssertionError(args.command)
+        output.job(job)
+        return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `jobs` console script (and `python -m cli`)."""
+    args = build_parser().parse_args(argv)
+    args.target = args.target or os.environ.get("JOBS_TARGET") or client.DEFAULT_TARGET
+    output = choose_output(json_lines=args.json)
+    try:
+        return asyncio.run(run(args, output))
+    except grpc.aio.AioRpcError as error:
+        report_error(error, target=args.target)
+        return EXIT_UNAVAILABLE if error.code() in UNAVAILABLE_CODES else EXIT_SERVER_ERROR
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

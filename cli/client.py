@@ -1,0 +1,130 @@
+"""The gRPC side of the commands: the channel, watches that survive restarts, batched submits."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Sequence
+
+import grpc
+from jobs.v1 import jobs_service_pb2 as pb
+from jobs.v1 import jobs_service_pb2_grpc as pb_grpc
+
+DEFAULT_TARGET = "localhost:50051"
+# A unary call that takes longer than this is treated like an unreachable server.
+UNARY_TIMEOUT_SECONDS = 30.0
+# A server restart ends watch streams with UNAVAILABLE (or CANCELLED through a proxy);
+# the job lives on in the database, so the watch resumes where it stopped.
+RESUMABLE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED})
+RESUME_ATTEMPTS = 5
+RECONNECT_TIMEOUT_SECONDS = 10.0
+# Enough submissions in flight to keep the server busy without queueing thousands of calls.
+SUBMIT_CONCURRENCY = 64
+
+
+def open_channel(target: str) -> grpc.aio.Channel:
+    """An insecure channel that reconnects within a second once a restarted server is back."""
+    return grpc.aio.insecure_channel(
+        target,
+        options=[
+            ("grpc.initial_reconnect_backoff_ms", 250),
+            ("grpc.max_reconnect_backoff_ms", 1000),
+        ],
+    )
+
+
+async def watch_job(
+    stub: pb_grpc.JobServiceAsyncStub,
+    channel: grpc.aio.Channel,
+    job_id: str,
+    *,
+    on_resume: Callable[[str], None] | None = None,
+) -> AsyncIterator[pb.WatchJobResponse]:
+    """Every update of the job (heartbeats included) until its final state.
+
+    A stream lost to a restart is resumed with `after_sequence`, so nothing is missed or
+    repeated; after RESUME_ATTEMPTS failures in a row without an update the error is raised.
+    """
+    after_sequence = 0
+    failures = 0
+    while True:
+        request = pb.WatchJobRequest(job_id=job_id, after_sequence=after_sequence)
+        try:
+            async for update in stub.WatchJob(request):
+                failures = 0
+                after_sequence = update.sequence  # heartbeats repeat the latest sequence
+                yield update
+        except grpc.aio.AioRpcError as error:
+            if error.code() not in RESUMABLE_CODES or failures >= RESUME_ATTEMPTS:
+                raise
+            failures += 1
+            if on_resume is not None:
+                on_resume(
+                    f"watch of {job_id} interrupted ({error.code().name}); resuming after "
+                    f"sequence {after_sequence} (attempt {failures} of {RESUME_ATTEMPTS})"
+                )
+            await _wait_for_server(channel, attempt=failures)
+        else:
+            return  # the server ends a stream only after the job's final state
+
+
+async def _wait_for_server(channel: grpc.aio.Channel, *, attempt: int) -> None:
+    """Back off briefly, then wait (bounded) until the channel connects again."""
+    await asyncio.sleep(min(0.25 * 2**attempt, 2.0))
+    # On timeout the next call fails with UNAVAILABLE and counts as another attempt.
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(channel.channel_ready(), RECONNECT_TIMEOUT_SECONDS)
+
+
+def batch_requests(request: pb.SubmitJobRequest, count: int) -> list[pb.SubmitJobRequest]:
+    """`count` copies of `request`; a request_id becomes KEY-1 … KEY-N so a rerun is idempotent."""
+    if count == 1:
+        return [request]
+    copies = []
+    for index in range(1, count + 1):
+        copy = pb.SubmitJobRequest()
+        copy.CopyFrom(request)
+        if request.request_id:
+            copy.request_id = f"{request.request_id}-{index}"
+        copies.append(copy)
+    return copies
+
+
+async def submit_batch(
+    stub: pb_grpc.JobServiceAsyncStub,
+    channel: grpc.aio.Channel,
+    requests: Sequence[pb.SubmitJobRequest],
+    *,
+    watch: bool,
+    on_submitted: Callable[[pb.Job], None],
+    on_finished: Callable[[pb.Job], None],
+) -> list[pb.Job]:
+    """Submit every request (a bounded number at a time) and, with `watch`, follow each job.
+
+    Returns the watched jobs in their final states (none without `watch`).
+
+    The first error stops the batch: the remaining calls are cancelled and that error is raised
+    (jobs already submitted stay submitted and were reported through `on_submitted`).
+    """
+    slots = asyncio.Semaphore(SUBMIT_CONCURRENCY)
+    finished: list[pb.Job] = []
+
+    async def one(request: pb.SubmitJobRequest) -> None:
+        async with slots:
+            job = await stub.SubmitJob(request, timeout=UNARY_TIMEOUT_SECONDS)
+        on_submitted(job)
+        if watch:
+            final = job
+            async for update in watch_job(stub, channel, job.id):
+                final = update.job
+            finished.append(final)
+            on_finished(final)
+
+    try:
+        async with asyncio.TaskGroup() as group:
+            for request in requests:
+                group.create_task(one(request))
+    except ExceptionGroup as failed:
+        # Siblings fail with the same error (one invalid request is invalid N times): show one.
+        raise failed.exceptions[0] from None
+    return finished
