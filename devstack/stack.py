@@ -173,6 +173,13 @@ class Stack:
         self._supervising.set()
         self._supervisor.start()
 
+    def __enter__(self) -> Stack:
+        self.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
     def _supervise(self) -> None:
         """Restart any process that exits on its own (a crash, an unrecoverable broker error)."""
         while self._supervising.is_set():

@@ -70,11 +70,21 @@ def stack() -> Iterator[Stack]:
                 flower=False,
             )
         )
-        running.start()
-        try:
+        with running:
             yield running
-        finally:
-            running.stop()
+
+
+@pytest.fixture
+def workers_stopped(stack: Stack) -> Iterator[None]:
+    """No worker runs, so submitted jobs stay PENDING until the test's end (or it starts them)."""
+    for worker in stack.workers:
+        worker.stop()
+    try:
+        yield
+    finally:
+        for worker in stack.workers:
+            if not worker.is_running():
+                worker.start()
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,6 @@ import subprocess
 import sys
 import termios
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -65,19 +64,6 @@ def submit(stack: Stack, *args: str) -> dict[str, Any]:
     """Submit one job with `jobs submit ARGS --json`; the job as printed."""
     [job] = json_lines(jobs(stack.grpc_target, "submit", *args, "--json"))
     return job
-
-
-@pytest.fixture
-def workers_stopped(stack: Stack) -> Iterator[None]:
-    """No worker runs, so submitted jobs stay PENDING until the test starts them again."""
-    for worker in stack.workers:
-        worker.stop()
-    try:
-        yield
-    finally:
-        for worker in stack.workers:
-            if not worker.is_running():
-                worker.start()
 
 
 def test_submit_status_watch_and_result_as_json_lines(stack: Stack) -> None:

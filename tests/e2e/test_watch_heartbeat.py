@@ -3,27 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import grpc
 import httpx
 import pytest
 from jobs.v1 import jobs_service_pb2 as pb
 from jobs.v1 import jobs_service_pb2_grpc as pb_grpc
-
-from devstack.stack import Stack
-
-
-@pytest.fixture
-def workers_stopped(stack: Stack) -> Iterator[None]:
-    """No worker runs, so submitted jobs stay PENDING for the test's duration."""
-    for worker in stack.workers:
-        worker.stop()
-    try:
-        yield
-    finally:
-        for worker in stack.workers:
-            worker.start()
 
 
 @pytest.mark.usefixtures("workers_stopped")

@@ -45,11 +45,8 @@ def fault_stack() -> Iterator[Stack]:
                 flower=False,
             )
         )
-        stack.start()
-        try:
+        with stack:
             yield stack
-        finally:
-            stack.stop()
 
 
 @pytest.fixture(scope="package")
