@@ -32,6 +32,8 @@ def _ports() -> StackPorts:
         # Internal ones: fixed defaults so a restart finds the same data, overridable.
         postgres=_port("EMBEDDED_POSTGRES_PORT", 54329),
         redis=_port("EMBEDDED_REDIS_PORT", 63790),
+        server_metrics=_port("SERVER_METRICS_PORT", 9101),
+        worker_metrics=_port("WORKER_METRICS_PORT", 9102),
     )
 
 
@@ -41,6 +43,8 @@ def _taken_ports(ports: StackPorts, *, embedded_pg: bool, embedded_redis: bool) 
         "HTTP_PORT (Envoy REST/gRPC gateway)": ports.http,
         "ENVOY_ADMIN_PORT (Envoy admin)": ports.envoy_admin,
         "FLOWER_PORT (Flower)": ports.flower,
+        "SERVER_METRICS_PORT (server metrics)": ports.server_metrics,
+        "WORKER_METRICS_PORT (worker metrics)": ports.worker_metrics,
     }
     if embedded_pg:
         wanted["EMBEDDED_POSTGRES_PORT (PostgreSQL)"] = ports.postgres
@@ -111,7 +115,9 @@ def _print_banner(
         f"  REST + gRPC gateway (Envoy)  http://127.0.0.1:{ports.http}   (GET /health)",
         f"  gRPC server (direct)         127.0.0.1:{ports.grpc}",
         f"  Flower dashboard             http://127.0.0.1:{ports.flower}   (user {flower_user!r})",
-        f"  Envoy admin                  http://127.0.0.1:{ports.envoy_admin}",
+        f"  Envoy admin (and its stats)  http://127.0.0.1:{ports.envoy_admin}/stats/prometheus",
+        f"  Server metrics (Prometheus)  http://127.0.0.1:{ports.server_metrics}/metrics",
+        f"  Worker metrics (Prometheus)  http://127.0.0.1:{ports.worker_metrics}/metrics",
         f"  PostgreSQL                   {database_url or stack.database_url}",
         f"  Redis                        {redis_url or stack.redis_url}",
         f"  Data and logs                {Path(stack.log_dir).parent}",

@@ -40,6 +40,9 @@ class StackPorts:
     flower: int
     postgres: int
     redis: int
+    # Prometheus metrics; 0 turns them off. Worker N (from 1) uses worker_metrics + N - 1.
+    server_metrics: int = 0
+    worker_metrics: int = 0
 
 
 @dataclass
@@ -89,7 +92,9 @@ class Stack:
                 f"worker-{index}",
                 python_module("worker", f"--hostname=worker{index}@%h"),
                 log_path=self.log_dir / f"worker-{index}.log",
-                env=self.env,
+                env=_with_metrics(
+                    self.env, ports.worker_metrics and ports.worker_metrics + index - 1
+                ),
                 cwd=ROOT,
             )
             for index in range(1, config.workers + 1)
@@ -98,7 +103,7 @@ class Stack:
             "server",
             python_module("server"),
             log_path=self.log_dir / "server.log",
-            env=self.env,
+            env=_with_metrics(self.env, ports.server_metrics),
             cwd=ROOT,
         )
         self.envoy_config = data / "envoy.yaml"
@@ -277,6 +282,11 @@ class Stack:
                     self.postgres.stop()
                 else:
                     process.stop()
+
+
+def _with_metrics(env: dict[str, str], port: int) -> dict[str, str]:
+    """The environment of one process, serving Prometheus metrics on `port` (0: not at all)."""
+    return {**env, "METRICS_HOST": "127.0.0.1", "METRICS_PORT": str(port)}
 
 
 def _venv_bin() -> str:

@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     health_check_interval_seconds: float = Field(default=2.0, gt=0)
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
     log_level: str = "INFO"
+    # Prometheus metrics of this process at http://METRICS_HOST:METRICS_PORT/metrics; 0: off.
+    metrics_host: str = "0.0.0.0"  # noqa: S104 - scraped from outside the container
+    metrics_port: int = Field(default=0, ge=0, le=65535)
 
     @property
     def broker_url(self) -> str:

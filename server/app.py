@@ -11,6 +11,7 @@ from datetime import timedelta
 from typing import Any
 
 import grpc
+import prometheus_client
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
@@ -21,8 +22,8 @@ from jobcore.events import JobEventHub
 from jobcore.queue import create_celery_app
 from jobcore.settings import Settings
 from jobcore.store import JobStore, create_engine
-from server.errors import DomainErrorInterceptor
 from server.health import HealthMonitor
+from server.interceptor import JobServiceInterceptor
 from server.maintenance import MaintenancePolicy, run_maintenance
 from server.servicer import JobServicer
 
@@ -52,7 +53,7 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
     await hub.start(timeout_seconds=5)
 
     server = grpc.aio.server(
-        interceptors=[DomainErrorInterceptor()], options=_server_options(settings)
+        interceptors=[JobServiceInterceptor()], options=_server_options(settings)
     )
     pb_grpc.add_JobServiceServicer_to_server(
         JobServicer(
@@ -74,6 +75,8 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
         ),
         server,
     )
+    if settings.metrics_port:
+        prometheus_client.start_http_server(settings.metrics_port, addr=settings.metrics_host)
     address = f"{settings.grpc_host}:{settings.grpc_port}"
     server.add_insecure_port(address)
     await server.start()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -21,13 +20,10 @@ from jobcore.errors import (
     ServiceShuttingDownError,
     StoreUnavailableError,
 )
-from jobcore.logs import current_job_id
-from server.conversions import reject_unknown_fields
 
 logger = logging.getLogger(__name__)
 
 ERROR_DOMAIN = "jobs.v1"
-_SERVICE_PREFIX = "/jobs.v1.JobService/"
 # Errors a client should retry later (possibly against another replica), with their reasons.
 _UNAVAILABLE_REASONS: dict[type[JobError], str] = {
     StoreUnavailableError: "STORE_UNAVAILABLE",
@@ -113,69 +109,3 @@ async def abort_with(context: grpc.aio.ServicerContext[Any, Any], error: JobErro
     """End the call with the status for `error`, details in grpc-status-details-bin."""
     status = rpc_status.to_status(status_for(error))
     await context.abort(status.code, status.details, status.trailing_metadata)
-
-
-class DomainErrorInterceptor(grpc.aio.ServerInterceptor):
-    """Maps JobError raised by any JobService method to its status, for unary and streaming calls.
-
-    It also rejects requests with unknown fields first, so no method can forget to.
-    """
-
-    async def intercept_service(
-        self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
-        ],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler = await continuation(handler_call_details)
-        if handler is None or not handler_call_details.method.startswith(_SERVICE_PREFIX):
-            return handler
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(handler.unary_unary),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(handler.unary_stream),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        return handler
-
-
-def _note_job_id(request: Any) -> None:
-    """Log records of this call carry the job id it is about (each call has its own context)."""
-    job_id = getattr(request, "job_id", "")
-    if job_id:
-        current_job_id.set(job_id)
-
-
-def _wrap_unary(behaviour: Any) -> Any:
-    async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        try:
-            _note_job_id(request)
-            reject_unknown_fields(request)
-            return await behaviour(request, context)
-        except JobError as error:
-            await abort_with(context, error)
-            raise  # unreachable: abort raises
-
-    return unary
-
-
-def _wrap_stream(behaviour: Any) -> Any:
-    async def stream(
-        request: Any, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> AsyncIterator[Any]:
-        try:
-            _note_job_id(request)
-            reject_unknown_fields(request)
-            async for response in behaviour(request, context):
-                yield response
-        except JobError as error:
-            await abort_with(context, error)
-
-    return stream

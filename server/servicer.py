@@ -21,6 +21,7 @@ from jobcore.operations import pack_numbers, validate_numbers
 from jobcore.queue import dispatch
 from jobcore.store import JobStore
 from server.conversions import job_id_from_proto, job_to_proto, operation_from_proto
+from server.metrics import JOBS_SUBMITTED
 from server.watch import follow_job
 
 logger = logging.getLogger(__name__)
@@ -120,6 +121,7 @@ class JobServicer(pb_grpc.JobServiceServicer):
             request_id=request_id,
         )
         if created:
+            JOBS_SUBMITTED.labels(operation.value).inc()
             try:
                 await asyncio.to_thread(dispatch, self._celery, job.id)
             except Exception:

@@ -48,6 +48,8 @@ def stack() -> Iterator[Stack]:
             flower=free_port(),
             postgres=free_port(),
             redis=free_port(),
+            server_metrics=free_port(),
+            worker_metrics=free_port(),
         )
         running = Stack(
             StackConfig(

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from celery.signals import setup_logging
+import prometheus_client
+from celery.signals import setup_logging, worker_init
 
 from jobcore.logs import configure_logging
 from jobcore.queue import create_celery_app
@@ -28,3 +29,10 @@ app.autodiscover_tasks(["worker"], related_name="tasks", force=True)
 def _use_our_logging(**_: Any) -> None:
     """Celery's records get the same format (and job ids) as everything else."""
     configure_logging(settings.log_level)
+
+
+@worker_init.connect  # type: ignore[untyped-decorator]
+def _serve_metrics(**_: Any) -> None:
+    """Only worker processes serve metrics (Flower imports this app too, without this signal)."""
+    if settings.metrics_port:
+        prometheus_client.start_http_server(settings.metrics_port, addr=settings.metrics_host)

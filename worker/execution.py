@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from asyncio import FIRST_COMPLETED
 from collections.abc import Awaitable, Callable
@@ -16,6 +17,7 @@ from jobcore.logs import current_job_id
 from jobcore.models import Claim, JobEvent, JobStatus, Outcome
 from jobcore.operations import compute, unpack_numbers
 from jobcore.store import JobStore
+from worker.metrics import JOBS_IN_FLIGHT, JOBS_PROCESSED, PROCESSING_SECONDS
 from worker.runtime import WorkerServices
 
 logger = logging.getLogger(__name__)
@@ -97,30 +99,58 @@ async def execute_job(
             logger.info("job %s: not pending (finished or claimed elsewhere), skipping", job_id)
             return
         logger.info("job %s: attempt %d started", job_id, claim.attempt)
-        work = asyncio.create_task(_compute_after_delay(claim, delay))
-        taken_away = asyncio.create_task(_until_taken_away(inbox, store, claim))
-        with services.leases.hold(claim, work):
-            done, _ = await asyncio.wait(
-                {work, taken_away}, timeout=deadline.total_seconds(), return_when=FIRST_COMPLETED
-            )
-        for task in (work, taken_away):
-            task.cancel()
+        started = time.perf_counter()
+        JOBS_IN_FLIGHT.inc()
+        label = "stopped"
+        try:
+            outcome = await _attempt(services, claim, inbox, delay=delay, deadline=deadline)
+            if outcome is not None:
+                label = await _record(store, claim, outcome, lease=lease)
+        finally:
+            JOBS_IN_FLIGHT.dec()
+            JOBS_PROCESSED.labels(claim.operation.value, label).inc()
+            PROCESSING_SECONDS.labels(claim.operation.value).observe(time.perf_counter() - started)
+
+
+async def _attempt(
+    services: WorkerServices,
+    claim: Claim,
+    inbox: asyncio.Queue[InboxItem],
+    *,
+    delay: timedelta,
+    deadline: timedelta,
+) -> Outcome | None:
+    """The outcome of the attempt, or None if it stopped early (cancelled, claim lost)."""
+    work = asyncio.create_task(_compute_after_delay(claim, delay))
+    taken_away = asyncio.create_task(_until_taken_away(inbox, services.store, claim))
+    with services.leases.hold(claim, work):
+        done, _ = await asyncio.wait(
+            {work, taken_away}, timeout=deadline.total_seconds(), return_when=FIRST_COMPLETED
+        )
+    for task in (work, taken_away):
+        task.cancel()
     if work in done and not work.cancelled():
-        outcome = work.result()
-    elif done:
+        return work.result()
+    if done:
         status = taken_away.result() if taken_away in done else "lost"
         logger.info(
-            "job %s: attempt %d stopped early (job is now %s)", job_id, claim.attempt, status
+            "job %s: attempt %d stopped early (job is now %s)", claim.job_id, claim.attempt, status
         )
-        return
-    else:
-        outcome = Outcome(error=f"timed out: ran longer than {deadline.total_seconds():g} s")
+        return None
+    return Outcome(error=f"timed out: ran longer than {deadline.total_seconds():g} s")
+
+
+async def _record(store: JobStore, claim: Claim, outcome: Outcome, *, lease: timedelta) -> str:
+    """Store the outcome (fenced by the attempt); the metrics label of how the attempt ended."""
     recorded = await _retry_while_store_unavailable(
         lambda: store.finish(claim, outcome), give_up_after=lease
     )
-    if recorded:
-        logger.info("job %s: attempt %d finished (%s)", job_id, claim.attempt, outcome)
-    else:
+    if not recorded:
         logger.warning(
-            "job %s: attempt %d lost its claim; outcome discarded", job_id, claim.attempt
+            "job %s: attempt %d lost its claim; outcome discarded", claim.job_id, claim.attempt
         )
+        return "stopped"
+    logger.info("job %s: attempt %d finished (%s)", claim.job_id, claim.attempt, outcome)
+    if outcome.error is None:
+        return "success"
+    return "timed_out" if outcome.error.startswith("timed out") else "failed"
