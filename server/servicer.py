@@ -1,4 +1,4 @@
-"""JobService: thin adapters from protobuf to the job domain; errors are mapped by server.errors."""
+"""JobService: thin adapters from protobuf to the job domain (server.interceptor wraps each call)."""
 
 from __future__ import annotations
 
