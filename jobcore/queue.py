@@ -10,6 +10,7 @@ import uuid
 from celery import Celery
 
 from jobcore.settings import Settings
+from jobcore.tracing import trace_headers
 
 PROCESS_JOB_TASK = "jobs.process_job"
 JOBS_QUEUE = "jobs"
@@ -44,4 +45,5 @@ def create_celery_app(settings: Settings) -> Celery:
 
 def dispatch(app: Celery, job_id: uuid.UUID) -> None:
     """Publish the message that wakes a worker for this job (blocking; call it off the event loop)."""
-    app.send_task(PROCESS_JOB_TASK, args=[str(job_id)], retry=False)
+    # The trace context rides in the message headers, so the worker's span joins the trace.
+    app.send_task(PROCESS_JOB_TASK, args=[str(job_id)], retry=False, headers=trace_headers())

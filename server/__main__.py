@@ -6,6 +6,7 @@ import asyncio
 
 from jobcore.logs import configure_logging
 from jobcore.settings import get_settings
+from jobcore.tracing import configure_tracing
 from server.app import serve
 
 
@@ -13,6 +14,7 @@ def main() -> None:
     """Entry point for containers and `make run`."""
     settings = get_settings()
     configure_logging(settings.log_level)
+    configure_tracing("jobs-server")
     asyncio.run(serve(settings))
 
 

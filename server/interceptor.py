@@ -4,15 +4,19 @@ domain errors to gRPC statuses, and the RPC metrics."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import AbstractContextManager
 from typing import Any
 
 import grpc
 from google.rpc import code_pb2
+from opentelemetry.trace import Span, SpanKind
 
 from jobcore.errors import JobError
 from jobcore.logs import current_job_id
+from jobcore.tracing import tracer
 from server.conversions import reject_unknown_fields
 from server.errors import abort_with, status_for
 from server.metrics import RPC_DURATION, RPC_REQUESTS, WATCH_STREAMS_OPEN
@@ -51,6 +55,24 @@ class JobServiceInterceptor(grpc.aio.ServerInterceptor):
         return handler
 
 
+def _span(method: str, request: Any) -> AbstractContextManager[Span]:
+    """A server span per call, named like the RPC; SubmitJob adds the new job's id itself."""
+    span = tracer().start_as_current_span(f"jobs.v1.JobService/{method}", kind=SpanKind.SERVER)
+    job_id = getattr(request, "job_id", "")
+    if job_id:
+        return _with_attribute(span, "job.id", job_id)
+    return span
+
+
+@contextlib.contextmanager
+def _with_attribute(
+    span_manager: AbstractContextManager[Span], key: str, value: str
+) -> Iterator[Span]:
+    with span_manager as span:
+        span.set_attribute(key, value)
+        yield span
+
+
 class _Call:
     """Bookkeeping of one call: its outcome code and duration go to the metrics at the end."""
 
@@ -78,39 +100,41 @@ class _Call:
 
 def _wrap_unary(method: str, behaviour: Any) -> Any:
     async def unary(request: Any, context: Context) -> Any:
-        call = _Call(method, request)
-        try:
-            reject_unknown_fields(request)
-            return await behaviour(request, context)
-        except JobError as error:
-            call.failed(error)
-            await abort_with(context, error)
-            raise  # unreachable: abort raises
-        except BaseException as error:
-            call.failed(error)
-            raise
-        finally:
-            call.done()
+        with _span(method, request):
+            call = _Call(method, request)
+            try:
+                reject_unknown_fields(request)
+                return await behaviour(request, context)
+            except JobError as error:
+                call.failed(error)
+                await abort_with(context, error)
+                raise  # unreachable: abort raises
+            except BaseException as error:
+                call.failed(error)
+                raise
+            finally:
+                call.done()
 
     return unary
 
 
 def _wrap_stream(method: str, behaviour: Any) -> Any:
     async def stream(request: Any, context: Context) -> AsyncIterator[Any]:
-        call = _Call(method, request)
-        WATCH_STREAMS_OPEN.inc()
-        try:
-            reject_unknown_fields(request)
-            async for response in behaviour(request, context):
-                yield response
-        except JobError as error:
-            call.failed(error)
-            await abort_with(context, error)
-        except BaseException as error:
-            call.failed(error)
-            raise
-        finally:
-            WATCH_STREAMS_OPEN.dec()
-            call.done()
+        with _span(method, request):
+            call = _Call(method, request)
+            WATCH_STREAMS_OPEN.inc()
+            try:
+                reject_unknown_fields(request)
+                async for response in behaviour(request, context):
+                    yield response
+            except JobError as error:
+                call.failed(error)
+                await abort_with(context, error)
+            except BaseException as error:
+                call.failed(error)
+                raise
+            finally:
+                WATCH_STREAMS_OPEN.dec()
+                call.done()
 
     return stream

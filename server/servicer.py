@@ -12,6 +12,7 @@ import grpc
 from celery import Celery
 from jobs.v1 import jobs_service_pb2 as pb
 from jobs.v1 import jobs_service_pb2_grpc as pb_grpc
+from opentelemetry import trace
 
 from jobcore.errors import FieldViolation, InvalidJobError
 from jobcore.events import JobEventHub
@@ -120,6 +121,7 @@ class JobServicer(pb_grpc.JobServiceServicer):
             numbers=pack_numbers(numbers),
             request_id=request_id,
         )
+        trace.get_current_span().set_attribute("job.id", str(job.id))
         if created:
             JOBS_SUBMITTED.labels(operation.value).inc()
             try:

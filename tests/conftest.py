@@ -68,6 +68,8 @@ def stack() -> Iterator[Stack]:
                     "JOB_LEASE_SECONDS": "3",
                     "MAINTENANCE_INTERVAL_SECONDS": "0.5",
                     "WATCH_HEARTBEAT_SECONDS": "1",
+                    # Spans as JSON lines in the process logs, so tests can follow a trace.
+                    "OTEL_TRACES_EXPORTER": "console",
                 },
                 flower=False,
             )

@@ -10,6 +10,7 @@ from celery.signals import setup_logging, worker_init
 from jobcore.logs import configure_logging
 from jobcore.queue import create_celery_app
 from jobcore.settings import get_settings
+from jobcore.tracing import configure_tracing
 
 settings = get_settings()
 app = create_celery_app(settings)
@@ -32,7 +33,8 @@ def _use_our_logging(**_: Any) -> None:
 
 
 @worker_init.connect  # type: ignore[untyped-decorator]
-def _serve_metrics(**_: Any) -> None:
-    """Only worker processes serve metrics (Flower imports this app too, without this signal)."""
+def _serve_metrics_and_trace(**_: Any) -> None:
+    """Only worker processes do this (Flower imports this app too, without this signal)."""
+    configure_tracing("jobs-worker")
     if settings.metrics_port:
         prometheus_client.start_http_server(settings.metrics_port, addr=settings.metrics_host)

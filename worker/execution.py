@@ -11,12 +11,16 @@ from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import TypeVar
 
+from opentelemetry.context import Context
+from opentelemetry.trace import SpanKind
+
 from jobcore.errors import ComputationError, StoreUnavailableError
 from jobcore.events import RESYNC, InboxItem
 from jobcore.logs import current_job_id
 from jobcore.models import Claim, JobEvent, JobStatus, Outcome
 from jobcore.operations import compute, unpack_numbers
 from jobcore.store import JobStore
+from jobcore.tracing import tracer
 from worker.metrics import JOBS_IN_FLIGHT, JOBS_PROCESSED, PROCESSING_SECONDS
 from worker.runtime import WorkerServices
 
@@ -81,7 +85,12 @@ async def _until_taken_away(inbox: asyncio.Queue[InboxItem], store: JobStore, cl
 
 
 async def execute_job(
-    services: WorkerServices, job_id: uuid.UUID, *, delay: timedelta, deadline: timedelta
+    services: WorkerServices,
+    job_id: uuid.UUID,
+    *,
+    delay: timedelta,
+    deadline: timedelta,
+    trace_context: Context | None = None,
 ) -> None:
     """Process one job end to end; a job that is not PENDING (a duplicate delivery) is skipped.
 
@@ -89,6 +98,17 @@ async def execute_job(
     fails the job if it runs longer than `deadline`.
     """
     current_job_id.set(str(job_id))
+    # A child of the SubmitJob span that dispatched the job, when the message carried one.
+    with tracer().start_as_current_span(
+        "process_job", context=trace_context, kind=SpanKind.CONSUMER
+    ) as span:
+        span.set_attribute("job.id", str(job_id))
+        await _execute(services, job_id, delay=delay, deadline=deadline)
+
+
+async def _execute(
+    services: WorkerServices, job_id: uuid.UUID, *, delay: timedelta, deadline: timedelta
+) -> None:
     store, lease = services.store, services.leases.lease
     # Subscribe first: a cancellation right after the claim must not be missed.
     with services.hub.subscribe(job_id) as inbox:

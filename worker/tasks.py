@@ -6,7 +6,10 @@ import logging
 import uuid
 from datetime import timedelta
 
+from celery import Task
+
 from jobcore.queue import PROCESS_JOB_TASK
+from jobcore.tracing import context_from
 from worker.app import app, settings
 from worker.execution import execute_job
 from worker.runtime import get_runtime
@@ -14,8 +17,19 @@ from worker.runtime import get_runtime
 logger = logging.getLogger(__name__)
 
 
-@app.task(name=PROCESS_JOB_TASK)  # type: ignore[untyped-decorator]
-def process_job(job_id: str) -> None:
+def _message_headers(task: Task) -> dict[str, str]:
+    """The headers the message carried (Celery exposes custom ones as request attributes)."""
+    request = task.request
+    headers = dict(getattr(request, "headers", None) or {})
+    for name in ("traceparent", "tracestate"):
+        value = getattr(request, name, None)
+        if isinstance(value, str):
+            headers.setdefault(name, value)
+    return headers
+
+
+@app.task(name=PROCESS_JOB_TASK, bind=True)  # type: ignore[untyped-decorator]
+def process_job(self: Task, job_id: str) -> None:
     """Run the job with this id; safe to deliver more than once."""
     runtime = get_runtime(settings)
     runtime.run(
@@ -24,5 +38,6 @@ def process_job(job_id: str) -> None:
             uuid.UUID(job_id),
             delay=timedelta(seconds=settings.simulated_delay_seconds),
             deadline=timedelta(seconds=settings.job_timeout_seconds),
+            trace_context=context_from(_message_headers(self)),
         )
     )
