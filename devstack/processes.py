@@ -25,10 +25,10 @@ logger = logging.getLogger(__name__)
 _SETPRIV = shutil.which("setpriv")
 
 
-def _dying_with_parent(argv: Sequence[str]) -> list[str]:
+def _dying_with_parent(argv: Sequence[str], signum: signal.Signals) -> list[str]:
     if _SETPRIV is None or sys.platform != "linux":
         return list(argv)
-    return [_SETPRIV, "--pdeathsig", "TERM", "--", *argv]
+    return [_SETPRIV, "--pdeathsig", signum.name.removeprefix("SIG"), "--", *argv]
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -86,6 +86,7 @@ class ManagedProcess:
         cwd: Path | None = None,
         user: str | None = None,
         stop_signal: signal.Signals = signal.SIGTERM,
+        orphan_signal: signal.Signals = signal.SIGKILL,
     ) -> None:
         self.name = name
         self.argv = list(argv)
@@ -94,6 +95,10 @@ class ManagedProcess:
         self._cwd = cwd
         self._user = user
         self._stop_signal = stop_signal
+        # Sent if the supervisor dies. SIGKILL by default: a graceful drain cannot finish when
+        # the databases die at the same moment (a Celery warm shutdown then waits on a broker
+        # that is gone), and PostgreSQL is the source of truth, so leases recover the jobs.
+        self._orphan_signal = orphan_signal
         self._popen: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
         self._wanted = False
@@ -118,7 +123,7 @@ class ManagedProcess:
         self._log = self.log_path.open("ab")
         self._started_at = time.monotonic()
         self._popen = subprocess.Popen(
-            _dying_with_parent(self.argv),
+            _dying_with_parent(self.argv, self._orphan_signal),
             stdout=self._log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

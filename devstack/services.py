@@ -42,8 +42,10 @@ class EmbeddedPostgres:
             ],
             log_path=log_dir / "postgres.log",
             user=self._user,
-            # SIGINT is PostgreSQL's "fast" shutdown: abort clients, checkpoint, exit.
+            # SIGINT is PostgreSQL's "fast" shutdown: abort clients, checkpoint, exit; also
+            # when the supervisor dies, so the data directory is left clean.
             stop_signal=signal.SIGINT,
+            orphan_signal=signal.SIGINT,
         )
 
     @property
@@ -169,6 +171,8 @@ class EmbeddedRedis:
                 "yes",
             ],
             log_path=log_dir / "redis.log",
+            # SIGTERM makes redis-server flush its append-only file before exiting.
+            orphan_signal=signal.SIGTERM,
         )
 
     @property

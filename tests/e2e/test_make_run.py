@@ -34,6 +34,8 @@ def run_env() -> Iterator[dict[str, str]]:
             "FLOWER_PORT": str(free_port()),
             "EMBEDDED_POSTGRES_PORT": str(free_port()),
             "EMBEDDED_REDIS_PORT": str(free_port()),
+            "SERVER_METRICS_PORT": str(free_port()),
+            "WORKER_METRICS_PORT": str(free_port()),
             "SIMULATED_DELAY_SECONDS": "0",
         }
 
