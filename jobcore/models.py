@@ -60,6 +60,7 @@ class JobEvent:
     occurred_at: datetime
     outcome: Outcome | None
     attempts: int = 0  # the job's attempt count right after this change
+    traceparent: str | None = None  # trace context of the change, when tracing is on
 
     def apply_to(self, job: Job) -> Job:
         """The job as it is right after this event."""

@@ -89,5 +89,7 @@ job_events = Table(
     Column("result", Double, nullable=True),
     Column("error", Text, nullable=True),
     Column("attempt", Integer, nullable=False, server_default="0"),
+    # The W3C trace context of the change (when tracing is on), so watchers join the trace.
+    Column("traceparent", Text, nullable=True),
     PrimaryKeyConstraint("job_id", "sequence"),
 )

@@ -31,6 +31,7 @@ from jobcore.listing import Condition, PageCursor
 from jobcore.models import Claim, Job, JobEvent, JobStatus, Outcome
 from jobcore.operations import Operation
 from jobcore.schema import job_events, jobs
+from jobcore.tracing import trace_headers
 
 logger = logging.getLogger(__name__)
 
@@ -109,18 +110,30 @@ def event_from_row(row: Mapping[Any, Any]) -> JobEvent:
         occurred_at=row["occurred_at"],
         outcome=outcome,
         attempts=row.get("attempt", 0),
+        traceparent=row.get("traceparent"),
     )
 
 
 def _changes_with_event(changed: sa.CTE) -> sa.CTE:
     """Append one job_events row per job row that the `changed` CTE updated or inserted.
 
-    Both CTEs run in one statement, so a state change and its event commit together.
+    Both CTEs run in one statement, so a state change and its event commit together. The
+    event records the current trace context, so whoever delivers it can join the trace.
     """
+    traceparent = trace_headers().get("traceparent")
     return (
         job_events.insert()
         .from_select(
-            ["job_id", "sequence", "status", "occurred_at", "result", "error", "attempt"],
+            [
+                "job_id",
+                "sequence",
+                "status",
+                "occurred_at",
+                "result",
+                "error",
+                "attempt",
+                "traceparent",
+            ],
             sa.select(
                 changed.c.id,
                 changed.c.last_sequence,
@@ -129,6 +142,7 @@ def _changes_with_event(changed: sa.CTE) -> sa.CTE:
                 changed.c.result,
                 changed.c.error,
                 changed.c.attempt,
+                sa.literal(traceparent, sa.Text),
             ),
         )
         .cte("recorded")

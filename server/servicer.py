@@ -13,6 +13,7 @@ from celery import Celery
 from jobs.v1 import jobs_service_pb2 as pb
 from jobs.v1 import jobs_service_pb2_grpc as pb_grpc
 from opentelemetry import trace
+from opentelemetry.trace import SpanKind
 
 from jobcore.errors import FieldViolation, InvalidJobError
 from jobcore.events import JobEventHub
@@ -21,9 +22,10 @@ from jobcore.listing import decode_page_token, encode_page_token, page_size_of, 
 from jobcore.operations import pack_numbers, validate_numbers
 from jobcore.queue import dispatch
 from jobcore.store import JobStore
+from jobcore.tracing import context_from, tracer
 from server.conversions import job_id_from_proto, job_to_proto, operation_from_proto
 from server.metrics import JOBS_SUBMITTED
-from server.watch import follow_job
+from server.watch import WatchUpdate, follow_job
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +88,21 @@ def _after_sequence(request: pb.WatchJobRequest, context: Context) -> int:
             [FieldViolation("Last-Event-ID", f"must be a sequence number, got {header[:32]!r}")]
         )
     return int(header)
+
+
+def _trace_delivery(update: WatchUpdate) -> None:
+    """A span in the trace of the change (SubmitJob, the worker, CancelJob) for its delivery."""
+    with tracer().start_as_current_span(
+        "jobs.v1.JobService/WatchJob deliver",
+        context=context_from({"traceparent": update.traceparent or ""}),
+        kind=SpanKind.PRODUCER,
+        attributes={
+            "job.id": str(update.job.id),
+            "job.sequence": update.job.sequence,
+            "job.status": update.job.status.value,
+        },
+    ):
+        pass
 
 
 class JobServicer(pb_grpc.JobServiceServicer):
@@ -174,7 +191,11 @@ class JobServicer(pb_grpc.JobServiceServicer):
             after_sequence=_after_sequence(request, context),
             heartbeat=self._watch_heartbeat,
         )
-        async for job, heartbeat in updates:
+        async for update in updates:
+            if update.traceparent:
+                _trace_delivery(update)
             yield pb.WatchJobResponse(
-                job=job_to_proto(job, with_result=True), sequence=job.sequence, heartbeat=heartbeat
+                job=job_to_proto(update.job, with_result=True),
+                sequence=update.job.sequence,
+                heartbeat=update.heartbeat,
             )

@@ -10,11 +10,20 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from typing import NamedTuple
 
 from jobcore.errors import ServiceShuttingDownError
 from jobcore.events import SHUTDOWN, JobEventHub
 from jobcore.models import Job, JobEvent
 from jobcore.store import JobStore
+
+
+class WatchUpdate(NamedTuple):
+    """One message of a watch: the job's state, whether it is a heartbeat, the change's trace."""
+
+    job: Job
+    heartbeat: bool = False
+    traceparent: str | None = None
 
 
 async def follow_job(
@@ -24,29 +33,29 @@ async def follow_job(
     *,
     after_sequence: int = 0,
     heartbeat: timedelta,
-) -> AsyncIterator[tuple[Job, bool]]:
-    """Yield (job, is_heartbeat): each state of the job in order, ending after the final one.
+) -> AsyncIterator[WatchUpdate]:
+    """Each state of the job in order, ending after the final one.
 
     With after_sequence=0 the first state is the current one; otherwise only the
     states after that sequence are sent, history first, so a client that lost
     its stream resumes with nothing missed and nothing repeated. While nothing
-    changes for `heartbeat`, the latest state is repeated with is_heartbeat=True.
+    changes for `heartbeat`, the latest state is repeated as a heartbeat.
     """
     with hub.subscribe(job_id) as inbox:
         latest = await store.get(job_id)
         if after_sequence <= 0:
             sent = latest.sequence
-            yield latest, False
+            yield WatchUpdate(latest)
         else:
             sent = after_sequence
             for event in await store.events_after(job_id, sent):
                 latest, sent = event.apply_to(latest), event.sequence
-                yield latest, False
+                yield WatchUpdate(latest, traceparent=event.traceparent)
         while not latest.status.is_final:
             try:
                 item = await asyncio.wait_for(inbox.get(), heartbeat.total_seconds())
             except TimeoutError:
-                yield latest, True
+                yield WatchUpdate(latest, heartbeat=True)
                 continue
             if item is SHUTDOWN:
                 raise ServiceShuttingDownError("the server is shutting down; watch again to resume")
@@ -59,4 +68,4 @@ async def follow_job(
                 events = await store.events_after(job_id, sent)
             for event in events:
                 latest, sent = event.apply_to(latest), event.sequence
-                yield latest, False
+                yield WatchUpdate(latest, traceparent=event.traceparent)

@@ -43,3 +43,32 @@ async def test_the_worker_span_joins_the_submit_trace(
     assert process["service"] == "jobs-worker"
     assert process["trace_id"] == submit["trace_id"]
     assert process["parent_id"] == submit["span_id"]
+
+
+async def test_events_a_watcher_receives_continue_the_trace(
+    stack: Stack, jobs_stub: pb_grpc.JobServiceAsyncStub
+) -> None:
+    job = await jobs_stub.SubmitJob(pb.SubmitJobRequest(data=[4], operation=pb.cube_sum))
+    updates = [u async for u in jobs_stub.WatchJob(pb.WatchJobRequest(job_id=job.id))]
+    assert updates[-1].job.status == pb.SUCCESS
+    logs = [stack.server.log_path, *(worker.log_path for worker in stack.workers)]
+
+    async def job_spans() -> list[dict[str, Any]]:
+        return [s for s in _spans(*logs) if s["attributes"].get("job.id") == job.id]
+
+    spans = await eventually(
+        job_spans,
+        until=lambda found: any(
+            s["span"].endswith("WatchJob deliver") and s["attributes"]["job.status"] == "SUCCESS"
+            for s in found
+        ),
+    )
+
+    [submit] = [s for s in spans if s["span"] == "jobs.v1.JobService/SubmitJob"]
+    [process] = [s for s in spans if s["span"] == "process_job"]
+    deliveries = [s for s in spans if s["span"].endswith("WatchJob deliver")]
+    # Every delivered change belongs to the job's one trace; the final state was made by
+    # the worker, so its delivery hangs under the worker's span.
+    assert {s["trace_id"] for s in deliveries} == {submit["trace_id"]}
+    final = next(s for s in deliveries if s["attributes"]["job.status"] == "SUCCESS")
+    assert final["parent_id"] == process["span_id"]
