@@ -85,8 +85,8 @@ migrate: $(GENERATED) ## Apply database migrations to DATABASE_URL.
 
 .PHONY: clean
 clean: ## Remove generated code (keeps .venv and local data).
-	rm -rf gen
+	rm -rf gen clients/typescript/src/gen clients/typescript/dist
 
 .PHONY: distclean
 distclean: clean ## Remove generated code, .venv, node_modules and local data.
-	rm -rf $(VENV) node_modules .data
+	rm -rf $(VENV) node_modules clients/typescript/node_modules .data
