@@ -51,6 +51,14 @@ run: $(GENERATED) ## Run the whole service locally (embedded PostgreSQL and Redi
 test: $(GENERATED) ## Run the full test suite against real PostgreSQL, Redis, worker, server and Envoy.
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+.PHONY: bench
+bench: $(GENERATED) ## Benchmark the real stack against its references (about 10 minutes; see BENCHMARKS.md).
+	$(BIN)/python -m benchmarks
+
+.PHONY: bench-quick
+bench-quick: $(GENERATED) ## The same benchmark code paths at small sizes (about 2-5 minutes; CI runs it).
+	$(BIN)/python -m benchmarks --quick
+
 .PHONY: lint
 lint: $(GENERATED) $(NODE_INSTALLED) breaking ## buf lint and breaking, ruff and mypy.
 	npx --no-install buf lint

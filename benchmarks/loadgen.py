@@ -1,0 +1,700 @@
+"""The client side of every measurement; each public function runs in a pinned process of its own.
+
+Every loop is bounded by a count or a deadline, and run_pinned bounds the whole
+function, so a stuck service ends a measurement with an error, never a hang.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import asyncpg
+import grpc
+import numpy as np
+import psutil
+from jobs.v1 import jobs_service_pb2 as pb
+from jobs.v1 import jobs_service_pb2_grpc as pb_grpc
+
+from benchmarks.http1 import Http1Connection, HttpError, encode_request
+from benchmarks.pinned import Samples
+from benchmarks.stats import percentile
+from jobcore.schema import JOB_EVENTS_CHANNEL
+
+# The job every throughput test submits: the README's example.
+SMALL_JOB = pb.SubmitJobRequest(data=[1, 2, 3, 4, 5], operation=pb.square_sum)
+SMALL_JOB_JSON = b'{"data": [1, 2, 3, 4, 5], "operation": "square_sum"}'
+CALL_TIMEOUT_SECONDS = 30.0
+FINAL_STATUSES = frozenset({"SUCCESS", "FAILED", "CANCELLED"})
+# Each job commits PENDING (server), IN_PROGRESS and SUCCESS (worker).
+EVENTS_PER_JOB = 3
+MB = 1_000_000
+
+# What a failed call raises: counted as an error, never retried within the same call.
+_CALL_ERRORS = (
+    grpc.aio.AioRpcError,
+    OSError,
+    EOFError,
+    asyncio.LimitOverrunError,
+    HttpError,
+    TimeoutError,
+)
+_STREAM_OPEN_CONCURRENCY = 200
+_STREAM_SETTLE_SECONDS = 3.0
+_STREAM_OPEN_TIMEOUT_SECONDS = 300.0
+_RSS_SAMPLE_SECONDS = 0.005
+
+
+def _open_channels(
+    target: str, count: int, *, max_message_bytes: int | None = None
+) -> list[grpc.aio.Channel]:
+    """`count` channels with a TCP connection each (a shared subchannel pool would merge them)."""
+    options: list[tuple[str, int]] = [("grpc.use_local_subchannel_pool", 1)]
+    if max_message_bytes is not None:
+        options += [
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_receive_message_length", max_message_bytes),
+        ]
+    return [grpc.aio.insecure_channel(target, options=options) for _ in range(count)]
+
+
+async def _close_channels(channels: list[grpc.aio.Channel]) -> None:
+    await asyncio.gather(*(channel.close() for channel in channels))
+
+
+# --- closed-loop throughput -------------------------------------------------------------
+
+
+@dataclass
+class _Window:
+    completed: int = 0
+    errors: int = 0
+    latencies: list[float] = field(default_factory=list)
+
+
+async def _closed_loop(
+    call: Callable[[int], Awaitable[object]],
+    *,
+    in_flight: int,
+    seconds: float,
+    max_calls: int | None = None,
+) -> tuple[_Window, float]:
+    """Keep `in_flight` calls outstanding for `seconds` or `max_calls`; (window, seconds used).
+
+    A call still running at the deadline is awaited but not counted, so the rate is
+    completions inside the window divided by the window.
+    """
+    window = _Window()
+    started = time.perf_counter()
+    deadline = started + seconds
+    limit = max_calls if max_calls is not None else 1 << 62
+    issued = 0
+
+    async def lane(index: int) -> None:
+        nonlocal issued
+        while issued < limit and (begin := time.perf_counter()) < deadline:
+            issued += 1
+            try:
+                await call(index)
+            except _CALL_ERRORS:
+                window.errors += 1
+                continue
+            end = time.perf_counter()
+            if end <= deadline:
+                window.completed += 1
+                window.latencies.append(end - begin)
+
+    await asyncio.gather(*(lane(index) for index in range(in_flight)))
+    return window, min(time.perf_counter(), deadline) - started
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """Closed-loop load: `in_flight` calls outstanding, a warm-up, then `repeats` windows."""
+
+    name: str
+    target: str
+    in_flight: int
+    channels: int
+    warmup_seconds: float
+    window_seconds: float
+    repeats: int
+
+
+async def _repeated(call: Callable[[int], Awaitable[object]], spec: Throughput) -> Samples:
+    await _closed_loop(call, in_flight=spec.in_flight, seconds=spec.warmup_seconds)
+    samples: Samples = {f"{spec.name}_{key}": [] for key in ("per_s", "p99_ms", "errors")}
+    for _ in range(spec.repeats):
+        window, seconds = await _closed_loop(
+            call, in_flight=spec.in_flight, seconds=spec.window_seconds
+        )
+        samples[f"{spec.name}_per_s"].append(window.completed / seconds)
+        samples[f"{spec.name}_p99_ms"].append(percentile(window.latencies, 0.99) * 1000)
+        samples[f"{spec.name}_errors"].append(float(window.errors))
+    return samples
+
+
+def submit_grpc(spec: Throughput) -> Samples:
+    """SubmitJob over gRPC (also R1, against the echo server): rate, p99 and errors per window."""
+    return asyncio.run(_submit_grpc(spec))
+
+
+async def _submit_grpc(spec: Throughput) -> Samples:
+    channels = _open_channels(spec.target, spec.channels)
+    stubs = [pb_grpc.JobServiceStub(channel) for channel in channels]
+
+    async def call(lane: int) -> None:
+        await stubs[lane % len(stubs)].SubmitJob(SMALL_JOB, timeout=CALL_TIMEOUT_SECONDS)
+
+    try:
+        return await _repeated(call, spec)
+    finally:
+        await _close_channels(channels)
+
+
+def submit_rest(spec: Throughput) -> Samples:
+    """POST /api/v1/jobs through Envoy, one keep-alive HTTP/1.1 connection per call in flight."""
+    return asyncio.run(_submit_rest(spec))
+
+
+async def _submit_rest(spec: Throughput) -> Samples:
+    host, port = spec.target.rsplit(":", 1)
+    request = encode_request(
+        method="POST", host=spec.target, path="/api/v1/jobs", json_body=SMALL_JOB_JSON
+    )
+    connections = [Http1Connection(host, int(port)) for _ in range(spec.in_flight)]
+
+    async def call(lane: int) -> None:
+        status, body = await connections[lane].request(request)
+        if not 200 <= status < 300:
+            raise HttpError(f"HTTP {status}: {body[:200]!r}")
+
+    try:
+        return await _repeated(call, spec)
+    finally:
+        for connection in connections:
+            await connection.close()
+
+
+# --- GetStatus latency ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Lookups:
+    """Sequential GetStatus calls over a sample of stored ids: latency without queueing."""
+
+    suffix: str
+    target: str
+    job_ids: tuple[str, ...]
+    calls: int
+    repeats: int
+
+
+def get_status_latency(spec: Lookups) -> Samples:
+    """GetStatus p50 and p99 in ms, one call at a time."""
+    return asyncio.run(_get_status_latency(spec))
+
+
+async def _get_status_latency(spec: Lookups) -> Samples:
+    [channel] = _open_channels(spec.target, 1)
+    stub = pb_grpc.JobServiceStub(channel)
+    requests = [pb.GetStatusRequest(job_id=job_id) for job_id in spec.job_ids]
+    counter = 0
+
+    async def call(_lane: int) -> None:
+        nonlocal counter
+        counter += 1
+        await stub.GetStatus(requests[counter % len(requests)], timeout=CALL_TIMEOUT_SECONDS)
+
+    samples: Samples = {
+        f"getstatus_p50_ms_{spec.suffix}": [],
+        f"getstatus_p99_ms_{spec.suffix}": [],
+    }
+    try:
+        await _closed_loop(call, in_flight=1, seconds=120, max_calls=max(1, spec.calls // 5))
+        for _ in range(spec.repeats):
+            window, _ = await _closed_loop(call, in_flight=1, seconds=120, max_calls=spec.calls)
+            if window.errors:
+                raise RuntimeError(f"{window.errors} GetStatus calls failed")
+            samples[f"getstatus_p50_ms_{spec.suffix}"].append(
+                percentile(window.latencies, 0.5) * 1000
+            )
+            samples[f"getstatus_p99_ms_{spec.suffix}"].append(
+                percentile(window.latencies, 0.99) * 1000
+            )
+    finally:
+        await _close_channels([channel])
+    return samples
+
+
+# --- job completions, from the service's own notification channel ----------------------
+
+
+class _Completions:
+    """When each job reached a final state, heard on the LISTEN channel the service's watchers use.
+
+    A job may finish before its SubmitJob answer arrives (delay 0), so final states
+    are kept by id and matched when the id becomes known.
+    """
+
+    def __init__(self, *, max_outstanding: int) -> None:
+        self.final_at: dict[str, float] = {}
+        self.failed = 0
+        self.slots = asyncio.Semaphore(max_outstanding)
+        self._outstanding: set[str] = set()
+        self._connection: asyncpg.Connection | None = None
+
+    async def start(self, dsn: str) -> None:
+        self._connection = await asyncpg.connect(dsn, timeout=10)
+        await self._connection.add_listener(JOB_EVENTS_CHANNEL, self._on_event)
+
+    async def stop(self) -> None:
+        if self._connection is not None:
+            await self._connection.close(timeout=5)
+
+    def _on_event(self, _connection: object, _pid: int, _channel: str, payload: object, /) -> None:
+        event = json.loads(str(payload))
+        if event["status"] not in FINAL_STATUSES:
+            return
+        job_id = str(event["job_id"])
+        self.final_at.setdefault(job_id, time.perf_counter())
+        self.failed += event["status"] != "SUCCESS"
+        if job_id in self._outstanding:
+            self._outstanding.discard(job_id)
+            self.slots.release()
+
+    def submitted(self, job_id: str) -> None:
+        """Track a job whose id SubmitJob just returned (its slot is freed when it finishes)."""
+        if job_id in self.final_at:
+            self.slots.release()
+        else:
+            self._outstanding.add(job_id)
+
+    async def wait_all(self, job_ids: list[str], *, timeout_seconds: float) -> float:
+        """Wait until every job is final; the time the last one finished."""
+        deadline = time.perf_counter() + timeout_seconds
+        while any(job_id not in self.final_at for job_id in job_ids):
+            if time.perf_counter() > deadline:
+                missing = sum(job_id not in self.final_at for job_id in job_ids)
+                raise TimeoutError(f"{missing} jobs not final after {timeout_seconds:.0f} s")
+            await asyncio.sleep(0.02)
+        return max(self.final_at[job_id] for job_id in job_ids)
+
+
+@dataclass(frozen=True)
+class Lifecycle:
+    """Submit→final: a batch of `jobs` per repeat, or (jobs=0) a sustained run in windows."""
+
+    name: str
+    target: str
+    dsn: str
+    in_flight: int
+    channels: int
+    jobs: int
+    max_outstanding: int
+    warmup_seconds: float
+    window_seconds: float
+    repeats: int
+    delay_seconds: float
+
+
+async def _submit_many(
+    stubs: list[pb_grpc.JobServiceAsyncStub],
+    completions: _Completions,
+    *,
+    in_flight: int,
+    count: int,
+    deadline: float,
+) -> list[str]:
+    """Submit up to `count` jobs from `in_flight` lanes until `deadline`; their ids."""
+    job_ids: list[str] = []
+    issued = 0
+
+    async def lane(index: int) -> None:
+        nonlocal issued
+        while issued < count:
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                return
+            try:
+                await asyncio.wait_for(completions.slots.acquire(), remaining)
+            except TimeoutError:
+                return
+            issued += 1
+            try:
+                job = await stubs[index % len(stubs)].SubmitJob(
+                    SMALL_JOB, timeout=CALL_TIMEOUT_SECONDS
+                )
+            except grpc.aio.AioRpcError:
+                completions.slots.release()
+                raise
+            job_ids.append(job.id)
+            completions.submitted(job.id)
+
+    await asyncio.gather(*(lane(index) for index in range(in_flight)))
+    return job_ids
+
+
+def lifecycle(spec: Lifecycle) -> Samples:
+    """Jobs per second from submit to SUCCESS (batch or sustained)."""
+    return asyncio.run(_lifecycle(spec))
+
+
+async def _lifecycle(spec: Lifecycle) -> Samples:
+    channels = _open_channels(spec.target, spec.channels)
+    stubs = [pb_grpc.JobServiceStub(channel) for channel in channels]
+    completions = _Completions(max_outstanding=spec.max_outstanding)
+    await completions.start(spec.dsn)
+    try:
+        if spec.jobs:
+            samples = await _lifecycle_batches(spec, stubs, completions)
+        else:
+            samples = await _lifecycle_sustained(spec, stubs, completions)
+    finally:
+        await completions.stop()
+        await _close_channels(channels)
+    samples[f"{spec.name}_failed"] = [float(completions.failed)]
+    return samples
+
+
+async def _lifecycle_batches(
+    spec: Lifecycle, stubs: list[pb_grpc.JobServiceAsyncStub], completions: _Completions
+) -> Samples:
+    rates: list[float] = []
+    # The first batch (a twentieth of the size) warms up the server, the workers and the database.
+    for batch in [max(100, spec.jobs // 20), *[spec.jobs] * spec.repeats]:
+        timeout = 60 + batch / 20  # generous: 20 jobs/s would still finish
+        started = time.perf_counter()
+        job_ids = await _submit_many(
+            stubs, completions, in_flight=spec.in_flight, count=batch, deadline=started + timeout
+        )
+        if len(job_ids) < batch:
+            raise TimeoutError(f"submitted only {len(job_ids)} of {batch} jobs in {timeout:.0f} s")
+        finished = await completions.wait_all(job_ids, timeout_seconds=timeout)
+        rates.append(batch / (finished - started))
+    return {f"{spec.name}_per_s": rates[1:]}
+
+
+async def _lifecycle_sustained(
+    spec: Lifecycle, stubs: list[pb_grpc.JobServiceAsyncStub], completions: _Completions
+) -> Samples:
+    started = time.perf_counter()
+    measured_from = started + spec.warmup_seconds + 2 * spec.delay_seconds
+    deadline = measured_from + spec.repeats * spec.window_seconds
+    await _submit_many(
+        stubs, completions, in_flight=spec.in_flight, count=1 << 62, deadline=deadline
+    )
+    rates = []
+    for index in range(spec.repeats):
+        begin = measured_from + index * spec.window_seconds
+        end = begin + spec.window_seconds
+        done = sum(begin <= moment < end for moment in completions.final_at.values())
+        rates.append(done / spec.window_seconds)
+    return {f"{spec.name}_per_s": rates}
+
+
+# --- WatchJob: memory per stream, then event latency with events flowing ----------------
+
+
+@dataclass(frozen=True)
+class WatchLoad:
+    """Idle streams held open on one server, then jobs submitted at a fixed event rate and watched."""
+
+    target: str
+    server_pid: int
+    idle_job_ids: tuple[str, ...]
+    channels: int
+    in_flight: int
+    events_per_second: float
+    warmup_seconds: float
+    window_seconds: float
+    repeats: int
+    delay_seconds: float
+
+
+@dataclass
+class _Streams:
+    expected: int = 0
+    opened: int = 0
+    failed: int = 0
+    closed: int = 0
+    live: int = 0
+    received: list[tuple[float, float]] = field(default_factory=list)
+    all_answered: asyncio.Event = field(default_factory=asyncio.Event)
+    errors: collections.Counter[str] = field(default_factory=collections.Counter)
+
+    def answered(self, *, ok: bool, error: str = "") -> None:
+        """Count a stream that opened (or failed, and why); wake the opener once all have answered."""
+        self.opened += ok
+        self.failed += not ok
+        if error:
+            self.errors[error] += 1
+        if self.opened + self.failed >= self.expected:
+            self.all_answered.set()
+
+
+async def _hold_idle_stream(
+    stub: pb_grpc.JobServiceAsyncStub, job_id: str, opening: asyncio.Semaphore, state: _Streams
+) -> None:
+    """Open one stream, count it when its first message arrives, then read heartbeats until cancelled."""
+    call = stub.WatchJob(pb.WatchJobRequest(job_id=job_id))
+    answered = False
+    try:
+        async with opening:
+            first = await call.read()
+        answered = True
+        state.answered(
+            ok=first is not grpc.aio.EOF, error="" if first is not grpc.aio.EOF else "EOF"
+        )
+        # read() only: grpc.aio forbids mixing read() with async iteration on one call.
+        while await call.read() is not grpc.aio.EOF:
+            pass
+    except grpc.aio.AioRpcError as error:
+        if not answered:
+            state.answered(ok=False, error=f"{error.code().name}: {error.details()}"[:200])
+    finally:
+        if answered:
+            state.closed += 1  # ended (or was cancelled) after it had opened
+        call.cancel()
+
+
+async def _submit_and_watch(
+    stub: pb_grpc.JobServiceAsyncStub, submitting: asyncio.Semaphore, state: _Streams
+) -> None:
+    """Submit a job and watch it to the end, recording (receive time, commit→receive latency)."""
+    try:
+        job = await stub.SubmitJob(SMALL_JOB, timeout=CALL_TIMEOUT_SECONDS)
+    finally:
+        submitting.release()
+    call = stub.WatchJob(pb.WatchJobRequest(job_id=job.id), timeout=CALL_TIMEOUT_SECONDS)
+    state.live += 1
+    try:
+        snapshot = True
+        async for message in call:
+            received = time.time()
+            if snapshot or message.heartbeat:
+                snapshot = False  # the state read when the stream opened, not a pushed change
+                continue
+            stamp = message.job.updated_at
+            state.received.append((received, received - (stamp.seconds + stamp.nanos / 1e9)))
+    finally:
+        state.live -= 1
+
+
+def watch(spec: WatchLoad) -> Samples:
+    """Server RSS per open stream, then commit→receive latency of pushed job events."""
+    return asyncio.run(_watch(spec))
+
+
+async def _watch(spec: WatchLoad) -> Samples:
+    channels = _open_channels(spec.target, spec.channels)
+    stubs = [pb_grpc.JobServiceStub(channel) for channel in channels]
+    server = psutil.Process(spec.server_pid)
+    idle = _Streams(expected=len(spec.idle_job_ids))
+    holders: list[asyncio.Task[None]] = []
+    try:
+        rss_before = server.memory_info().rss
+        opening = asyncio.Semaphore(_STREAM_OPEN_CONCURRENCY)
+        holders = [
+            asyncio.create_task(_hold_idle_stream(stubs[index % len(stubs)], job_id, opening, idle))
+            for index, job_id in enumerate(spec.idle_job_ids)
+        ]
+        await asyncio.wait_for(idle.all_answered.wait(), _STREAM_OPEN_TIMEOUT_SECONDS)
+        await asyncio.sleep(_STREAM_SETTLE_SECONDS)
+        rss_after = server.memory_info().rss
+        for holder in holders:
+            if holder.done() and not holder.cancelled() and holder.exception() is not None:
+                raise RuntimeError("a WatchJob stream failed unexpectedly") from holder.exception()
+        still_open = idle.opened - idle.closed
+        for error, count in idle.errors.most_common(3):
+            print(f"watch: {count} streams failed to open: {error}", file=sys.stderr)
+        samples: Samples = {
+            "watch_streams": [float(still_open)],
+            "watch_streams_failed": [float(idle.failed + idle.closed)],
+            "watch_kb_per_stream": [(rss_after - rss_before) / max(1, still_open) / 1024],
+            "watch_server_rss_mb": [rss_after / MB],
+        }
+        samples |= await _flow(spec, stubs, idle)
+    finally:
+        for holder in holders:
+            holder.cancel()
+        await asyncio.gather(*holders, return_exceptions=True)
+        await _close_channels(channels)
+    return samples
+
+
+async def _flow(
+    spec: WatchLoad, stubs: list[pb_grpc.JobServiceAsyncStub], idle: _Streams
+) -> Samples:
+    """Submit jobs at the event rate, each with a watcher; latency and rate per window."""
+    flowing = _Streams()
+    jobs_per_second = spec.events_per_second / EVENTS_PER_JOB
+    total_seconds = spec.warmup_seconds + spec.repeats * spec.window_seconds
+    submitting = asyncio.Semaphore(spec.in_flight)
+    watchers: set[asyncio.Task[None]] = set()
+    submitted_at: list[float] = []
+    open_streams: list[float] = []
+    start_wall, start = time.time(), time.perf_counter()
+    for index in range(int(total_seconds * jobs_per_second)):
+        if time.perf_counter() >= start + total_seconds:
+            break  # the server fell behind the schedule; stop on time, not on count
+        pause = start + index / jobs_per_second - time.perf_counter()
+        if pause > 0:
+            await asyncio.sleep(pause)
+        # If the server falls behind, the pace slips; the achieved rate below shows it.
+        await submitting.acquire()
+        submitted_at.append(time.time())
+        watcher = asyncio.create_task(
+            _submit_and_watch(stubs[index % len(stubs)], submitting, flowing)
+        )
+        watchers.add(watcher)
+        watcher.add_done_callback(watchers.discard)
+        open_streams.append(float(idle.opened - idle.closed + flowing.live))
+    if watchers:
+        await asyncio.wait(watchers, timeout=spec.delay_seconds + 30)
+    for watcher in list(watchers):
+        watcher.cancel()
+    samples: Samples = {
+        key: [] for key in ("watch_event_p50_ms", "watch_event_p99_ms", "watch_event_rate_per_s")
+    }
+    for index in range(spec.repeats):
+        begin = start_wall + spec.warmup_seconds + index * spec.window_seconds
+        end = begin + spec.window_seconds
+        latencies = [latency for moment, latency in flowing.received if begin <= moment < end]
+        jobs = sum(begin <= moment < end for moment in submitted_at)
+        samples["watch_event_p50_ms"].append(percentile(latencies, 0.5) * 1000)
+        samples["watch_event_p99_ms"].append(percentile(latencies, 0.99) * 1000)
+        samples["watch_event_rate_per_s"].append(jobs * EVENTS_PER_JOB / spec.window_seconds)
+    measured = open_streams[int(spec.warmup_seconds * jobs_per_second) :] or [0.0]
+    samples["watch_event_open_streams"] = [float(statistics.median(measured))]
+    return samples
+
+
+# --- a big job: time and peak memory -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BigJob:
+    """One job of `numbers` numbers at a time, submit→SUCCESS, with the service's memory sampled."""
+
+    name: str
+    target: str
+    dsn: str
+    numbers: int
+    repeats: int
+    processes: tuple[tuple[str, int], ...]
+    max_message_bytes: int
+
+
+class _PeakRss(threading.Thread):
+    """Samples the RSS of some processes every few milliseconds and keeps each one's peak."""
+
+    def __init__(self, pids: tuple[int, ...]) -> None:
+        super().__init__(name="rss-sampler", daemon=True)
+        self._processes = [psutil.Process(pid) for pid in pids]
+        self.peaks = {process.pid: 0 for process in self._processes}
+        self._stop_event = threading.Event()
+
+    def now(self) -> dict[int, int]:
+        return {process.pid: int(process.memory_info().rss) for process in self._processes}
+
+    def reset(self) -> None:
+        self.peaks = self.now()
+
+    def run(self) -> None:
+        while not self._stop_event.wait(_RSS_SAMPLE_SECONDS):
+            for pid, rss in self.now().items():
+                self.peaks[pid] = max(self.peaks.get(pid, 0), rss)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join()
+
+
+def big_job(spec: BigJob) -> Samples:
+    """Seconds from submit to SUCCESS; peak RSS and growth over the cold baseline, in MB."""
+    return asyncio.run(_big_job(spec))
+
+
+async def _big_job(spec: BigJob) -> Samples:
+    request = pb.SubmitJobRequest(operation=pb.square_sum)
+    request.data.extend(np.random.default_rng(1).uniform(-1e6, 1e6, spec.numbers).tolist())
+    [channel] = _open_channels(spec.target, 1, max_message_bytes=spec.max_message_bytes)
+    stub = pb_grpc.JobServiceStub(channel)
+    completions = _Completions(max_outstanding=1 << 30)
+    await completions.start(spec.dsn)
+    sampler = _PeakRss(tuple(pid for _, pid in spec.processes))
+    baseline = sampler.now()
+    sampler.start()
+    keys = ["seconds", "peak_rss_mb", "max_growth_mb"]
+    keys += [f"growth_mb_{name.replace('-', '')}" for name, _ in spec.processes]
+    samples: Samples = {f"{spec.name}_{key}": [] for key in keys}
+    try:
+        for attempt in range(spec.repeats + 1):  # the first one warms up
+            sampler.reset()
+            started = time.perf_counter()
+            job = await stub.SubmitJob(request, timeout=120)
+            completions.submitted(job.id)
+            finished = await completions.wait_all([job.id], timeout_seconds=120)
+            await asyncio.sleep(0.05)  # let the sampler see the tail of the work
+            peaks = dict(sampler.peaks)
+            if attempt == 0:
+                continue
+            samples[f"{spec.name}_seconds"].append(finished - started)
+            samples[f"{spec.name}_peak_rss_mb"].append(max(peaks.values()) / MB)
+            samples[f"{spec.name}_max_growth_mb"].append(
+                max(peaks[pid] - baseline[pid] for pid in peaks) / MB
+            )
+            for name, pid in spec.processes:
+                samples[f"{spec.name}_growth_mb_{name.replace('-', '')}"].append(
+                    (peaks[pid] - baseline[pid]) / MB
+                )
+    finally:
+        sampler.stop()
+        await completions.stop()
+        await _close_channels([channel])
+    samples[f"{spec.name}_payload_mb"] = [spec.numbers * 8 / MB]
+    samples[f"{spec.name}_failed"] = [float(completions.failed)]
+    return samples
+
+
+# --- references R2 and R3: bare Celery ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CeleryRoundTrips:
+    """`tasks` Celery tasks sent at once and waited for, per repeat."""
+
+    name: str
+    url: str
+    task: str
+    args: tuple[float, ...]
+    tasks: int
+    warmup_tasks: int
+    repeats: int
+    timeout_seconds: float
+
+
+def celery_round_trips(spec: CeleryRoundTrips) -> Samples:
+    """Tasks per second from the first send to the last result."""
+    from celery.result import ResultSet  # noqa: PLC0415 - only this reference needs Celery
+
+    from benchmarks.celery_ref import create_app  # noqa: PLC0415
+
+    app = create_app(spec.url)
+
+    def batch(count: int) -> float:
+        started = time.perf_counter()
+        results = [app.send_task(spec.task, args=spec.args) for _ in range(count)]
+        ResultSet(results).join_native(timeout=spec.timeout_seconds)
+        return count / (time.perf_counter() - started)
+
+    batch(spec.warmup_tasks)  # also waits for the worker to come up
+    return {spec.name: [batch(spec.tasks) for _ in range(spec.repeats)]}

@@ -1,0 +1,356 @@
+"""The phases of a run, in order: references, the gRPC edge, events flowing, zero-delay jobs.
+
+Every phase states the environment its stack runs with; all figures come back as
+{name: samples} from load generators running in their own pinned processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from benchmarks import celery_ref, fill, loadgen
+from benchmarks.infra import Infrastructure, wait_for_port
+from benchmarks.machine import CpuPlan
+from benchmarks.pinned import Samples, SpecT, run_pinned
+from benchmarks.sizes import Sizes
+from devstack.processes import child_env, free_port, python_module
+from devstack.stack import Stack
+from jobcore.events import asyncpg_dsn
+
+logger = logging.getLogger(__name__)
+
+PHASES = ("references", "edge", "flow", "delay0")
+WORKER_PROCESSES = 2
+MIB = 1024 * 1024
+
+# What every stack runs with: the documented defaults, written out so a run is reproducible.
+BASE_ENV = {
+    "ENVIRONMENT": "development",
+    "LOG_LEVEL": "INFO",
+    "DB_POOL_SIZE": "10",
+    "JOB_LEASE_SECONDS": "30",
+    "MAINTENANCE_INTERVAL_SECONDS": "5",
+    "REDISPATCH_AFTER_SECONDS": "60",
+    "HEALTH_CHECK_INTERVAL_SECONDS": "2",
+    "WATCH_HEARTBEAT_SECONDS": "15",
+    "MAX_JOB_NUMBERS": "100000",
+    "GRPC_MAX_MESSAGE_BYTES": str(16 * MIB),
+    "SIMULATED_DELAY_SECONDS": "2",
+    "WORKER_CONCURRENCY": "500",
+}
+PHASE_ENVS: dict[str, dict[str, str]] = {
+    # No workers: SubmitJob and GetStatus alone, as if the workers ran on other machines.
+    # The sweep would re-publish the unconsumed backlog after a minute; push that out.
+    "edge": BASE_ENV | {"REDISPATCH_AFTER_SECONDS": "3600"},
+    "flow": dict(BASE_ENV),
+    "delay0": BASE_ENV
+    | {
+        "SIMULATED_DELAY_SECONDS": "0",
+        "MAX_JOB_NUMBERS": "1000000",
+        "GRPC_MAX_MESSAGE_BYTES": str(64 * MIB),
+    },
+}
+PHASE_WORKERS = {"edge": 0, "flow": WORKER_PROCESSES, "delay0": WORKER_PROCESSES}
+_SAMPLED_IDS = 1000
+
+
+@dataclass
+class Run:
+    """One benchmark run: what it measures with, and the figures gathered so far."""
+
+    sizes: Sizes
+    plan: CpuPlan
+    infra: Infrastructure
+    profile_dir: Path | None = None
+    started: float = field(default_factory=time.monotonic)
+    samples: Samples = field(default_factory=dict)
+
+    def say(self, message: str) -> None:
+        """Progress on stderr, so a 10-minute run shows where it is."""
+        print(f"[{time.monotonic() - self.started:5.0f} s] {message}", file=sys.stderr, flush=True)
+
+    def load(
+        self,
+        function: Callable[[SpecT], Samples],
+        spec: SpecT,
+        *,
+        timeout_seconds: float,
+        profile: dict[str, int | None] | None = None,
+    ) -> None:
+        """Run one load generator (profiling the service's processes if asked) and keep its samples."""
+        with self._profiled(function.__name__, profile or {}):
+            self.samples |= run_pinned(
+                function, spec, cpus=self.plan.load_generator, timeout_seconds=timeout_seconds
+            )
+
+    @contextlib.contextmanager
+    def _profiled(self, label: str, pids: dict[str, int | None]) -> Iterator[None]:
+        """py-spy record on each process while the block runs (only with --profile)."""
+        if self.profile_dir is None or not pids:
+            yield
+            return
+        self.profile_dir.mkdir(parents=True, exist_ok=True)
+        py_spy = str(Path(sys.executable).parent / "py-spy")
+        recorders = [
+            subprocess.Popen(
+                [
+                    py_spy,
+                    "record",
+                    "--pid",
+                    str(pid),
+                    "--rate",
+                    "100",
+                    "--nonblocking",
+                    "--format",
+                    "raw",
+                    "--output",
+                    str(self.profile_dir / f"{label}-{name}.txt"),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            for name, pid in pids.items()
+            if pid is not None
+        ]
+        try:
+            yield
+        finally:
+            for recorder in recorders:
+                recorder.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+            for recorder in recorders:
+                recorder.wait(60)
+
+
+def service_pids(stack: Stack) -> dict[str, int | None]:
+    """The Python processes of a stack, by name (what --profile records)."""
+    return {"server": stack.server.pid} | {worker.name: worker.pid for worker in stack.workers}
+
+
+def _throughput(run: Run, name: str, target: str) -> loadgen.Throughput:
+    sizes = run.sizes
+    return loadgen.Throughput(
+        name=name,
+        target=target,
+        in_flight=sizes.in_flight,
+        channels=sizes.channels,
+        warmup_seconds=sizes.warmup_seconds,
+        window_seconds=sizes.window_seconds,
+        repeats=sizes.repeats,
+    )
+
+
+def _throughput_timeout(sizes: Sizes) -> float:
+    return 60 + 2 * (sizes.warmup_seconds + sizes.repeats * sizes.window_seconds)
+
+
+def references(run: Run) -> None:
+    """R1 (bare grpc.aio echo), R2 (Celery no-op round trip) and R3 (the seed's 2 s prefork task)."""
+    sizes = run.sizes
+    port = free_port()
+    run.say("R1: bare grpc.aio echo server, same client")
+    with run.infra.process(
+        "echo-server", python_module("benchmarks.echo_server", str(port))
+    ) as echo:
+        wait_for_port(echo, port)
+        run.load(
+            loadgen.submit_grpc,
+            _throughput(run, "echo_grpc_c128", f"127.0.0.1:{port}"),
+            timeout_seconds=_throughput_timeout(sizes),
+        )
+    url = run.infra.new_redis_url()
+    worker = [sys.executable, "-m", "celery", "-A", "benchmarks.celery_ref", "worker"]
+    with run.infra.process(
+        "celery-reference",
+        [*worker, "--loglevel=WARNING"],
+        env=child_env({celery_ref.URL_VARIABLE: url}),
+    ):
+        run.say("R2: bare Celery no-op round trips, default prefork pool")
+        run.load(
+            loadgen.celery_round_trips,
+            loadgen.CeleryRoundTrips(
+                name="celery_noop_roundtrip_per_s",
+                url=url,
+                task=celery_ref.NOOP_TASK,
+                args=(),
+                tasks=sizes.celery_noop_tasks,
+                warmup_tasks=200,
+                repeats=sizes.repeats,
+                timeout_seconds=120,
+            ),
+            timeout_seconds=180 + sizes.repeats * sizes.celery_noop_tasks / 50,
+        )
+        # Celery's default prefork pool has one process per CPU.
+        slots = os.cpu_count() or 1
+        run.say(f"R3: the seed's model, a 2 s task on {slots} prefork processes")
+        run.load(
+            loadgen.celery_round_trips,
+            loadgen.CeleryRoundTrips(
+                name="seed_model_delay2_per_s",
+                url=url,
+                task=celery_ref.SLEEP_TASK,
+                args=(2.0,),
+                tasks=slots * sizes.seed_model_rounds,
+                warmup_tasks=slots,
+                repeats=sizes.repeats,
+                timeout_seconds=120,
+            ),
+            timeout_seconds=120 + 2.5 * sizes.repeats * (sizes.seed_model_rounds + 1) * 2,
+        )
+
+
+def edge(run: Run) -> None:
+    """SubmitJob over gRPC and REST, and GetStatus on a small and a large table; no workers."""
+    sizes = run.sizes
+    with run.infra.stack("edge", env=PHASE_ENVS["edge"], workers=0) as stack:
+        run.say(f"edge: GetStatus with {sizes.getstatus_small_rows:,} stored jobs")
+        _get_status(run, stack, rows=sizes.getstatus_small_rows, suffix="10k")
+        run.say("edge: SubmitJob over gRPC, 128 in flight")
+        run.load(
+            loadgen.submit_grpc,
+            _throughput(run, "submit_grpc_c128", stack.grpc_target),
+            timeout_seconds=_throughput_timeout(sizes),
+            profile=service_pids(stack),
+        )
+        run.say("edge: SubmitJob over REST through Envoy, 128 in flight")
+        run.load(
+            loadgen.submit_rest,
+            _throughput(run, "submit_rest_c128", stack.gateway_target),
+            timeout_seconds=_throughput_timeout(sizes),
+            profile=service_pids(stack),
+        )
+        run.say(f"edge: GetStatus with {sizes.getstatus_large_rows:,} stored jobs")
+        _get_status(run, stack, rows=sizes.getstatus_large_rows, suffix="1m")
+
+
+def _get_status(run: Run, stack: Stack, *, rows: int, suffix: str) -> None:
+    started = time.monotonic()
+    added = asyncio.run(fill.fill_finished_jobs(stack.database_url, until_total=rows))
+    run.say(f"  filled {added:,} jobs in {time.monotonic() - started:.1f} s")
+    job_ids = asyncio.run(fill.sample_job_ids(stack.database_url, count=_SAMPLED_IDS))
+    run.load(
+        loadgen.get_status_latency,
+        loadgen.Lookups(
+            suffix=suffix,
+            target=stack.grpc_target,
+            job_ids=tuple(job_ids),
+            calls=run.sizes.getstatus_calls,
+            repeats=run.sizes.repeats,
+        ),
+        timeout_seconds=300,
+    )
+
+
+def flow(run: Run) -> None:
+    """Open WatchJob streams (memory), events flowing to them (latency), sustained 2 s jobs."""
+    sizes = run.sizes
+    delay = float(PHASE_ENVS["flow"]["SIMULATED_DELAY_SECONDS"])
+    with run.infra.stack("flow", env=PHASE_ENVS["flow"], workers=WORKER_PROCESSES) as stack:
+        idle_ids = asyncio.run(
+            fill.insert_running_jobs(stack.database_url, count=sizes.watch_streams)
+        )
+        run.say(
+            f"flow: {sizes.watch_streams:,} WatchJob streams, then "
+            f"{sizes.watch_events_per_second:g} events/s flowing"
+        )
+        assert stack.server.pid is not None
+        run.load(
+            loadgen.watch,
+            loadgen.WatchLoad(
+                target=stack.grpc_target,
+                server_pid=stack.server.pid,
+                idle_job_ids=tuple(idle_ids),
+                channels=max(sizes.channels, sizes.watch_streams // 500),
+                in_flight=sizes.in_flight,
+                events_per_second=sizes.watch_events_per_second,
+                warmup_seconds=sizes.warmup_seconds,
+                window_seconds=sizes.window_seconds,
+                repeats=sizes.repeats,
+                delay_seconds=delay,
+            ),
+            timeout_seconds=600,
+            profile=service_pids(stack),
+        )
+        run.say("flow: submit→SUCCESS with the 2 s delay, sustained")
+        concurrency = int(PHASE_ENVS["flow"]["WORKER_CONCURRENCY"])
+        run.load(
+            loadgen.lifecycle,
+            loadgen.Lifecycle(
+                name="lifecycle_delay2",
+                target=stack.grpc_target,
+                dsn=asyncpg_dsn(stack.database_url),
+                in_flight=sizes.in_flight,
+                channels=sizes.channels,
+                jobs=0,
+                # Twice what the workers hold, so their queue never runs dry.
+                max_outstanding=2 * WORKER_PROCESSES * concurrency,
+                warmup_seconds=sizes.warmup_seconds,
+                window_seconds=sizes.window_seconds,
+                repeats=sizes.repeats,
+                delay_seconds=delay,
+            ),
+            timeout_seconds=_throughput_timeout(sizes) + 4 * delay,
+            profile=service_pids(stack),
+        )
+
+
+def delay0(run: Run) -> None:
+    """Submit→SUCCESS with no delay (a batch of jobs), and one very large job."""
+    sizes = run.sizes
+    env = PHASE_ENVS["delay0"]
+    with run.infra.stack("delay0", env=env, workers=WORKER_PROCESSES) as stack:
+        run.say(f"delay0: {sizes.lifecycle_delay0_jobs:,} jobs submit→SUCCESS, delay 0")
+        run.load(
+            loadgen.lifecycle,
+            loadgen.Lifecycle(
+                name="lifecycle_delay0",
+                target=stack.grpc_target,
+                dsn=asyncpg_dsn(stack.database_url),
+                in_flight=sizes.in_flight,
+                channels=sizes.channels,
+                jobs=sizes.lifecycle_delay0_jobs,
+                max_outstanding=sizes.lifecycle_delay0_jobs,
+                warmup_seconds=0,
+                window_seconds=0,
+                repeats=sizes.lifecycle_delay0_repeats,
+                delay_seconds=0,
+            ),
+            timeout_seconds=120
+            + (sizes.lifecycle_delay0_repeats + 1) * (60 + sizes.lifecycle_delay0_jobs / 20),
+            profile=service_pids(stack),
+        )
+        run.say(f"delay0: one job of {sizes.bigjob_numbers:,} numbers at a time")
+        processes = tuple(
+            (name, pid) for name, pid in service_pids(stack).items() if pid is not None
+        )
+        run.load(
+            loadgen.big_job,
+            loadgen.BigJob(
+                name="bigjob_1m",
+                target=stack.grpc_target,
+                dsn=asyncpg_dsn(stack.database_url),
+                numbers=sizes.bigjob_numbers,
+                repeats=sizes.repeats,
+                processes=processes,
+                max_message_bytes=int(env["GRPC_MAX_MESSAGE_BYTES"]),
+            ),
+            timeout_seconds=120 + (sizes.repeats + 1) * 120,
+            profile=service_pids(stack),
+        )
+
+
+PHASE_FUNCTIONS: dict[str, Callable[[Run], None]] = {
+    "references": references,
+    "edge": edge,
+    "flow": flow,
+    "delay0": delay0,
+}
