@@ -36,27 +36,27 @@ $(NODE_INSTALLED): package.json package-lock.json
 .PHONY: venv
 venv: $(INSTALLED) ## Create .venv with the pinned dependencies.
 
-$(GENERATED): $(INSTALLED) $(PROTOS)
+$(GENERATED): $(INSTALLED) $(PROTOS) devstack/protogen.py gateway/openapi.py gateway/config.py
 	$(BIN)/python -m devstack.protogen
 	touch $@
 
 .PHONY: proto
-proto: $(GENERATED) ## Generate Python stubs (gen/python) and the Envoy descriptor (gen/envoy).
+proto: $(GENERATED) ## Generate Python stubs (gen/python), the Envoy descriptor and the OpenAPI document (gen/envoy).
 
 .PHONY: run
-run: $(GENERATED) ## Run the whole service locally (embedded PostgreSQL and Redis unless DATABASE_URL / REDIS_URL are set).
+run: $(GENERATED) $(NODE_INSTALLED) ## Run the whole service locally (embedded PostgreSQL and Redis unless DATABASE_URL / REDIS_URL are set).
 	$(BIN)/python -m devstack
 
 .PHONY: test
-test: $(GENERATED) ## Run the full test suite against real PostgreSQL, Redis, worker, server and Envoy.
+test: $(GENERATED) $(NODE_INSTALLED) ## Run the full test suite against real PostgreSQL, Redis, worker, server and Envoy.
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 .PHONY: bench
-bench: $(GENERATED) ## Benchmark the real stack against its references (about 10 minutes; see BENCHMARKS.md).
+bench: $(GENERATED) $(NODE_INSTALLED) ## Benchmark the real stack against its references (about 10 minutes; see BENCHMARKS.md).
 	$(BIN)/python -m benchmarks
 
 .PHONY: bench-quick
-bench-quick: $(GENERATED) ## The same benchmark code paths at small sizes (about 2-5 minutes; CI runs it).
+bench-quick: $(GENERATED) $(NODE_INSTALLED) ## The same benchmark code paths at small sizes (about 2-5 minutes; CI runs it).
 	$(BIN)/python -m benchmarks --quick
 
 .PHONY: lint

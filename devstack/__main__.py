@@ -114,6 +114,7 @@ def _print_banner(
         "The job service is running:",
         f"  REST + gRPC gateway (Envoy)  http://127.0.0.1:{ports.http}   (GET /health)",
         f"  gRPC server (direct)         127.0.0.1:{ports.grpc}",
+        f"  API docs (Swagger UI)        http://127.0.0.1:{ports.http}/docs",
         f"  Flower dashboard             http://127.0.0.1:{ports.flower}   (user {flower_user!r})",
         f"  Envoy admin (and its stats)  http://127.0.0.1:{ports.envoy_admin}/stats/prometheus",
         f"  Server metrics (Prometheus)  http://127.0.0.1:{ports.server_metrics}/metrics",

@@ -1,4 +1,5 @@
-"""Generate everything that derives from protos/: Python stubs, typing stubs and the Envoy descriptor.
+"""Generate everything that derives from protos/: Python stubs, typing stubs, the Envoy descriptor
+and, from that descriptor, the OpenAPI document and docs page the gateway serves.
 
 Run by `make proto`. Output goes to gen/ (gitignored); nothing here is ever edited by hand.
 """
@@ -11,6 +12,8 @@ from pathlib import Path
 
 import grpc_tools
 from grpc_tools import protoc
+
+from gateway.openapi import write_web_files
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTOS = ROOT / "protos"
@@ -82,7 +85,12 @@ def main() -> None:
             "google/rpc/error_details.proto",
         ]
     )
-    print(f"generated {PYTHON_OUT.relative_to(ROOT)} and {DESCRIPTOR.relative_to(ROOT)}")
+    # Beside the descriptor: the gateway serves them from its folder (see GatewayOptions).
+    write_web_files(DESCRIPTOR, ENVOY_OUT)
+    print(
+        f"generated {PYTHON_OUT.relative_to(ROOT)} and {ENVOY_OUT.relative_to(ROOT)} "
+        "(descriptor, OpenAPI document, docs page)"
+    )
 
 
 if __name__ == "__main__":

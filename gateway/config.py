@@ -1,14 +1,17 @@
 """Envoy v3 bootstrap for the job service gateway, built as a plain dict.
 
-One listener serves REST (transcoded to gRPC with the contract's descriptor) and native gRPC on
-the same port, and Envoy itself answers `GET /health` from active gRPC health checks of the
-upstream servers. Building the config in Python gives local runs, tests and the container image
-one typed source in which only hosts and ports differ.
+One listener serves REST (transcoded to gRPC with the contract's descriptor), native gRPC and
+gRPC-Web (for browsers, with CORS) on the same port, and Envoy itself answers `GET /health` from
+active gRPC health checks of the upstream servers. It also serves the API's OpenAPI document
+(`/openapi.json`, generated from the descriptor by `make proto`) and Swagger UI (`/docs`, from
+the npm package `swagger-ui-dist`) as static files. Building the config in Python gives local
+runs, tests and the container image one typed source in which only hosts and ports differ.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,11 +32,50 @@ GRPC_WATCH_PATH = f"/{SERVICE}/WatchJob"
 JOB_PATH_REGEX = "^/api/v1/jobs/[^/]+(/.*)?$"
 PATH_VARIABLE = "job_id"
 
+OPENAPI_PATH = "/openapi.json"
+DOCS_PATH = "/docs"
+# The generated files (gateway/openapi.py) sit in the web folder under their URL paths.
+WEB_PATH_REGEX = "^/(openapi\\.json|docs/?)$"
+# What the docs page loads from the `swagger-ui-dist` package: only these are served.
+SWAGGER_UI_PACKAGE = Path("node_modules") / "swagger-ui-dist"
+SWAGGER_UI_FILES = ("swagger-ui-bundle.js", "swagger-ui.css", "favicon-32x32.png")
+STATIC_CONTENT_TYPES = {
+    "html": "text/html; charset=utf-8",
+    "js": "text/javascript; charset=utf-8",
+    "css": "text/css; charset=utf-8",
+    "json": "application/json",
+    "png": "image/png",
+}
+# Envoy reads static files on a small thread pool, off its event loops.
+FILE_THREADS = 1
+
+# gRPC metadata keys may only hold [0-9a-z_.-], and the gRPC server fails a call that carries any
+# other key with INTERNAL (a 500 over REST), so such request headers are dropped, pseudo-headers
+# (`:path`) excepted. The regex matches a whole header name.
+INVALID_METADATA_KEY_REGEX = "[^0-9a-z_.:-].*|[0-9a-z_.-]+[^0-9a-z_.-].*"
+# REST clients have no use for gRPC's own headers or binary (`-bin`) metadata, and malformed ones
+# (`grpc-timeout: soon`, `x-bin: not base64`) fail the call the same way: dropped on REST routes.
+REST_DROPPED_HEADERS_REGEX = "grpc-.*|.*-bin"
+
+# Browsers call the API from any origin (REST and gRPC-Web); nothing relies on cookies, so no
+# credentials are allowed. gRPC-Web clients read the status from these response headers.
+CORS_ALLOW_HEADERS = (
+    "content-type",
+    "x-grpc-web",
+    "x-user-agent",
+    "grpc-timeout",
+    "idempotency-key",
+    "last-event-id",
+)
+CORS_EXPOSE_HEADERS = ("grpc-status", "grpc-message", "grpc-status-details-bin")
+CORS_MAX_AGE_SECONDS = 86400
+
 # HTTP status of a reply Envoy generates itself -> the gRPC code put in its JSON body: the
 # inverse of the transcoder's gRPC -> HTTP mapping, so REST clients see one error shape.
 LOCAL_REPLY_GRPC_CODES: dict[int, int] = {
     400: 3,  # INVALID_ARGUMENT: unparsable JSON, wrong type, unknown query parameter or enum
     404: 5,  # NOT_FOUND: no RPC is mapped to this method and path
+    405: 12,  # UNIMPLEMENTED: the static files answer GET and HEAD only
     408: 4,  # DEADLINE_EXCEEDED: the client did not finish its request within the idle timeout
     413: 8,  # RESOURCE_EXHAUSTED: what gRPC itself answers for an oversized message
     431: 3,  # INVALID_ARGUMENT: request headers too large
@@ -132,6 +174,11 @@ class GatewayOptions:
     descriptor_path: Path
     max_request_bytes: int = 16 * 1024 * 1024
     health_check_interval_seconds: float = 1.0
+    # None: the layout of a checkout and of the gateway image, <root>/gen/envoy/jobs.binpb, where
+    # `make proto` writes openapi.json and docs/ beside the descriptor and npm installs Swagger UI
+    # into <root>/node_modules/swagger-ui-dist.
+    web_dir: Path | None = None
+    swagger_ui_dir: Path | None = None
 
     def __post_init__(self) -> None:
         """Reject values Envoy would refuse later with a far less helpful message."""
@@ -147,6 +194,24 @@ class GatewayOptions:
             raise ValueError("max_request_bytes must be between 1 and 2**32 - 1")
         if self.health_check_interval_seconds < 0.001:
             raise ValueError("health_check_interval_seconds must be at least 0.001")
+
+    @property
+    def web_root(self) -> Path:
+        """The folder with the generated openapi.json and docs/index.html."""
+        return self.web_dir or self.descriptor_path.parent
+
+    @property
+    def swagger_ui_root(self) -> Path:
+        """The installed `swagger-ui-dist` package."""
+        return self.swagger_ui_dir or self.descriptor_path.parent.parent.parent / SWAGGER_UI_PACKAGE
+
+    def static_files(self) -> list[Path]:
+        """Every file the gateway serves from disk; Envoy would answer 404 for a missing one."""
+        return [
+            self.web_root / OPENAPI_PATH.removeprefix("/"),
+            self.web_root / DOCS_PATH.removeprefix("/") / "index.html",
+            *(self.swagger_ui_root / name for name in SWAGGER_UI_FILES),
+        ]
 
 
 def build_config(options: GatewayOptions) -> dict[str, Any]:
@@ -174,7 +239,16 @@ def build_config(options: GatewayOptions) -> dict[str, Any]:
 
 
 def write_config(options: GatewayOptions, path: Path) -> None:
-    """Write the bootstrap as YAML, the format `envoy -c` reads."""
+    """Write the bootstrap as YAML, the format `envoy -c` reads.
+
+    Refuses when a static file is missing: Envoy would start and answer 404 for it.
+    """
+    missing = [str(file) for file in options.static_files() if not file.is_file()]
+    if missing:
+        raise FileNotFoundError(
+            "the gateway's static files are missing (`make proto` generates openapi.json and "
+            "docs/; `npm ci` installs swagger-ui-dist): " + ", ".join(missing)
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(build_config(options), sort_keys=False), encoding="utf-8")
 
@@ -253,10 +327,38 @@ def _route_config(options: GatewayOptions) -> dict[str, Any]:
     # A watched job can stay PENDING with nothing to send for longer than the connection
     # manager's 5 minute stream idle timeout, so watch streams have none.
     to_cluster_no_idle_timeout = {**to_cluster, "idle_timeout": "0s"}
+    rest_headers = {
+        "envoy.filters.http.header_mutation": _typed(
+            "envoy.extensions.filters.http.header_mutation.v3.HeaderMutationPerRoute",
+            mutations={"request_mutations": [_remove_headers(REST_DROPPED_HEADERS_REGEX)]},
+        )
+    }
     path_variable_in_query = path_with_query_parameter_regex(
         (PATH_VARIABLE, json_name(PATH_VARIABLE))
     )
     routes = [
+        # Static files, answered by the file server filter on these routes (its per-route
+        # mappings); the direct response is only reached if it does not answer.
+        {
+            "match": {"safe_regex": {"regex": WEB_PATH_REGEX}},
+            "direct_response": {"status": 404},
+            "typed_per_filter_config": {
+                "envoy.filters.http.file_server": _file_server("/", options.web_root)
+            },
+        },
+        {
+            "match": {
+                "safe_regex": {
+                    "regex": f"^{DOCS_PATH}/({'|'.join(re.escape(n) for n in SWAGGER_UI_FILES)})$"
+                }
+            },
+            "direct_response": {"status": 404},
+            "typed_per_filter_config": {
+                "envoy.filters.http.file_server": _file_server(
+                    f"{DOCS_PATH}/", options.swagger_ui_root
+                )
+            },
+        },
         {
             # The transcoder lets `?job_id=` (or `?jobId=`) silently replace the id taken from
             # the path. Refuse it before it is transcoded; the local reply mapper turns the text
@@ -294,11 +396,20 @@ def _route_config(options: GatewayOptions) -> dict[str, Any]:
                 "envoy.filters.http.lua": _typed(
                     "envoy.extensions.filters.http.lua.v3.LuaPerRoute",
                     source_code={"inline_string": SUBMIT_LUA},
-                )
+                ),
+                **rest_headers,
             },
         },
-        {"match": {"safe_regex": {"regex": WATCH_PATH_REGEX}}, "route": to_cluster_no_idle_timeout},
-        {"match": {"prefix": REST_PREFIX}, "route": to_cluster},
+        {
+            "match": {"safe_regex": {"regex": WATCH_PATH_REGEX}},
+            "route": to_cluster_no_idle_timeout,
+            "typed_per_filter_config": rest_headers,
+        },
+        {
+            "match": {"prefix": REST_PREFIX},
+            "route": to_cluster,
+            "typed_per_filter_config": rest_headers,
+        },
         # Native gRPC below. Message size limits are the gRPC server's own.
         {
             "match": {"path": GRPC_WATCH_PATH},
@@ -312,10 +423,50 @@ def _route_config(options: GatewayOptions) -> dict[str, Any]:
             "typed_per_filter_config": _disabled("envoy.filters.http.body_size_limit"),
         },
     ]
+    cors = _typed(
+        "envoy.extensions.filters.http.cors.v3.CorsPolicy",
+        allow_origin_string_match=[{"safe_regex": {"regex": ".*"}}],
+        allow_methods="GET, POST, OPTIONS",
+        allow_headers=", ".join(CORS_ALLOW_HEADERS),
+        expose_headers=", ".join(CORS_EXPOSE_HEADERS),
+        max_age=str(CORS_MAX_AGE_SECONDS),
+    )
     return {
         "name": "jobs",
-        "virtual_hosts": [{"name": "jobs", "domains": ["*"], "routes": routes}],
+        "virtual_hosts": [
+            {
+                "name": "jobs",
+                "domains": ["*"],
+                "routes": routes,
+                "typed_per_filter_config": {"envoy.filters.http.cors": cors},
+            }
+        ],
     }
+
+
+def _remove_headers(name_regex: str) -> dict[str, Any]:
+    """A header mutation removing every request header whose whole name matches."""
+    return {"remove_on_match": {"key_matcher": {"safe_regex": {"regex": name_regex}}}}
+
+
+def _file_server(request_prefix: str, folder: Path) -> dict[str, Any]:
+    """Per-route file server config: `request_prefix` + name -> `folder`/name.
+
+    Mapping a prefix to a single file is refused by the filter (the joined path is not
+    normalized), so folders are mapped and the route's path decides which files are reachable.
+    """
+    return _typed(
+        "envoy.extensions.filters.http.file_server.v3.FileServerConfig",
+        manager_config=_file_manager(),
+        path_mappings=[{"request_path_prefix": request_prefix, "file_path_prefix": str(folder)}],
+        content_types=STATIC_CONTENT_TYPES,
+        directory_behaviors=[{"default_file": "index.html"}],
+    )
+
+
+def _file_manager() -> dict[str, Any]:
+    # One shared manager: Envoy refuses the same (empty) id with different settings.
+    return {"thread_pool": {"thread_count": FILE_THREADS}}
 
 
 def _http_filters(options: GatewayOptions) -> list[dict[str, Any]]:
@@ -359,7 +510,34 @@ def _http_filters(options: GatewayOptions) -> list[dict[str, Any]]:
         match_incoming_request_route=True,
     )
     return [
+        # First, so that every response (the health check's and the file server's too) gets
+        # its headers, and preflight requests are answered before anything else.
+        {
+            "name": "envoy.filters.http.cors",
+            "typed_config": _typed("envoy.extensions.filters.http.cors.v3.Cors"),
+        },
         {"name": "envoy.filters.http.health_check", "typed_config": health_check},
+        # gRPC-Web -> gRPC before the transcoder, which then passes the call through untouched.
+        {
+            "name": "envoy.filters.http.grpc_web",
+            "typed_config": _typed("envoy.extensions.filters.http.grpc_web.v3.GrpcWeb"),
+        },
+        # No mappings here: only the static routes configure it.
+        {
+            "name": "envoy.filters.http.file_server",
+            "typed_config": _typed(
+                "envoy.extensions.filters.http.file_server.v3.FileServerConfig",
+                manager_config=_file_manager(),
+            ),
+        },
+        # Before the transcoder, so that REST headers are cleaned before they become metadata.
+        {
+            "name": "envoy.filters.http.header_mutation",
+            "typed_config": _typed(
+                "envoy.extensions.filters.http.header_mutation.v3.HeaderMutation",
+                mutations={"request_mutations": [_remove_headers(INVALID_METADATA_KEY_REGEX)]},
+            ),
+        },
         {"name": "envoy.filters.http.body_size_limit", "typed_config": body_size_limit},
         # Before the transcoder, so that on the way back it sees the transcoded response. No
         # default script: it runs only where a route attaches one.

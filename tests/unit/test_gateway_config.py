@@ -13,8 +13,10 @@ from gateway import GatewayOptions, build_config
 from gateway.__main__ import parse_args
 from gateway.config import (
     CLUSTER,
+    INVALID_METADATA_KEY_REGEX,
     LOCAL_REPLY_GRPC_CODES,
     SERVICE,
+    SWAGGER_UI_FILES,
     json_name,
     path_with_query_parameter_regex,
 )
@@ -107,7 +109,11 @@ def test_filters_run_in_the_order_the_behaviour_depends_on() -> None:
     names = [f["name"] for f in hcm(build_config(options()))["http_filters"]]
 
     assert names == [
+        "envoy.filters.http.cors",
         "envoy.filters.http.health_check",
+        "envoy.filters.http.grpc_web",
+        "envoy.filters.http.file_server",
+        "envoy.filters.http.header_mutation",
         "envoy.filters.http.body_size_limit",
         "envoy.filters.http.lua",
         "envoy.filters.http.grpc_json_transcoder",
@@ -369,3 +375,168 @@ def test_the_cli_takes_the_container_layout() -> None:
 def test_the_cli_refuses_a_host_name_without_dns() -> None:
     with pytest.raises(SystemExit):
         parse_args(["--out", "/tmp/envoy.yaml", "--upstream", "server:50051"])
+
+
+# --------------------------------------------------------------------------- browsers
+
+
+def file_server(route: dict[str, Any]) -> dict[str, Any]:
+    found: dict[str, Any] = route["typed_per_filter_config"]["envoy.filters.http.file_server"]
+    return found
+
+
+@pytest.mark.parametrize("path", ["/openapi.json", "/docs", "/docs/"])
+def test_generated_web_files_are_served_from_beside_the_descriptor(path: str) -> None:
+    route = route_for(build_config(options()), path)
+
+    server = file_server(route)
+    assert server["path_mappings"] == [
+        {"request_path_prefix": "/", "file_path_prefix": "/app/gen/envoy"}
+    ]
+    # `/docs` is a folder: its index.html is the page.
+    assert server["directory_behaviors"] == [{"default_file": "index.html"}]
+    assert route["direct_response"] == {"status": 404}  # only if the file server did not answer
+
+
+@pytest.mark.parametrize("name", SWAGGER_UI_FILES)
+def test_swagger_ui_assets_come_from_the_npm_package(name: str) -> None:
+    server = file_server(route_for(build_config(options()), f"/docs/{name}"))
+
+    assert server["path_mappings"] == [
+        {
+            "request_path_prefix": "/docs/",
+            "file_path_prefix": "/app/node_modules/swagger-ui-dist",
+        }
+    ]
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/docs/index.html",  # the package's own page loads the Petstore example
+        "/docs/swagger-initializer.js",
+        "/docs/swagger-ui-bundle.js.map",
+        "/openapi.jsonx",
+        "/docs//",
+        "/api/v1/jobs",
+    ],
+)
+def test_nothing_else_is_read_from_disk(path: str) -> None:
+    route = route_for(build_config(options()), path)
+
+    assert "envoy.filters.http.file_server" not in route.get("typed_per_filter_config", {})
+
+
+def test_static_folders_can_be_placed_elsewhere() -> None:
+    custom = options(web_dir=Path("/srv/web"), swagger_ui_dir=Path("/srv/swagger"))
+    config = build_config(custom)
+
+    mapping = file_server(route_for(config, "/openapi.json"))["path_mappings"][0]
+    assert mapping["file_path_prefix"] == "/srv/web"
+    mapping = file_server(route_for(config, "/docs/swagger-ui.css"))["path_mappings"][0]
+    assert mapping["file_path_prefix"] == "/srv/swagger"
+    assert custom.static_files() == [
+        Path("/srv/web/openapi.json"),
+        Path("/srv/web/docs/index.html"),
+        *(Path("/srv/swagger") / name for name in SWAGGER_UI_FILES),
+    ]
+
+
+def test_every_file_server_config_shares_one_file_manager() -> None:
+    config = build_config(options())
+
+    # Envoy refuses one manager id with two different settings.
+    managers = [
+        file_server(route)["manager_config"]
+        for route in routes(config)
+        if "envoy.filters.http.file_server" in route.get("typed_per_filter_config", {})
+    ]
+    assert len(managers) == 2
+    filter_level = http_filter(config, "envoy.filters.http.file_server")
+    assert "path_mappings" not in filter_level
+    assert all(m == filter_level["manager_config"] for m in managers)
+    assert file_server(route_for(config, "/docs"))["content_types"]["html"].startswith("text/html")
+
+
+def test_cors_lets_any_origin_call_the_api_without_credentials() -> None:
+    (virtual_host,) = hcm(build_config(options()))["route_config"]["virtual_hosts"]
+
+    policy = virtual_host["typed_per_filter_config"]["envoy.filters.http.cors"]
+    assert policy["@type"].endswith("envoy.extensions.filters.http.cors.v3.CorsPolicy")
+    assert policy["allow_origin_string_match"] == [{"safe_regex": {"regex": ".*"}}]
+    assert "allow_credentials" not in policy
+    allowed = policy["allow_headers"].split(", ")
+    assert {"content-type", "x-grpc-web", "idempotency-key", "last-event-id"} <= set(allowed)
+    assert policy["expose_headers"].split(", ") == [
+        "grpc-status",
+        "grpc-message",
+        "grpc-status-details-bin",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("name", "dropped"),
+    [
+        ("bad$name", True),
+        ("x y", True),
+        ("über", True),
+        ("$", True),
+        (":path", False),
+        (":authority", False),
+        ("idempotency-key", False),
+        ("last-event-id", False),
+        ("traceparent", False),
+        ("x-request_id.v2", False),
+    ],
+)
+def test_headers_grpc_metadata_cannot_carry_are_dropped(name: str, dropped: bool) -> None:
+    config = build_config(options())
+
+    (mutation,) = http_filter(config, "envoy.filters.http.header_mutation")["mutations"][
+        "request_mutations"
+    ]
+    regex = mutation["remove_on_match"]["key_matcher"]["safe_regex"]["regex"]
+    assert regex == INVALID_METADATA_KEY_REGEX
+    assert bool(re.fullmatch(regex, name)) is dropped
+
+
+@pytest.mark.parametrize(
+    ("name", "dropped"),
+    [
+        ("grpc-timeout", True),
+        ("grpc-encoding", True),
+        ("x-trace-bin", True),
+        ("idempotency-key", False),
+        ("x-grpc-web", False),
+        ("binary", False),
+    ],
+)
+def test_rest_routes_also_drop_grpc_headers(name: str, dropped: bool) -> None:
+    config = build_config(options())
+
+    for path, method in [
+        ("/api/v1/jobs", "POST"),
+        ("/api/v1/jobs", "GET"),
+        ("/api/v1/jobs/abc/watch", "GET"),
+        ("/api/v1/jobs/abc:cancel", "POST"),
+    ]:
+        per_route = route_for(config, path, method)["typed_per_filter_config"]
+        (mutation,) = per_route["envoy.filters.http.header_mutation"]["mutations"][
+            "request_mutations"
+        ]
+        regex = mutation["remove_on_match"]["key_matcher"]["safe_regex"]["regex"]
+        assert bool(re.fullmatch(regex, name)) is dropped
+    for grpc_path in ("/jobs.v1.JobService/SubmitJob", "/jobs.v1.JobService/WatchJob"):
+        grpc_route = route_for(config, grpc_path, "POST")
+        assert "envoy.filters.http.header_mutation" not in grpc_route["typed_per_filter_config"]
+
+
+def test_grpc_web_is_translated_before_the_transcoder_sees_it() -> None:
+    config = build_config(options())
+    names = [f["name"] for f in hcm(config)["http_filters"]]
+
+    assert names.index("envoy.filters.http.grpc_web") < names.index(
+        "envoy.filters.http.grpc_json_transcoder"
+    )
+    assert names[0] == "envoy.filters.http.cors"
+    assert http_filter(config, "envoy.filters.http.grpc_web")["@type"].endswith("GrpcWeb")
