@@ -165,13 +165,16 @@ async def test_server_restart_with_a_hundred_watchers(
         await asyncio.to_thread(fault_stack.server.stop)
         await asyncio.to_thread(fault_stack.start_server)
 
-    # 100 jobs submitted at once, each watched, then more load while the server restarts.
-    first = run_load(
-        lambda: submit_grpc(direct, record, rng),
-        rate_per_second=200,
-        duration_seconds=0.5,
-        watch=_watcher(direct, record),
-    )
+    # 100 jobs submitted at once (a fixed count, however slow the machine), each watched,
+    # then more load while the server restarts.
+    watch = _watcher(direct, record)
+
+    async def submit_and_watch() -> None:
+        submitted = await submit_grpc(direct, record, rng)
+        if submitted is not None:
+            await watch(submitted)
+
+    first = asyncio.gather(*(submit_and_watch() for _ in range(100)))
     more = run_load(
         lambda: submit_grpc(direct, record, rng),
         rate_per_second=10,
