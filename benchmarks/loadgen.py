@@ -444,24 +444,26 @@ async def _hold_idle_stream(
     stub: pb_grpc.JobServiceAsyncStub, job_id: str, opening: asyncio.Semaphore, state: _Streams
 ) -> None:
     """Open one stream, count it when its first message arrives, then read heartbeats until cancelled."""
-    call = stub.WatchJob(pb.WatchJobRequest(job_id=job_id))
-    answered = False
-    try:
-        async with opening:
+    # The RPC starts when the call object is created, so create it inside the semaphore.
+    async with opening:
+        call = stub.WatchJob(pb.WatchJobRequest(job_id=job_id))
+        try:
             first = await call.read()
-        answered = True
-        state.answered(
-            ok=first is not grpc.aio.EOF, error="" if first is not grpc.aio.EOF else "EOF"
-        )
+        except grpc.aio.AioRpcError as error:
+            state.answered(ok=False, error=f"{error.code().name}: {error.details()}"[:200])
+            return
+    if first is grpc.aio.EOF:
+        state.answered(ok=False, error="the stream ended right after opening")
+        return
+    state.answered(ok=True)
+    try:
         # read() only: grpc.aio forbids mixing read() with async iteration on one call.
         while await call.read() is not grpc.aio.EOF:
             pass
-    except grpc.aio.AioRpcError as error:
-        if not answered:
-            state.answered(ok=False, error=f"{error.code().name}: {error.details()}"[:200])
+    except grpc.aio.AioRpcError:
+        pass  # a stream lost after opening is counted below and shows in the open count
     finally:
-        if answered:
-            state.closed += 1  # ended (or was cancelled) after it had opened
+        state.closed += 1
         call.cancel()
 
 
