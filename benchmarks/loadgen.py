@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
+import math
 import statistics
 import sys
 import threading
@@ -542,7 +543,7 @@ async def _flow(
     submitting = asyncio.Semaphore(spec.in_flight)
     watchers: set[asyncio.Task[None]] = set()
     submitted_at: list[float] = []
-    open_streams: list[float] = []
+    open_streams: list[tuple[float, float]] = []  # (time, streams open) at each submission
     start_wall, start = time.time(), time.perf_counter()
     for index in range(int(total_seconds * jobs_per_second)):
         if time.perf_counter() >= start + total_seconds:
@@ -558,7 +559,7 @@ async def _flow(
         )
         watchers.add(watcher)
         watcher.add_done_callback(watchers.discard)
-        open_streams.append(float(idle.opened - idle.closed + flowing.live))
+        open_streams.append((time.time(), float(idle.opened - idle.closed + flowing.live)))
     if watchers:
         await asyncio.wait(watchers, timeout=spec.delay_seconds + 30)
     for watcher in list(watchers):
@@ -574,8 +575,9 @@ async def _flow(
         samples["watch_event_p50_ms"].append(percentile(latencies, 0.5) * 1000)
         samples["watch_event_p99_ms"].append(percentile(latencies, 0.99) * 1000)
         samples["watch_event_rate_per_s"].append(jobs * EVENTS_PER_JOB / spec.window_seconds)
-    measured = open_streams[int(spec.warmup_seconds * jobs_per_second) :] or [0.0]
-    samples["watch_event_open_streams"] = [float(statistics.median(measured))]
+    measured_from = start_wall + spec.warmup_seconds
+    measured = [count for moment, count in open_streams if moment >= measured_from]
+    samples["watch_event_open_streams"] = [float(statistics.median(measured or [math.nan]))]
     return samples
 
 
