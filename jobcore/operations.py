@@ -46,13 +46,24 @@ _LIMB_BITS: Final[dict[int, int]] = {2: 27, 3: 18}
 _HALF_BITS: Final = 28
 _FOLD_ELEMENTS: Final = 1 << 23
 
-# Numbers handled per numpy pass: small enough for the temporaries to stay in cache.
-_BLOCK_ELEMENTS: Final = 1 << 16
+# Numbers handled per numpy pass, from the finiteness check to the bincounts: the temporaries
+# (frexp's parts, limbs, coefficients) then stay a few MB whatever the job size, instead of
+# several full-size arrays (a 1,000,000-number cube sum peaked at 5x its payload).
+_BLOCK_ELEMENTS: Final = 1 << 14
+
+# np.frexp exponents of finite doubles: -1073 for the smallest subnormal, 1024 for the
+# largest double (0.0 gives 0). Bins are indexed from the lowest, so blocks can be summed into
+# one table without a first pass over the data for the exponent range.
+_LOWEST_EXPONENT: Final = -1073
+_EXPONENT_BINS: Final = 1024 - _LOWEST_EXPONENT + 1
 
 # How many non-finite numbers validation names one by one before summarising the rest.
 _MAX_LISTED_VIOLATIONS: Final = 5
 
 _LARGEST_DOUBLE_TEXT: Final = "about 1.8e308"
+
+# The storage form: little-endian float64, whatever the machine's byte order.
+_STORAGE_DTYPE: Final = np.dtype("<f8")
 
 
 def compute(operation: Operation, numbers: NDArray[np.float64]) -> float:
@@ -65,10 +76,9 @@ def compute(operation: Operation, numbers: NDArray[np.float64]) -> float:
     operation = Operation(operation)  # also accepts the wire name as a plain string
     power = _POWERS[operation]
     values = np.asarray(numbers, dtype=np.float64).reshape(-1)
-    finite = np.isfinite(values)
-    if not finite.all():
-        index = int(np.argmin(finite))
-        raise ComputationError(f"data[{index}] is {values[index]}, not a finite number")
+    _, bad = _non_finite(values, limit=1)
+    if bad:
+        raise ComputationError(f"data[{bad[0]}] is {values[bad[0]]}, not a finite number")
     numerator, exponent = _exact_power_sum(values, power)
     try:
         return _round_to_double(numerator, exponent)
@@ -82,16 +92,26 @@ def compute(operation: Operation, numbers: NDArray[np.float64]) -> float:
 def pack_numbers(numbers: Sequence[float] | NDArray[np.float64]) -> bytes:
     """Return the storage form of numbers: little-endian float64, 8 bytes a number.
 
-    A float64 array (or a protobuf repeated double, which exposes a buffer) is copied once.
+    An array that is a view of a whole payload in that form (from validate_numbers or
+    unpack_numbers) gives that payload back without a copy; anything else is copied once.
     """
-    return np.asarray(numbers, dtype="<f8").tobytes()
+    if isinstance(numbers, np.ndarray):
+        payload = numbers.base
+        if (
+            isinstance(payload, bytes)
+            and numbers.dtype == _STORAGE_DTYPE
+            and numbers.flags.c_contiguous
+            and numbers.nbytes == len(payload)
+        ):
+            return payload
+    return np.asarray(numbers, dtype=_STORAGE_DTYPE).tobytes()
 
 
 def unpack_numbers(payload: bytes) -> NDArray[np.float64]:
     """Return the numbers stored by pack_numbers, as a read-only view of payload where possible."""
     if len(payload) % 8:
         raise ValueError(f"packed numbers need a multiple of 8 bytes, got {len(payload)}")
-    return np.frombuffer(payload, dtype=np.dtype("<f8")).astype(np.float64, copy=False)
+    return np.frombuffer(payload, dtype=_STORAGE_DTYPE).astype(np.float64, copy=False)
 
 
 def validate_numbers(numbers: Sequence[float], *, max_count: int) -> NDArray[np.float64]:
@@ -99,6 +119,9 @@ def validate_numbers(numbers: Sequence[float], *, max_count: int) -> NDArray[np.
 
     The count is checked before any conversion so an oversized request costs nothing; only
     the first few non-finite numbers are named, so a bad request gets a readable error.
+    A sequence (a protobuf repeated double has no buffer to share) is converted into a
+    read-only view of its packed form, so pack_numbers returns that without another copy
+    and the caller holds one 8-bytes-a-number copy instead of two.
     """
     count = len(numbers)
     if count == 0:
@@ -113,22 +136,42 @@ def validate_numbers(numbers: Sequence[float], *, max_count: int) -> NDArray[np.
         values = None
     if values is None or values.ndim != 1:
         raise InvalidJobError([FieldViolation("data", "must be a list of numbers")])
-    bad = np.flatnonzero(~np.isfinite(values))
-    if bad.size:
+    bad_count, bad = _non_finite(values, limit=_MAX_LISTED_VIOLATIONS)
+    if bad_count:
         violations = [
             FieldViolation(f"data[{index}]", f"must be a finite number, got {values[index]}")
-            for index in bad[:_MAX_LISTED_VIOLATIONS].tolist()
+            for index in bad
         ]
-        if bad.size > _MAX_LISTED_VIOLATIONS:
+        if bad_count > _MAX_LISTED_VIOLATIONS:
             violations.append(
                 FieldViolation(
                     "data",
-                    f"{bad.size} numbers are not finite; only the first "
+                    f"{bad_count} numbers are not finite; only the first "
                     f"{_MAX_LISTED_VIOLATIONS} are listed",
                 )
             )
         raise InvalidJobError(violations)
-    return values
+    if isinstance(numbers, np.ndarray):
+        return values
+    # The converted array is dropped here, so its packed copy is the only one left.
+    return np.frombuffer(values.astype(_STORAGE_DTYPE, copy=False).tobytes(), _STORAGE_DTYPE)
+
+
+def _non_finite(values: NDArray[np.float64], *, limit: int) -> tuple[int, list[int]]:
+    """Return how many numbers are NaN or infinite and the indices of the first `limit`.
+
+    Checked block by block, so no mask as large as the job is allocated.
+    """
+    count = 0
+    first: list[int] = []
+    for start in range(0, values.size, _BLOCK_ELEMENTS):
+        finite = np.isfinite(values[start : start + _BLOCK_ELEMENTS])
+        if finite.all():
+            continue
+        bad = np.flatnonzero(~finite)
+        count += bad.size
+        first += (bad[: limit - len(first)] + start).tolist()
+    return count, first
 
 
 def _exact_power_sum(values: NDArray[np.float64], power: int) -> tuple[int, int]:
@@ -137,30 +180,28 @@ def _exact_power_sum(values: NDArray[np.float64], power: int) -> tuple[int, int]
     Vectorised integer arithmetic instead of float tricks: it is exact for every finite
     double, so there is no range in which a slower fallback is needed.
     """
-    if values.size == 0:
-        return 0, 0
-    mantissas, exponents = np.frexp(values)
-    significands = (mantissas * float(1 << _SIGNIFICAND_BITS)).astype(np.int64)
-    lowest = int(exponents.min())
-    # Numbers with equal exponents share a bin, so one bin's sum needs a single shift.
-    bins = (exponents - lowest).astype(np.intp)
-    bin_count = int(bins.max()) + 1
     limb_bits = _LIMB_BITS[power]
     total = 0
     for fold_start in range(0, values.size, _FOLD_ELEMENTS):
         fold_end = min(values.size, fold_start + _FOLD_ELEMENTS)
-        table = np.zeros((power * (_limb_count(limb_bits) - 1) + 1, 2, bin_count))
+        table = np.zeros((power * (_limb_count(limb_bits) - 1) + 1, 2, _EXPONENT_BINS))
         for start in range(fold_start, fold_end, _BLOCK_ELEMENTS):
-            stop = min(fold_end, start + _BLOCK_ELEMENTS)
-            block_bins = bins[start:stop]
-            coefficients = _power_coefficients(significands[start:stop], power, limb_bits)
+            mantissas, exponents = np.frexp(values[start : min(fold_end, start + _BLOCK_ELEMENTS)])
+            significands = (mantissas * float(1 << _SIGNIFICAND_BITS)).astype(np.int64)
+            # Numbers with equal exponents share a bin, so one bin's sum needs a single shift;
+            # bincount only spans this block's exponents, added at their place in the table.
+            lowest = int(exponents.min())
+            bins = (exponents - lowest).astype(np.intp)
+            width = int(bins.max()) + 1
+            place = slice(lowest - _LOWEST_EXPONENT, lowest - _LOWEST_EXPONENT + width)
+            coefficients = _power_coefficients(significands, power, limb_bits)
             for index, coefficient in enumerate(coefficients):
                 low = coefficient & ((1 << _HALF_BITS) - 1)
                 high = coefficient >> _HALF_BITS
-                table[index, 0] += np.bincount(block_bins, weights=low, minlength=bin_count)
-                table[index, 1] += np.bincount(block_bins, weights=high, minlength=bin_count)
+                table[index, 0, place] += np.bincount(bins, weights=low, minlength=width)
+                table[index, 1, place] += np.bincount(bins, weights=high, minlength=width)
         total += _fold(table, power=power, limb_bits=limb_bits)
-    return total, power * (lowest - _SIGNIFICAND_BITS)
+    return total, power * (_LOWEST_EXPONENT - _SIGNIFICAND_BITS)
 
 
 def _power_coefficients(
