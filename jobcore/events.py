@@ -19,12 +19,11 @@ from datetime import datetime
 from typing import Any, Final
 
 import asyncpg
-from sqlalchemy.engine import make_url
 
 from jobcore.errors import ServiceShuttingDownError
 from jobcore.models import JobEvent
 from jobcore.schema import JOB_EVENTS_CHANNEL
-from jobcore.store import event_from_row
+from jobcore.store import asyncpg_dsn, event_from_row
 
 logger = logging.getLogger(__name__)
 
@@ -48,11 +47,6 @@ InboxItem = JobEvent | _Signal
 
 _RECONNECT_FIRST_DELAY_SECONDS = 0.2
 _RECONNECT_MAX_DELAY_SECONDS = 5.0
-
-
-def asyncpg_dsn(database_url: str) -> str:
-    """The plain libpq URL asyncpg expects, from SQLAlchemy's `postgresql+asyncpg://` form."""
-    return make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 def _parse_notification(payload: str) -> JobEvent:

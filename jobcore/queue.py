@@ -1,19 +1,47 @@
-"""The Celery app: configured once here, used by the server to dispatch and by the worker to consume.
+"""The Celery app and the wake-up message: configured here, published by servers, consumed by workers.
 
-The broker message carries only the job id; the job itself lives in PostgreSQL.
+A message only says "these jobs are waiting": the jobs themselves (and the truth about
+them) live in PostgreSQL. One message carries every job that arrived while the previous
+one was being published, so a busy server pays Celery's per-message cost once per batch.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from celery import Celery
 
 from jobcore.settings import Settings
-from jobcore.tracing import trace_headers
 
-PROCESS_JOB_TASK = "jobs.process_job"
+PROCESS_JOBS_TASK = "jobs.process_jobs"
 JOBS_QUEUE = "jobs"
+
+
+@dataclass(frozen=True, slots=True)
+class Wakeup:
+    """One job to claim, with the trace context of the call that created or re-sent it."""
+
+    job_id: uuid.UUID
+    traceparent: str | None = None
+
+    def to_message(self) -> dict[str, str]:
+        """The JSON form inside a message."""
+        message = {"job_id": str(self.job_id)}
+        if self.traceparent:
+            message["traceparent"] = self.traceparent
+        return message
+
+    @classmethod
+    def from_message(cls, message: dict[str, Any]) -> Wakeup:
+        """Read one entry of a message (ValueError/KeyError if it is malformed)."""
+        traceparent = message.get("traceparent")
+        return cls(
+            job_id=uuid.UUID(message["job_id"]),
+            traceparent=traceparent if isinstance(traceparent, str) else None,
+        )
 
 
 def create_celery_app(settings: Settings) -> Celery:
@@ -25,7 +53,8 @@ def create_celery_app(settings: Settings) -> Celery:
         accept_content=["json"],
         # Outcomes are written to PostgreSQL; Celery's own result store would be a second truth.
         task_ignore_result=True,
-        # Acknowledge after the task ran, so a worker that dies mid-job hands it back.
+        # Acknowledge once the task ran (the jobs are claimed), so a worker that dies
+        # before claiming hands the message back.
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
@@ -43,7 +72,8 @@ def create_celery_app(settings: Settings) -> Celery:
     return app
 
 
-def dispatch(app: Celery, job_id: uuid.UUID) -> None:
-    """Publish the message that wakes a worker for this job (blocking; call it off the event loop)."""
-    # The trace context rides in the message headers, so the worker's span joins the trace.
-    app.send_task(PROCESS_JOB_TASK, args=[str(job_id)], retry=False, headers=trace_headers())
+def publish(app: Celery, wakeups: Sequence[Wakeup]) -> None:
+    """Publish one message waking a worker for these jobs (blocking; call it off the event loop)."""
+    app.send_task(
+        PROCESS_JOBS_TASK, args=[[wakeup.to_message() for wakeup in wakeups]], retry=False
+    )

@@ -3,23 +3,30 @@
 Every state change is one SQL statement that updates the job and appends its
 numbered event together; the event's insert trigger notifies listeners when,
 and only if, it commits.
+
+Statements are written once with SQLAlchemy Core (so the schema has one home),
+compiled once for asyncpg, and run on an asyncpg pool outside explicit
+transactions: one statement is one implicit transaction and one round trip,
+and asyncpg keeps each connection's prepared statements.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import asyncpg
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.dialects.postgresql import asyncpg as asyncpg_dialect
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.engine import make_url
+from sqlalchemy.sql.compiler import SQLCompiler
 
 from jobcore.errors import (
     IdempotencyKeyReusedError,
@@ -57,34 +64,54 @@ _FINISHED = tuple(status.value for status in JobStatus if status.is_final)
 _UNAVAILABLE_SQLSTATE_CLASSES = ("08", "57")
 
 
-def create_engine(database_url: str, *, pool_size: int) -> AsyncEngine:
-    """An asyncpg-backed engine; pre-ping so connections broken by a database restart are replaced."""
-    return create_async_engine(
-        database_url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
-    )
+def asyncpg_dsn(database_url: str) -> str:
+    """The plain libpq URL asyncpg expects, from SQLAlchemy's `postgresql+asyncpg://` form."""
+    return make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 def is_unavailable_error(error: BaseException) -> bool:
     """Whether `error` means PostgreSQL is unreachable or restarting (so: retry later)."""
-    if isinstance(error, OSError | TimeoutError | OperationalError | InterfaceError):
-        return True
-    if isinstance(error, DBAPIError) and error.connection_invalidated:
-        return True
-    # asyncpg's own errors can escape SQLAlchemy while it (re)connects, e.g. "the database
-    # system is shutting down"; SQLAlchemy's wrappers carry the same code on .orig.
-    original = error.orig if isinstance(error, DBAPIError) else error
-    if isinstance(original, asyncpg.InterfaceError | asyncpg.ConnectionDoesNotExistError):
-        return True
-    sqlstate = str(getattr(original, "sqlstate", "") or "")
+    if isinstance(error, OSError | TimeoutError | asyncpg.InterfaceError):
+        return True  # includes ConnectionDoesNotExistError: the connection died mid-call
+    sqlstate = str(getattr(error, "sqlstate", "") or "")
     return sqlstate[:2] in _UNAVAILABLE_SQLSTATE_CLASSES
+
+
+class _Compiled:
+    """A Core statement compiled once for asyncpg: its SQL and the order of its parameters.
+
+    Bound values given when the statement was built (statuses, say) are kept as defaults;
+    the named `sa.bindparam`s are supplied per call.
+    """
+
+    def __init__(self, statement: sa.ClauseElement) -> None:
+        self._compiled: SQLCompiler = statement.compile(dialect=_DIALECT)  # type: ignore[assignment]
+        self.sql = str(self._compiled)
+        self._order = tuple(self._compiled.positiontup or ())
+
+    def arguments(self, values: Mapping[str, Any]) -> list[Any]:
+        """The positional arguments for asyncpg, in the order the SQL numbers them."""
+        parameters = self._compiled.construct_params(dict(values))
+        return [parameters[name] for name in self._order]
+
+
+_DIALECT = asyncpg_dialect.dialect()  # type: ignore[no-untyped-call]
+
+
+class Row(Protocol):
+    """A result row by column name: an asyncpg Record, or a notification's parsed JSON."""
+
+    def __getitem__(self, key: str, /) -> Any: ...
 
 
 def request_digest(operation: Operation, numbers: bytes) -> bytes:
     """What makes two submissions "the same request" for an idempotency key."""
-    return hashlib.sha256(operation.value.encode() + b"\0" + numbers).digest()
+    digest = hashlib.sha256(operation.value.encode() + b"\0")
+    digest.update(numbers)  # in place: no copy of a large payload
+    return digest.digest()
 
 
-def _job_from_row(row: Mapping[Any, Any]) -> Job:
+def _job_from_row(row: Row) -> Job:
     status = JobStatus(row["status"])
     outcome = Outcome(result=row["result"], error=row["error"]) if status.is_final else None
     return Job(
@@ -99,7 +126,7 @@ def _job_from_row(row: Mapping[Any, Any]) -> Job:
     )
 
 
-def event_from_row(row: Mapping[Any, Any]) -> JobEvent:
+def event_from_row(row: Row) -> JobEvent:
     """A JobEvent from a job_events row (or the same row as JSON, already parsed)."""
     status = JobStatus(row["status"])
     outcome = Outcome(result=row["result"], error=row["error"]) if status.is_final else None
@@ -109,19 +136,19 @@ def event_from_row(row: Mapping[Any, Any]) -> JobEvent:
         status=status,
         occurred_at=row["occurred_at"],
         outcome=outcome,
-        attempts=row.get("attempt", 0),
-        traceparent=row.get("traceparent"),
+        attempts=row["attempt"],
+        traceparent=row["traceparent"],
     )
 
 
-def _changes_with_event(changed: sa.CTE) -> sa.CTE:
-    """Append one job_events row per job row that the `changed` CTE updated or inserted.
+def _with_event(changed: sa.CTE) -> sa.Select[Any]:
+    """The job rows of the `changed` CTE, with one job_events row appended for each.
 
-    Both CTEs run in one statement, so a state change and its event commit together. The
-    event records the current trace context, so whoever delivers it can join the trace.
+    Both run in one statement, so a state change and its event commit together. The
+    event records the caller's trace context (bound as `traceparent`), so whoever
+    delivers it can join the trace.
     """
-    traceparent = trace_headers().get("traceparent")
-    return (
+    recorded = (
         job_events.insert()
         .from_select(
             [
@@ -142,11 +169,12 @@ def _changes_with_event(changed: sa.CTE) -> sa.CTE:
                 changed.c.result,
                 changed.c.error,
                 changed.c.attempt,
-                sa.literal(traceparent, sa.Text),
+                sa.bindparam("traceparent", type_=sa.Text, required=False),
             ),
         )
         .cte("recorded")
     )
+    return sa.select(changed).add_cte(recorded)
 
 
 _COLUMNS_BY_FIELD = {
@@ -175,33 +203,242 @@ def _next_state(**values: Any) -> dict[str, Any]:
     return {**values, "last_sequence": jobs.c.last_sequence + 1, "updated_at": sa.func.now()}
 
 
+def _is(*statuses: JobStatus) -> sa.ColumnElement[bool]:
+    """status IN (...), with the statuses written into the SQL.
+
+    Literals, not parameters: a prepared statement's generic plan can then still use
+    the partial indexes (WHERE status = 'PENDING', ...) that the sweeps depend on.
+    """
+    return jobs.c.status.in_([sa.literal_column(f"'{status.value}'") for status in statuses])
+
+
+def _lease_from_now() -> sa.ColumnElement[Any]:
+    return sa.func.now() + sa.bindparam("lease", type_=sa.Interval)
+
+
+_JOB_ID = sa.bindparam("job_id", type_=sa.Uuid)
+_JOB_IDS = sa.bindparam("job_ids", type_=ARRAY(sa.Uuid))
+_NOW = sa.func.now()
+
+_CREATE = _Compiled(
+    _with_event(
+        pg_insert(jobs)
+        .values(
+            id=_JOB_ID,
+            operation=sa.bindparam("operation", type_=sa.Text),
+            status=JobStatus.PENDING.value,
+            numbers=sa.bindparam("numbers", type_=sa.LargeBinary),
+            number_count=sa.bindparam("number_count", type_=sa.Integer),
+            last_sequence=1,
+            # Optimistic: the caller publishes right after commit and clears this if that fails.
+            dispatched_at=_NOW,
+            created_at=_NOW,
+            updated_at=_NOW,
+            request_id=sa.bindparam("request_id", type_=sa.Text),
+            request_hash=sa.bindparam("request_hash", type_=sa.LargeBinary),
+        )
+        .on_conflict_do_nothing(
+            index_elements=[jobs.c.request_id], index_where=jobs.c.request_id.is_not(None)
+        )
+        .returning(*_JOB_COLUMNS)
+        .cte("changed")
+    )
+)
+_GET = _Compiled(sa.select(*_JOB_COLUMNS).where(jobs.c.id == _JOB_ID))
+_GET_BY_REQUEST_ID = _Compiled(
+    sa.select(*_JOB_COLUMNS, jobs.c.request_hash).where(
+        jobs.c.request_id == sa.bindparam("request_id", type_=sa.Text)
+    )
+)
+_EVENTS_AFTER = _Compiled(
+    sa.select(job_events)
+    .where(
+        job_events.c.job_id == _JOB_ID,
+        job_events.c.sequence > sa.bindparam("sequence", type_=sa.Integer),
+    )
+    .order_by(job_events.c.sequence)
+)
+_CLAIM = _Compiled(
+    _with_event(
+        jobs.update()
+        .where(jobs.c.id == _JOB_ID, _is(JobStatus.PENDING))
+        .values(
+            _next_state(
+                status=JobStatus.IN_PROGRESS.value,
+                attempt=jobs.c.attempt + 1,
+                lease_expires_at=_lease_from_now(),
+            )
+        )
+        .returning(*_JOB_COLUMNS, jobs.c.numbers)
+        .cte("changed")
+    )
+)
+_HELD = (
+    sa.func.unnest(_JOB_IDS, sa.bindparam("attempts", type_=ARRAY(sa.Integer)))
+    .table_valued("id", "attempt")
+    .render_derived(name="held")
+)
+_RENEW = _Compiled(
+    jobs.update()
+    .where(
+        jobs.c.id == _HELD.c.id,
+        jobs.c.attempt == _HELD.c.attempt,
+        _is(JobStatus.IN_PROGRESS),
+    )
+    .values(lease_expires_at=_lease_from_now())
+    .returning(jobs.c.id)
+)
+_FINISH = _Compiled(
+    _with_event(
+        jobs.update()
+        .where(
+            jobs.c.id == _JOB_ID,
+            _is(JobStatus.IN_PROGRESS),
+            jobs.c.attempt == sa.bindparam("attempt", type_=sa.Integer),
+        )
+        .values(
+            _next_state(
+                status=sa.bindparam("status", type_=sa.Text),
+                result=sa.bindparam("result", type_=sa.Double),
+                error=sa.bindparam("error", type_=sa.Text),
+                lease_expires_at=None,
+            )
+        )
+        .returning(*_JOB_COLUMNS)
+        .cte("changed")
+    )
+)
+_CANCEL = _Compiled(
+    _with_event(
+        jobs.update()
+        .where(jobs.c.id == _JOB_ID, _is(JobStatus.PENDING, JobStatus.IN_PROGRESS))
+        .values(
+            _next_state(
+                status=JobStatus.CANCELLED.value, error=CANCELLED_ERROR, lease_expires_at=None
+            )
+        )
+        .returning(*_JOB_COLUMNS)
+        .cte("changed")
+    )
+)
+_EXPIRED = (
+    sa.select(jobs.c.id)
+    .where(_is(JobStatus.IN_PROGRESS), jobs.c.lease_expires_at < _NOW)
+    .order_by(jobs.c.lease_expires_at)
+    .limit(sa.bindparam("limit", type_=sa.Integer))
+    .with_for_update(skip_locked=True)
+    .cte("expired")
+)
+_GAVE_UP = jobs.c.attempt >= sa.bindparam("max_attempts", type_=sa.Integer)
+_REQUEUE_EXPIRED = _Compiled(
+    _with_event(
+        jobs.update()
+        .where(jobs.c.id == _EXPIRED.c.id)
+        .values(
+            _next_state(
+                status=sa.case((_GAVE_UP, JobStatus.FAILED.value), else_=JobStatus.PENDING.value),
+                error=sa.case(
+                    (
+                        _GAVE_UP,
+                        sa.func.format(
+                            "abandoned: the worker running it was lost %s times in a row",
+                            jobs.c.attempt,
+                        ),
+                    ),
+                    else_=None,
+                ),
+                lease_expires_at=None,
+                # NULL: the sweep publishes it again at once.
+                dispatched_at=None,
+            )
+        )
+        .returning(*_JOB_COLUMNS)
+        .cte("changed")
+    )
+)
+_MARK_UNDISPATCHED = _Compiled(
+    jobs.update().where(jobs.c.id == sa.any_(_JOB_IDS)).values(dispatched_at=None)
+)
+_TAKE_UNDISPATCHED = _Compiled(
+    jobs.update()
+    .where(
+        jobs.c.id.in_(
+            sa.select(jobs.c.id)
+            .where(
+                _is(JobStatus.PENDING),
+                sa.or_(
+                    jobs.c.dispatched_at.is_(None),
+                    jobs.c.dispatched_at < _NOW - sa.bindparam("older_than", type_=sa.Interval),
+                ),
+            )
+            .order_by(jobs.c.dispatched_at.nulls_first())
+            .limit(sa.bindparam("limit", type_=sa.Integer))
+            .with_for_update(skip_locked=True)
+        )
+    )
+    .values(dispatched_at=_NOW)
+    .returning(jobs.c.id)
+)
+_PURGE_FINISHED = _Compiled(
+    jobs.delete().where(
+        jobs.c.id.in_(
+            sa.select(jobs.c.id)
+            .where(
+                _is(*(status for status in JobStatus if status.is_final)),
+                jobs.c.updated_at < _NOW - sa.bindparam("older_than", type_=sa.Interval),
+            )
+            .limit(sa.bindparam("limit", type_=sa.Integer))
+            .with_for_update(skip_locked=True)
+        )
+    )
+)
+
+
 class JobStore:
     """Jobs and their history in PostgreSQL, the single source of truth."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
-        self._engine = engine
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
 
-    @asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[AsyncConnection]:
+    @classmethod
+    async def connect(cls, database_url: str, *, pool_size: int) -> JobStore:
+        """A store on a new pool of up to `pool_size` connections (opened as needed).
+
+        Connections broken by a database restart fail their call (StoreUnavailableError,
+        which callers retry) and are replaced by the pool.
+        """
+        pool = await asyncpg.create_pool(
+            asyncpg_dsn(database_url), min_size=0, max_size=pool_size, timeout=10
+        )
+        return cls(pool)
+
+    async def close(self) -> None:
+        """Close the pool's connections (waiting briefly for calls in progress)."""
+        await asyncio.wait_for(self._pool.close(), timeout=10)
+
+    async def _fetch(self, statement: _Compiled, **values: Any) -> list[asyncpg.Record]:
+        """Run one statement; StoreUnavailableError if PostgreSQL cannot be reached."""
         try:
-            async with self._engine.begin() as connection:
-                yield connection
+            return await self._pool.fetch(statement.sql, *statement.arguments(values))
         except Exception as error:
             if is_unavailable_error(error):
                 logger.warning("PostgreSQL unavailable: %s", error)
                 raise StoreUnavailableError("the job store (PostgreSQL) is unavailable") from error
             raise
 
-    async def _change(self, changed: sa.CTE) -> list[Mapping[Any, Any]]:
-        """Run a state change (a CTE returning job rows) together with its events."""
-        statement = sa.select(changed).add_cte(_changes_with_event(changed))
-        async with self._transaction() as connection:
-            return list((await connection.execute(statement)).mappings())
+    async def _change(self, statement: _Compiled, **values: Any) -> list[asyncpg.Record]:
+        """Run a state change (and its events), recording the caller's trace context."""
+        traceparent = trace_headers().get("traceparent")
+        return await self._fetch(statement, traceparent=traceparent, **values)
 
     async def ping(self) -> None:
         """Raise StoreUnavailableError unless PostgreSQL answers a trivial query."""
-        async with self._transaction() as connection:
-            await connection.execute(sa.text("SELECT 1"))
+        try:
+            await self._pool.fetchval("SELECT 1")
+        except Exception as error:
+            if is_unavailable_error(error):
+                raise StoreUnavailableError("the job store (PostgreSQL) is unavailable") from error
+            raise
 
     async def create(
         self,
@@ -217,50 +454,29 @@ class JobStore:
         returned with created=False; for a different request it is an error.
         """
         digest = request_digest(operation, numbers) if request_id else None
-        now = sa.func.now()
-        insert = (
-            pg_insert(jobs)
-            .values(
-                id=job_id,
-                operation=operation.value,
-                status=JobStatus.PENDING.value,
-                numbers=numbers,
-                number_count=len(numbers) // 8,
-                last_sequence=1,
-                # Optimistic: the caller publishes right after commit and clears this if that fails.
-                dispatched_at=now,
-                created_at=now,
-                updated_at=now,
-                request_id=request_id or None,
-                request_hash=digest,
-            )
-            .on_conflict_do_nothing(
-                index_elements=[jobs.c.request_id], index_where=jobs.c.request_id.is_not(None)
-            )
-            .returning(*_JOB_COLUMNS)
-            .cte("changed")
+        rows = await self._change(
+            _CREATE,
+            job_id=job_id,
+            operation=operation.value,
+            numbers=numbers,
+            number_count=len(numbers) // 8,
+            request_id=request_id or None,
+            request_hash=digest,
         )
-        rows = await self._change(insert)
         if rows:
             return _job_from_row(rows[0]), True
         # The key was used before: the same request gets the same job back.
-        statement = sa.select(*_JOB_COLUMNS, jobs.c.request_hash).where(
-            jobs.c.request_id == request_id
-        )
-        async with self._transaction() as connection:
-            existing = (await connection.execute(statement)).mappings().one()
+        existing = (await self._fetch(_GET_BY_REQUEST_ID, request_id=request_id))[0]
         if existing["request_hash"] != digest:
             raise IdempotencyKeyReusedError(request_id or "")
         return _job_from_row(existing), False
 
     async def get(self, job_id: uuid.UUID) -> Job:
         """The job's current state; JobNotFoundError if there is no such job."""
-        statement = sa.select(*_JOB_COLUMNS).where(jobs.c.id == job_id)
-        async with self._transaction() as connection:
-            row = (await connection.execute(statement)).mappings().one_or_none()
-        if row is None:
+        rows = await self._fetch(_GET, job_id=job_id)
+        if not rows:
             raise JobNotFoundError(str(job_id))
-        return _job_from_row(row)
+        return _job_from_row(rows[0])
 
     async def list_jobs(
         self, conditions: Sequence[Condition], *, page_size: int, after: PageCursor | None
@@ -274,21 +490,15 @@ class JobStore:
         statement = statement.order_by(jobs.c.created_at.desc(), jobs.c.id.desc()).limit(
             page_size + 1
         )
-        async with self._transaction() as connection:
-            rows = (await connection.execute(statement)).mappings().all()
+        # Filters vary per call; compiling one costs far less than the query.
+        rows = await self._fetch(_Compiled(statement))
         page = [_job_from_row(row) for row in rows[:page_size]]
         more = len(rows) > page_size
         return page, (PageCursor(page[-1].created_at, page[-1].id) if more else None)
 
     async def events_after(self, job_id: uuid.UUID, sequence: int) -> list[JobEvent]:
         """The job's events with a sequence number above `sequence`, oldest first."""
-        statement = (
-            sa.select(job_events)
-            .where(job_events.c.job_id == job_id, job_events.c.sequence > sequence)
-            .order_by(job_events.c.sequence)
-        )
-        async with self._transaction() as connection:
-            rows = (await connection.execute(statement)).mappings().all()
+        rows = await self._fetch(_EVENTS_AFTER, job_id=job_id, sequence=sequence)
         return [event_from_row(row) for row in rows]
 
     async def claim(self, job_id: uuid.UUID, *, lease: timedelta) -> Claim | None:
@@ -297,20 +507,7 @@ class JobStore:
         The compare-and-set makes duplicate deliveries harmless: only one gets the
         claim, and it holds the job until `lease` runs out unless renewed.
         """
-        changed = (
-            jobs.update()
-            .where(jobs.c.id == job_id, jobs.c.status == JobStatus.PENDING.value)
-            .values(
-                _next_state(
-                    status=JobStatus.IN_PROGRESS.value,
-                    attempt=jobs.c.attempt + 1,
-                    lease_expires_at=sa.func.now() + lease,
-                )
-            )
-            .returning(*_JOB_COLUMNS, jobs.c.numbers)
-            .cte("changed")
-        )
-        rows = await self._change(changed)
+        rows = await self._change(_CLAIM, job_id=job_id, lease=lease)
         if not rows:
             return None
         row = rows[0]
@@ -326,17 +523,13 @@ class JobStore:
         """Extend the leases of these claims in one statement; returns the jobs still held."""
         if not claims:
             return set()
-        statement = (
-            jobs.update()
-            .where(
-                sa.tuple_(jobs.c.id, jobs.c.attempt).in_([(c.job_id, c.attempt) for c in claims]),
-                jobs.c.status == JobStatus.IN_PROGRESS.value,
-            )
-            .values(lease_expires_at=sa.func.now() + lease)
-            .returning(jobs.c.id)
+        rows = await self._fetch(
+            _RENEW,
+            job_ids=[claim.job_id for claim in claims],
+            attempts=[claim.attempt for claim in claims],
+            lease=lease,
         )
-        async with self._transaction() as connection:
-            return set((await connection.execute(statement)).scalars())
+        return {row["id"] for row in rows}
 
     async def finish(self, claim: Claim, outcome: Outcome) -> bool:
         """Record the outcome of the claimed attempt; False if that attempt no longer holds the job.
@@ -345,43 +538,22 @@ class JobStore:
         overwrite a result, nor finish a job that was cancelled or handed to another.
         """
         status = JobStatus.SUCCESS if outcome.error is None else JobStatus.FAILED
-        error = None if outcome.error is None else outcome.error[:MAX_ERROR_CHARS]
-        changed = (
-            jobs.update()
-            .where(
-                jobs.c.id == claim.job_id,
-                jobs.c.status == JobStatus.IN_PROGRESS.value,
-                jobs.c.attempt == claim.attempt,
-            )
-            .values(
-                _next_state(
-                    status=status.value, result=outcome.result, error=error, lease_expires_at=None
-                )
-            )
-            .returning(*_JOB_COLUMNS)
-            .cte("changed")
+        rows = await self._change(
+            _FINISH,
+            job_id=claim.job_id,
+            attempt=claim.attempt,
+            status=status.value,
+            result=outcome.result,
+            error=None if outcome.error is None else outcome.error[:MAX_ERROR_CHARS],
         )
-        return bool(await self._change(changed))
+        return bool(rows)
 
     async def cancel(self, job_id: uuid.UUID) -> Job:
         """Move a PENDING or IN_PROGRESS job to CANCELLED; a cancelled job is returned as is.
 
         JobAlreadyFinishedError if it ended otherwise; JobNotFoundError if there is no such job.
         """
-        changed = (
-            jobs.update()
-            .where(jobs.c.id == job_id, jobs.c.status.in_(_UNFINISHED))
-            .values(
-                _next_state(
-                    status=JobStatus.CANCELLED.value,
-                    error=CANCELLED_ERROR,
-                    lease_expires_at=None,
-                )
-            )
-            .returning(*_JOB_COLUMNS)
-            .cte("changed")
-        )
-        rows = await self._change(changed)
+        rows = await self._change(_CANCEL, job_id=job_id)
         if rows:
             return _job_from_row(rows[0])
         job = await self.get(job_id)
@@ -394,87 +566,31 @@ class JobStore:
 
         SKIP LOCKED lets every server run this at once without doing a job twice.
         """
-        expired = (
-            sa.select(jobs.c.id)
-            .where(
-                jobs.c.status == JobStatus.IN_PROGRESS.value,
-                jobs.c.lease_expires_at < sa.func.now(),
-            )
-            .order_by(jobs.c.lease_expires_at)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-            .cte("expired")
-        )
-        gave_up = jobs.c.attempt >= max_attempts
-        changed = (
-            jobs.update()
-            .where(jobs.c.id == expired.c.id)
-            .values(
-                _next_state(
-                    status=sa.case(
-                        (gave_up, JobStatus.FAILED.value), else_=JobStatus.PENDING.value
-                    ),
-                    error=sa.case(
-                        (
-                            gave_up,
-                            sa.func.format(
-                                "abandoned: the worker running it was lost %s times in a row",
-                                jobs.c.attempt,
-                            ),
-                        ),
-                        else_=None,
-                    ),
-                    lease_expires_at=None,
-                    # NULL: the sweep publishes it again at once.
-                    dispatched_at=None,
-                )
-            )
-            .returning(*_JOB_COLUMNS)
-            .cte("changed")
-        )
-        return [_job_from_row(row) for row in await self._change(changed)]
+        rows = await self._change(_REQUEUE_EXPIRED, max_attempts=max_attempts, limit=limit)
+        return [_job_from_row(row) for row in rows]
 
     async def mark_undispatched(self, job_ids: Sequence[uuid.UUID]) -> None:
         """Record that publishing these jobs' broker messages failed, so the sweep sends them soon."""
-        statement = jobs.update().where(jobs.c.id.in_(job_ids)).values(dispatched_at=None)
-        async with self._transaction() as connection:
-            await connection.execute(statement)
+        await self._fetch(_MARK_UNDISPATCHED, job_ids=list(job_ids))
 
     async def take_undispatched(self, *, older_than: timedelta, limit: int) -> list[uuid.UUID]:
         """Claim PENDING jobs whose message failed or may be lost, marking them dispatched now.
 
         SKIP LOCKED lets several servers sweep at once without sending a job twice.
         """
-        stale = (
-            sa.select(jobs.c.id)
-            .where(
-                jobs.c.status == JobStatus.PENDING.value,
-                sa.or_(
-                    jobs.c.dispatched_at.is_(None),
-                    jobs.c.dispatched_at < sa.func.now() - older_than,
-                ),
-            )
-            .order_by(jobs.c.dispatched_at.nulls_first())
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        )
-        statement = (
-            jobs.update()
-            .where(jobs.c.id.in_(stale))
-            .values(dispatched_at=sa.func.now())
-            .returning(jobs.c.id)
-        )
-        async with self._transaction() as connection:
-            return list((await connection.execute(statement)).scalars())
+        rows = await self._fetch(_TAKE_UNDISPATCHED, older_than=older_than, limit=limit)
+        return [row["id"] for row in rows]
 
     async def purge_finished(self, *, older_than: timedelta, limit: int) -> int:
         """Delete finished jobs (and, by cascade, their events) last changed before `older_than` ago."""
-        old = (
-            sa.select(jobs.c.id)
-            .where(jobs.c.status.in_(_FINISHED), jobs.c.updated_at < sa.func.now() - older_than)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        )
-        statement = jobs.delete().where(jobs.c.id.in_(old))
-        async with self._transaction() as connection:
-            return (await connection.execute(statement)).rowcount
+        try:
+            status = await self._pool.execute(
+                _PURGE_FINISHED.sql,
+                *_PURGE_FINISHED.arguments({"older_than": older_than, "limit": limit}),
+            )
+        except Exception as error:
+            if is_unavailable_error(error):
+                raise StoreUnavailableError("the job store (PostgreSQL) is unavailable") from error
+            raise
+        # asyncpg returns the command tag, e.g. "DELETE 42".
+        return int(status.rsplit(" ", 1)[-1])

@@ -21,7 +21,8 @@ from jobs.v1 import jobs_service_pb2_grpc as pb_grpc
 from jobcore.events import JobEventHub
 from jobcore.queue import create_celery_app
 from jobcore.settings import Settings
-from jobcore.store import JobStore, create_engine
+from jobcore.store import JobStore
+from server.dispatcher import Dispatcher
 from server.health import HealthMonitor
 from server.interceptor import JobServiceInterceptor
 from server.maintenance import MaintenancePolicy, run_maintenance
@@ -46,11 +47,12 @@ def _server_options(settings: Settings) -> list[tuple[str, Any]]:
 
 async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> None:
     """Run until SIGTERM or SIGINT, then drain: stop accepting, finish calls, end streams."""
-    engine = create_engine(settings.database_url, pool_size=settings.db_pool_size)
-    store = JobStore(engine)
+    store = await JobStore.connect(settings.database_url, pool_size=settings.db_pool_size)
     celery_app = create_celery_app(settings)
     hub = JobEventHub(settings.database_url)
     await hub.start(timeout_seconds=5)
+
+    dispatcher = Dispatcher(celery_app, store)
 
     server = grpc.aio.server(
         interceptors=[JobServiceInterceptor()], options=_server_options(settings)
@@ -58,7 +60,7 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
     pb_grpc.add_JobServiceServicer_to_server(
         JobServicer(
             store=store,
-            celery_app=celery_app,
+            dispatcher=dispatcher,
             hub=hub,
             max_job_numbers=settings.max_job_numbers,
             watch_heartbeat=timedelta(seconds=settings.watch_heartbeat_seconds),
@@ -91,10 +93,11 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
     await monitor.check_once()
     background = [
         asyncio.create_task(monitor.run(), name="health-monitor"),
+        asyncio.create_task(dispatcher.run(), name="dispatcher"),
         asyncio.create_task(
             run_maintenance(
                 store,
-                celery_app,
+                dispatcher,
                 MaintenancePolicy(
                     interval=timedelta(seconds=settings.maintenance_interval_seconds),
                     redispatch_after=timedelta(seconds=settings.redispatch_after_seconds),
@@ -117,12 +120,14 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
 
     logger.info("draining: health NOT_SERVING, ending watch streams, finishing calls")
     await health.enter_graceful_shutdown()
+    await hub.stop()
+    await server.stop(settings.shutdown_grace_seconds)
+    # Jobs accepted during the drain still get their wake-up (else maintenance sends it).
+    await dispatcher.flush(timeout_seconds=5)
     for task in background:
         task.cancel()
     await _quietly(asyncio.gather(*background, return_exceptions=True))
-    await hub.stop()
-    await server.stop(settings.shutdown_grace_seconds)
-    await engine.dispose()
+    await store.close()
     logger.info("stopped")
 
 

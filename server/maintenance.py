@@ -12,11 +12,9 @@ import logging
 from dataclasses import dataclass
 from datetime import timedelta
 
-from celery import Celery
-
 from jobcore.errors import StoreUnavailableError
-from jobcore.queue import dispatch
 from jobcore.store import JobStore
+from server.dispatcher import Dispatcher
 
 logger = logging.getLogger(__name__)
 
@@ -43,29 +41,24 @@ async def requeue_expired_leases(store: JobStore, *, max_attempts: int) -> int:
     return len(jobs)
 
 
-async def redispatch(store: JobStore, celery_app: Celery, *, older_than: timedelta) -> int:
-    """Publish stale or never-published PENDING jobs again; returns how many were sent."""
+async def redispatch(store: JobStore, dispatcher: Dispatcher, *, older_than: timedelta) -> int:
+    """Wake workers again for stale or never-published PENDING jobs; returns how many."""
     job_ids = await store.take_undispatched(older_than=older_than, limit=_BATCH)
-    sent = 0
     for job_id in job_ids:
-        try:
-            await asyncio.to_thread(dispatch, celery_app, job_id)
-        except Exception as error:  # the broker is down: leave the rest for the next round
-            logger.warning("re-dispatch failed (%s); %d jobs wait", error, len(job_ids) - sent)
-            await store.mark_undispatched(job_ids[sent:])
-            break
-        sent += 1
-    if sent:
-        logger.info("re-dispatched %d pending jobs", sent)
-    return sent
+        dispatcher.dispatch(job_id)
+    if job_ids:
+        logger.info("re-dispatching %d pending jobs", len(job_ids))
+    return len(job_ids)
 
 
-async def run_maintenance(store: JobStore, celery_app: Celery, policy: MaintenancePolicy) -> None:
+async def run_maintenance(
+    store: JobStore, dispatcher: Dispatcher, policy: MaintenancePolicy
+) -> None:
     """One round every interval until cancelled."""
     while True:
         try:
             await requeue_expired_leases(store, max_attempts=policy.max_attempts)
-            await redispatch(store, celery_app, older_than=policy.redispatch_after)
+            await redispatch(store, dispatcher, older_than=policy.redispatch_after)
             purged = await store.purge_finished(older_than=policy.retention, limit=_BATCH)
             if purged:
                 logger.info("retention: deleted %d finished jobs", purged)

@@ -19,3 +19,8 @@ WATCH_STREAMS_OPEN = Gauge("jobs_watch_streams_open", "WatchJob streams open rig
 JOBS_SUBMITTED = Counter(
     "jobs_submitted", "Jobs accepted by SubmitJob (idempotent retries not counted).", ["operation"]
 )
+DISPATCH_BATCH_SIZE = Histogram(
+    "jobs_dispatch_batch_size",
+    "Jobs per published wake-up message (more than 1 when jobs arrive faster than publishing).",
+    buckets=(1, 2, 5, 10, 20, 50, 100),
+)

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from typing import Any, TypeAlias, TypeVar
 
 import grpc
-from celery import Celery
 from jobs.v1 import jobs_service_pb2 as pb
 from jobs.v1 import jobs_service_pb2_grpc as pb_grpc
 from opentelemetry import trace
@@ -20,10 +18,10 @@ from jobcore.events import JobEventHub
 from jobcore.ids import new_job_id
 from jobcore.listing import decode_page_token, encode_page_token, page_size_of, parse_filter
 from jobcore.operations import pack_numbers, validate_numbers
-from jobcore.queue import dispatch
 from jobcore.store import JobStore
 from jobcore.tracing import context_from, tracer
 from server.conversions import job_id_from_proto, job_to_proto, operation_from_proto
+from server.dispatcher import Dispatcher
 from server.metrics import JOBS_SUBMITTED
 from server.watch import WatchUpdate, follow_job
 
@@ -106,19 +104,19 @@ def _trace_delivery(update: WatchUpdate) -> None:
 
 
 class JobServicer(pb_grpc.JobServiceServicer):
-    """Submits jobs to PostgreSQL and Celery, and reads them back."""
+    """Stores jobs in PostgreSQL, has workers woken for them, and reads them back."""
 
     def __init__(
         self,
         *,
         store: JobStore,
-        celery_app: Celery,
+        dispatcher: Dispatcher,
         hub: JobEventHub,
         max_job_numbers: int,
         watch_heartbeat: timedelta,
     ) -> None:
         self._store = store
-        self._celery = celery_app
+        self._dispatcher = dispatcher
         self._hub = hub
         self._max_job_numbers = max_job_numbers
         self._watch_heartbeat = watch_heartbeat
@@ -141,12 +139,7 @@ class JobServicer(pb_grpc.JobServiceServicer):
         trace.get_current_span().set_attribute("job.id", str(job.id))
         if created:
             JOBS_SUBMITTED.labels(operation.value).inc()
-            try:
-                await asyncio.to_thread(dispatch, self._celery, job.id)
-            except Exception:
-                # The job is stored, so the answer is still OK: maintenance re-dispatches it.
-                logger.exception("job %s: publishing to the broker failed; will retry", job.id)
-                await self._store.mark_undispatched([job.id])
+            self._dispatcher.dispatch(job.id)
         return job_to_proto(job, with_result=False)
 
     async def GetStatus(self, request: pb.GetStatusRequest, context: Context) -> pb.Job:

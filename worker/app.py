@@ -5,20 +5,24 @@ from __future__ import annotations
 from typing import Any
 
 import prometheus_client
-from celery.signals import setup_logging, worker_init
+from celery.signals import setup_logging, worker_init, worker_shutdown
 
 from jobcore.logs import configure_logging
 from jobcore.queue import create_celery_app
 from jobcore.settings import get_settings
 from jobcore.tracing import configure_tracing
+from worker.runtime import running_runtime
+
+# Celery threads per worker process; each holds one message while it claims its jobs.
+CLAIMING_THREADS = 4
 
 settings = get_settings()
 app = create_celery_app(settings)
 app.conf.update(
-    # Jobs spend their time waiting (the simulated delay, the database), so threads that
-    # hand the work to one asyncio loop keep many jobs in flight per process.
+    # A task only claims its jobs and hands them to the process's asyncio loop, which
+    # runs up to WORKER_CONCURRENCY of them: a few threads keep the loop supplied.
     worker_pool="threads",
-    worker_concurrency=settings.worker_concurrency,
+    worker_concurrency=CLAIMING_THREADS,
     # Task events feed Flower's dashboard.
     worker_send_task_events=True,
     task_send_sent_event=True,
@@ -38,3 +42,14 @@ def _serve_metrics_and_trace(**_: Any) -> None:
     configure_tracing("jobs-worker")
     if settings.metrics_port:
         prometheus_client.start_http_server(settings.metrics_port, addr=settings.metrics_host)
+
+
+@worker_shutdown.connect  # type: ignore[untyped-decorator]
+def _finish_running_jobs(**_: Any) -> None:
+    """Warm shutdown: Celery has stopped taking messages; let the jobs already started end.
+
+    A job cannot outlive its deadline; past it, the lease hands the job to another worker.
+    """
+    runtime = running_runtime()
+    if runtime is not None:
+        runtime.run(runtime.services.drain(timeout_seconds=settings.job_timeout_seconds + 5))

@@ -1,13 +1,14 @@
-"""Running one job: claim it, wait the simulated delay, compute, record the outcome."""
+"""Running jobs: claim each, wait the simulated delay, compute, record the outcome."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 import uuid
 from asyncio import FIRST_COMPLETED
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 from typing import TypeVar
 
@@ -19,8 +20,9 @@ from jobcore.events import RESYNC, InboxItem
 from jobcore.logs import current_job_id
 from jobcore.models import Claim, JobEvent, JobStatus, Outcome
 from jobcore.operations import compute, unpack_numbers
+from jobcore.queue import Wakeup
 from jobcore.store import JobStore
-from jobcore.tracing import tracer
+from jobcore.tracing import context_from, tracer
 from worker.metrics import JOBS_IN_FLIGHT, JOBS_PROCESSED, PROCESSING_SECONDS
 from worker.runtime import WorkerServices
 
@@ -84,6 +86,40 @@ async def _until_taken_away(inbox: asyncio.Queue[InboxItem], store: JobStore, cl
                 return job.status.value
 
 
+async def start_jobs(
+    services: WorkerServices, wakeups: Sequence[Wakeup], *, delay: timedelta, deadline: timedelta
+) -> None:
+    """Start each job on this loop as capacity allows; return once every claim was tried.
+
+    The jobs keep running after this returns; `services.running` holds them.
+    """
+    claims: list[asyncio.Future[None]] = []
+    for wakeup in wakeups:
+        await services.capacity.acquire()
+        claimed = asyncio.get_running_loop().create_future()
+        task = asyncio.create_task(
+            execute_job(
+                services,
+                wakeup.job_id,
+                delay=delay,
+                deadline=deadline,
+                trace_context=context_from({"traceparent": wakeup.traceparent or ""}),
+                claimed=claimed,
+            )
+        )
+        services.running.add(task)
+        task.add_done_callback(functools.partial(_job_ended, services))
+        claims.append(claimed)
+    await asyncio.gather(*claims)
+
+
+def _job_ended(services: WorkerServices, task: asyncio.Task[None]) -> None:
+    services.running.discard(task)
+    services.capacity.release()
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("a job ended with an unexpected error", exc_info=task.exception())
+
+
 async def execute_job(
     services: WorkerServices,
     job_id: uuid.UUID,
@@ -91,11 +127,13 @@ async def execute_job(
     delay: timedelta,
     deadline: timedelta,
     trace_context: Context | None = None,
+    claimed: asyncio.Future[None] | None = None,
 ) -> None:
     """Process one job end to end; a job that is not PENDING (a duplicate delivery) is skipped.
 
-    The attempt stops early if the job is cancelled or its claim is lost, and
-    fails the job if it runs longer than `deadline`.
+    `claimed` is resolved once the claim was tried, whatever its result. The attempt
+    stops early if the job is cancelled or its claim is lost, and fails the job if
+    it runs longer than `deadline`.
     """
     current_job_id.set(str(job_id))
     # A child of the SubmitJob span that dispatched the job, when the message carried one.
@@ -103,11 +141,20 @@ async def execute_job(
         "process_job", context=trace_context, kind=SpanKind.CONSUMER
     ) as span:
         span.set_attribute("job.id", str(job_id))
-        await _execute(services, job_id, delay=delay, deadline=deadline)
+        try:
+            await _execute(services, job_id, delay=delay, deadline=deadline, claimed=claimed)
+        finally:
+            if claimed is not None and not claimed.done():
+                claimed.set_result(None)
 
 
 async def _execute(
-    services: WorkerServices, job_id: uuid.UUID, *, delay: timedelta, deadline: timedelta
+    services: WorkerServices,
+    job_id: uuid.UUID,
+    *,
+    delay: timedelta,
+    deadline: timedelta,
+    claimed: asyncio.Future[None] | None,
 ) -> None:
     store, lease = services.store, services.leases.lease
     # Subscribe first: a cancellation right after the claim must not be missed.
@@ -115,6 +162,8 @@ async def _execute(
         claim = await _retry_while_store_unavailable(
             lambda: store.claim(job_id, lease=lease), give_up_after=lease
         )
+        if claimed is not None:
+            claimed.set_result(None)
         if claim is None:
             logger.info("job %s: not pending (finished or claimed elsewhere), skipping", job_id)
             return

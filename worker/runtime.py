@@ -1,8 +1,8 @@
 """One asyncio loop per worker process, on its own thread, shared by all of Celery's task threads.
 
-Celery's task threads block on a future while the loop runs the job, so the
-database pool, the simulated delay and the event listener cost coroutines, not
-threads.
+Celery's task threads only wait for the claims; the jobs then run on the loop, so
+the simulated delay, the database and the event listener cost coroutines, not
+threads, and WORKER_CONCURRENCY jobs can be in flight per process.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 from jobcore.events import JobEventHub
 from jobcore.settings import Settings
-from jobcore.store import JobStore, create_engine
+from jobcore.store import JobStore
 from worker.leases import LeaseKeeper
 
 T = TypeVar("T")
@@ -27,21 +27,37 @@ _background: set[asyncio.Task[None]] = set()
 
 @dataclass(frozen=True)
 class WorkerServices:
-    """What running a job needs: the store, the event hub (for cancellation) and the leases."""
+    """What running a job needs: the store, the event hub (for cancellation) and the leases.
+
+    `capacity` bounds the jobs in flight; `running` holds their tasks.
+    """
 
     store: JobStore
     hub: JobEventHub
     leases: LeaseKeeper
+    capacity: asyncio.Semaphore
+    running: set[asyncio.Task[None]]
 
     @classmethod
     async def start(cls, settings: Settings) -> WorkerServices:
         """Connect, listen for job events and renew leases, on the running loop."""
-        store = JobStore(create_engine(settings.database_url, pool_size=settings.db_pool_size))
+        store = await JobStore.connect(settings.database_url, pool_size=settings.db_pool_size)
         hub = JobEventHub(settings.database_url)
         await hub.start(timeout_seconds=5)
         leases = LeaseKeeper(store, lease=timedelta(seconds=settings.job_lease_seconds))
         _background.add(asyncio.create_task(leases.run(), name="lease-renewal"))
-        return cls(store=store, hub=hub, leases=leases)
+        return cls(
+            store=store,
+            hub=hub,
+            leases=leases,
+            capacity=asyncio.Semaphore(settings.worker_concurrency),
+            running=set(),
+        )
+
+    async def drain(self, *, timeout_seconds: float) -> None:
+        """Wait until the running jobs end (at most `timeout_seconds`; leases cover the rest)."""
+        if self.running:
+            await asyncio.wait(set(self.running), timeout=timeout_seconds)
 
 
 class AsyncRuntime:
@@ -62,6 +78,11 @@ class AsyncRuntime:
 
 _runtime: AsyncRuntime | None = None
 _runtime_lock = threading.Lock()
+
+
+def running_runtime() -> AsyncRuntime | None:
+    """The process's runtime if it was started (it is not in Flower or before the first task)."""
+    return _runtime
 
 
 def get_runtime(settings: Settings) -> AsyncRuntime:

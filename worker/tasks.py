@@ -3,41 +3,41 @@
 from __future__ import annotations
 
 import logging
-import uuid
 from datetime import timedelta
+from typing import Any
 
-from celery import Task
-
-from jobcore.queue import PROCESS_JOB_TASK
-from jobcore.tracing import context_from
+from jobcore.queue import PROCESS_JOBS_TASK, Wakeup
 from worker.app import app, settings
-from worker.execution import execute_job
+from worker.execution import start_jobs
 from worker.runtime import get_runtime
 
 logger = logging.getLogger(__name__)
 
 
-def _message_headers(task: Task) -> dict[str, str]:
-    """The headers the message carried (Celery exposes custom ones as request attributes)."""
-    request = task.request
-    headers = dict(getattr(request, "headers", None) or {})
-    for name in ("traceparent", "tracestate"):
-        value = getattr(request, name, None)
-        if isinstance(value, str):
-            headers.setdefault(name, value)
-    return headers
+def _wakeups(messages: list[Any]) -> list[Wakeup]:
+    """The well-formed entries of a message; a bad entry is logged, not retried forever."""
+    wakeups = []
+    for message in messages:
+        try:
+            wakeups.append(Wakeup.from_message(message))
+        except (TypeError, ValueError, KeyError, AttributeError):
+            logger.error("ignoring a malformed wake-up: %.200r", message)
+    return wakeups
 
 
-@app.task(name=PROCESS_JOB_TASK, bind=True)  # type: ignore[untyped-decorator]
-def process_job(self: Task, job_id: str) -> None:
-    """Run the job with this id; safe to deliver more than once."""
+@app.task(name=PROCESS_JOBS_TASK)  # type: ignore[untyped-decorator]
+def process_jobs(messages: list[Any]) -> None:
+    """Claim these jobs and start them; return (so the message is acked) once each is claimed.
+
+    From its claim on, a job is guarded by its lease in PostgreSQL, not by this message.
+    Safe to deliver more than once: a job that is not PENDING is skipped.
+    """
     runtime = get_runtime(settings)
     runtime.run(
-        execute_job(
+        start_jobs(
             runtime.services,
-            uuid.UUID(job_id),
+            _wakeups(messages),
             delay=timedelta(seconds=settings.simulated_delay_seconds),
             deadline=timedelta(seconds=settings.job_timeout_seconds),
-            trace_context=context_from(_message_headers(self)),
         )
     )

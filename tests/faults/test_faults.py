@@ -15,7 +15,7 @@ import pytest
 from jobs.v1 import jobs_service_pb2_grpc as pb_grpc
 
 from devstack.stack import Stack
-from jobcore.queue import create_celery_app, dispatch
+from jobcore.queue import Wakeup, create_celery_app, publish
 from jobcore.settings import Settings
 from tests.faults.harness import (
     Audit,
@@ -241,7 +241,7 @@ async def test_duplicate_deliveries_record_one_outcome(
         # times, usually to both workers at once.
         for submitted in record.acknowledged:
             for _ in range(2):
-                dispatch(celery_app, uuid.UUID(submitted.job_id))
+                publish(celery_app, [Wakeup(uuid.UUID(submitted.job_id))])
     finally:
         for worker in fault_stack.workers:
             worker.start()

@@ -16,7 +16,7 @@ from jobs.v1 import jobs_service_pb2_grpc as pb_grpc
 from devstack.stack import Stack
 from jobcore.ids import new_job_id
 from jobcore.operations import Operation, pack_numbers
-from jobcore.store import JobStore, create_engine
+from jobcore.store import JobStore
 from tests.eventually import eventually
 
 FINAL = (pb.SUCCESS, pb.FAILED, pb.CANCELLED)
@@ -166,16 +166,15 @@ async def test_a_job_whose_worker_vanished_is_run_again_when_its_lease_expires(
     stack: Stack, jobs_stub: pb_grpc.JobServiceAsyncStub
 ) -> None:
     # Claim the job the way a worker would, then "die": never renew, never finish.
-    engine = create_engine(stack.database_url, pool_size=1)
+    store = await JobStore.connect(stack.database_url, pool_size=1)
     try:
-        store = JobStore(engine)
         job, _ = await store.create(
             job_id=new_job_id(), operation=Operation.CUBE_SUM, numbers=pack_numbers([3.0])
         )
         claim = await store.claim(job.id, lease=timedelta(seconds=1))
         assert claim is not None
     finally:
-        await engine.dispose()
+        await store.close()
 
     final = await _final(jobs_stub, str(job.id))
 

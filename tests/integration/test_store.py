@@ -12,21 +12,20 @@ import asyncpg
 import pytest
 
 from jobcore.errors import IdempotencyKeyReusedError, JobAlreadyFinishedError, JobNotFoundError
-from jobcore.events import asyncpg_dsn
 from jobcore.ids import new_job_id
 from jobcore.models import Job, JobStatus, Outcome
 from jobcore.operations import Operation, pack_numbers
 from jobcore.schema import JOB_EVENTS_CHANNEL
-from jobcore.store import CANCELLED_ERROR, JobStore, create_engine
+from jobcore.store import CANCELLED_ERROR, JobStore, asyncpg_dsn
 
 LEASE = timedelta(minutes=5)
 
 
 @pytest.fixture(scope="module")
 async def store(isolated_database_url: str) -> AsyncIterator[JobStore]:
-    engine = create_engine(isolated_database_url, pool_size=4)
-    yield JobStore(engine)
-    await engine.dispose()
+    store = await JobStore.connect(isolated_database_url, pool_size=4)
+    yield store
+    await store.close()
 
 
 async def _new_job(store: JobStore, numbers: list[float] | None = None) -> Job:

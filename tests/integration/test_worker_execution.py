@@ -1,4 +1,5 @@
-"""worker.execution in this process against the isolated database: deadlines, prompt cancel."""
+"""worker.execution in this process against the isolated database: claiming a message's jobs
+within capacity, deadlines, prompt cancel, duplicates."""
 
 from __future__ import annotations
 
@@ -12,24 +13,30 @@ from jobcore.events import JobEventHub
 from jobcore.ids import new_job_id
 from jobcore.models import JobStatus
 from jobcore.operations import Operation, pack_numbers
-from jobcore.store import JobStore, create_engine
+from jobcore.queue import Wakeup
+from jobcore.store import JobStore
 from tests.eventually import eventually
-from worker.execution import execute_job
+from worker.execution import execute_job, start_jobs
 from worker.leases import LeaseKeeper
 from worker.runtime import WorkerServices
+
+CAPACITY = 4
 
 
 @pytest.fixture
 async def services(isolated_database_url: str) -> AsyncIterator[WorkerServices]:
-    engine = create_engine(isolated_database_url, pool_size=4)
-    store = JobStore(engine)
+    store = await JobStore.connect(isolated_database_url, pool_size=4)
     hub = JobEventHub(isolated_database_url)
     await hub.start(timeout_seconds=10)
     yield WorkerServices(
-        store=store, hub=hub, leases=LeaseKeeper(store, lease=timedelta(seconds=30))
+        store=store,
+        hub=hub,
+        leases=LeaseKeeper(store, lease=timedelta(seconds=30)),
+        capacity=asyncio.Semaphore(CAPACITY),
+        running=set(),
     )
     await hub.stop()
-    await engine.dispose()
+    await store.close()
 
 
 async def test_a_job_runs_to_success(services: WorkerServices) -> None:
@@ -97,4 +104,39 @@ async def test_a_duplicate_delivery_of_a_running_job_does_nothing(services: Work
         JobStatus.PENDING,
         JobStatus.IN_PROGRESS,
         JobStatus.SUCCESS,
+    ]
+
+
+async def test_start_jobs_returns_once_its_jobs_are_claimed_never_above_capacity(
+    services: WorkerServices,
+) -> None:
+    jobs = [
+        (
+            await services.store.create(
+                job_id=new_job_id(), operation=Operation.SQUARE_SUM, numbers=pack_numbers([n])
+            )
+        )[0]
+        for n in range(CAPACITY + 2)
+    ]
+
+    await start_jobs(
+        services,
+        [Wakeup(job.id) for job in jobs],
+        delay=timedelta(seconds=1),
+        deadline=timedelta(seconds=30),
+    )
+
+    # Every job was claimed before the message would be acked; at most CAPACITY still run.
+    statuses = [(await services.store.get(job.id)).status for job in jobs]
+    assert JobStatus.PENDING not in statuses
+    assert 0 < statuses.count(JobStatus.IN_PROGRESS) <= CAPACITY
+    assert len(services.running) <= CAPACITY
+
+    await services.drain(timeout_seconds=30)
+
+    assert not services.running
+    finished = [await services.store.get(job.id) for job in jobs]
+    assert [job.status for job in finished] == [JobStatus.SUCCESS] * len(jobs)
+    assert [job.outcome.result if job.outcome else None for job in finished] == [
+        float(n * n) for n in range(len(jobs))
     ]

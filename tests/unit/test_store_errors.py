@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncpg
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from jobcore.store import is_unavailable_error
 
@@ -11,18 +10,17 @@ from jobcore.store import is_unavailable_error
 def test_network_and_restart_errors_are_unavailable() -> None:
     assert is_unavailable_error(ConnectionRefusedError())
     assert is_unavailable_error(TimeoutError())
-    assert is_unavailable_error(OperationalError("SELECT 1", {}, Exception("gone")))
-    # Raised by asyncpg itself while the pool reconnects during a restart (SQLSTATE 57P03).
+    # Raised while PostgreSQL restarts (SQLSTATE 57P03, 57P01) or the connection drops (08006).
     assert is_unavailable_error(
         asyncpg.CannotConnectNowError("the database system is shutting down")
     )
     assert is_unavailable_error(asyncpg.AdminShutdownError("terminating connection"))
-    wrapped = DBAPIError("SELECT 1", {}, asyncpg.AdminShutdownError("terminating connection"))
-    assert is_unavailable_error(wrapped)
+    assert is_unavailable_error(asyncpg.ConnectionFailureError("connection failure"))
+    # The pool's connection was closed under a call in progress.
+    assert is_unavailable_error(asyncpg.ConnectionDoesNotExistError("connection was closed"))
 
 
 def test_data_errors_are_not_unavailable() -> None:
     assert not is_unavailable_error(ValueError("bad"))
-    unique = asyncpg.UniqueViolationError("duplicate key")
-    assert not is_unavailable_error(unique)
-    assert not is_unavailable_error(IntegrityError("INSERT", {}, unique))
+    assert not is_unavailable_error(asyncpg.UniqueViolationError("duplicate key"))
+    assert not is_unavailable_error(asyncpg.DataError("invalid input"))

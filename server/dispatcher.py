@@ -1,0 +1,80 @@
+"""Wakes workers for new jobs: one background publisher that batches while the broker is busy.
+
+SubmitJob only queues the job id here (after the job is committed), so a call never
+waits on Redis. While one message is being published, the jobs submitted meanwhile
+wait and go out together in the next one. A publish that fails marks its jobs
+undispatched in PostgreSQL, and maintenance sends them again: the broker can lose
+a wake-up, never a job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+
+from celery import Celery
+
+from jobcore.errors import StoreUnavailableError
+from jobcore.queue import Wakeup, publish
+from jobcore.store import JobStore
+from jobcore.tracing import trace_headers
+from server.metrics import DISPATCH_BATCH_SIZE
+
+logger = logging.getLogger(__name__)
+
+# Jobs per message at most: a worker claims a message's jobs one by one before acking it.
+MAX_JOBS_PER_MESSAGE = 100
+
+
+class Dispatcher:
+    """Publishes wake-up messages from one task, one message in flight at a time."""
+
+    def __init__(self, celery_app: Celery, store: JobStore) -> None:
+        self._celery = celery_app
+        self._store = store
+        self._waiting: list[Wakeup] = []
+        self._more = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def dispatch(self, job_id: uuid.UUID) -> None:
+        """Queue a wake-up for a committed job (with the caller's trace context); never blocks."""
+        self._waiting.append(Wakeup(job_id, trace_headers().get("traceparent")))
+        self._idle.clear()
+        self._more.set()
+
+    async def run(self) -> None:
+        """Publish until cancelled."""
+        while True:
+            await self._more.wait()
+            self._more.clear()
+            while self._waiting:
+                batch = self._waiting[:MAX_JOBS_PER_MESSAGE]
+                del self._waiting[:MAX_JOBS_PER_MESSAGE]
+                await self._publish(batch)
+            self._idle.set()
+
+    async def flush(self, *, timeout_seconds: float) -> None:
+        """Wait (at most `timeout_seconds`) until every queued wake-up was published or handed back."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), timeout_seconds)
+
+    async def _publish(self, batch: list[Wakeup]) -> None:
+        try:
+            await asyncio.to_thread(publish, self._celery, batch)
+            DISPATCH_BATCH_SIZE.observe(len(batch))
+        except Exception as error:
+            # The jobs are stored, so their clients were right to get OK: maintenance sends them.
+            logger.warning(
+                "publishing %d jobs to the broker failed (%s); maintenance will retry",
+                len(batch),
+                error,
+            )
+            job_ids = [wakeup.job_id for wakeup in batch]
+            try:
+                await self._store.mark_undispatched(job_ids)
+            except StoreUnavailableError:
+                # Their dispatched_at stays set: the sweep resends them once it is stale.
+                logger.warning("could not mark %d jobs undispatched", len(job_ids))
