@@ -17,6 +17,7 @@ import hashlib
 import logging
 import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Protocol
 
@@ -28,6 +29,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.sql.compiler import SQLCompiler
 
+from jobcore.batching import Coalescer
 from jobcore.errors import (
     IdempotencyKeyReusedError,
     JobAlreadyFinishedError,
@@ -42,6 +44,10 @@ from jobcore.tracing import trace_headers
 
 logger = logging.getLogger(__name__)
 
+# Most changes in one statement, and statements of one kind running at once, per process:
+# commits of notifying transactions are serialised, so a few large batches go furthest.
+_MAX_BATCH = 100
+_BATCHES_IN_FLIGHT = 2
 # Errors are stored and sent in notifications; keep them far below pg_notify's 8000 bytes.
 MAX_ERROR_CHARS = 1000
 CANCELLED_ERROR = "cancelled by request"
@@ -75,6 +81,23 @@ def is_unavailable_error(error: BaseException) -> bool:
         return True  # includes ConnectionDoesNotExistError: the connection died mid-call
     sqlstate = str(getattr(error, "sqlstate", "") or "")
     return sqlstate[:2] in _UNAVAILABLE_SQLSTATE_CLASSES
+
+
+def _traceparent() -> str | None:
+    """The caller's trace context, recorded with the events of the changes it makes."""
+    return trace_headers().get("traceparent")
+
+
+def _claim_from_row(row: Row | None) -> Claim | None:
+    if row is None:
+        return None
+    return Claim(
+        job_id=row["id"],
+        attempt=row["attempt"],
+        operation=Operation(row["operation"]),
+        numbers=row["numbers"],
+        sequence=row["last_sequence"],
+    )
 
 
 class _Compiled:
@@ -141,13 +164,31 @@ def event_from_row(row: Row) -> JobEvent:
     )
 
 
-def _with_event(changed: sa.CTE) -> sa.Select[Any]:
+def _with_event(changed: sa.CTE, *, source: sa.CTE | None = None) -> sa.Select[Any]:
     """The job rows of the `changed` CTE, with one job_events row appended for each.
 
     Both run in one statement, so a state change and its event commit together. The
-    event records the caller's trace context (bound as `traceparent`), so whoever
-    delivers it can join the trace.
+    event records the trace context of the change, so whoever delivers it can join the
+    trace: each row's `traceparent` from `changed`, or from `source` joined on the id,
+    else the bound parameter `traceparent`.
     """
+    events = sa.select(
+        changed.c.id,
+        changed.c.last_sequence,
+        changed.c.status,
+        changed.c.updated_at,
+        changed.c.result,
+        changed.c.error,
+        changed.c.attempt,
+    )
+    if "traceparent" in changed.c:
+        events = events.add_columns(changed.c.traceparent)
+    elif source is not None:
+        events = events.add_columns(source.c.traceparent).join_from(
+            changed, source, source.c.id == changed.c.id
+        )
+    else:
+        events = events.add_columns(sa.bindparam("traceparent", type_=sa.Text, required=False))
     recorded = (
         job_events.insert()
         .from_select(
@@ -161,20 +202,22 @@ def _with_event(changed: sa.CTE) -> sa.Select[Any]:
                 "attempt",
                 "traceparent",
             ],
-            sa.select(
-                changed.c.id,
-                changed.c.last_sequence,
-                changed.c.status,
-                changed.c.updated_at,
-                changed.c.result,
-                changed.c.error,
-                changed.c.attempt,
-                sa.bindparam("traceparent", type_=sa.Text, required=False),
-            ),
+            events,
         )
         .cte("recorded")
     )
-    return sa.select(changed).add_cte(recorded)
+    return sa.select(*(column for column in changed.c if column.name != "traceparent")).add_cte(
+        recorded
+    )
+
+
+def _unnest(name: str, **columns: sa.types.TypeEngine[Any]) -> sa.CTE:
+    """A CTE of rows zipped from one array parameter per column (one statement, any count)."""
+    arrays = [
+        sa.bindparam(f"{name}_{column}", type_=ARRAY(kind)) for column, kind in columns.items()
+    ]
+    rows = sa.func.unnest(*arrays).table_valued(*columns).render_derived(name=f"{name}_rows")
+    return sa.select(rows).cte(name)
 
 
 _COLUMNS_BY_FIELD = {
@@ -220,28 +263,54 @@ _JOB_ID = sa.bindparam("job_id", type_=sa.Uuid)
 _JOB_IDS = sa.bindparam("job_ids", type_=ARRAY(sa.Uuid))
 _NOW = sa.func.now()
 
+_NEW_JOBS = _unnest(
+    "new_jobs",
+    id=sa.Uuid(),
+    operation=sa.Text(),
+    numbers=sa.LargeBinary(),
+    number_count=sa.Integer(),
+    request_id=sa.Text(),
+    request_hash=sa.LargeBinary(),
+    traceparent=sa.Text(),
+)
 _CREATE = _Compiled(
     _with_event(
         pg_insert(jobs)
-        .values(
-            id=_JOB_ID,
-            operation=sa.bindparam("operation", type_=sa.Text),
-            status=JobStatus.PENDING.value,
-            numbers=sa.bindparam("numbers", type_=sa.LargeBinary),
-            number_count=sa.bindparam("number_count", type_=sa.Integer),
-            last_sequence=1,
-            # Optimistic: the caller publishes right after commit and clears this if that fails.
-            dispatched_at=_NOW,
-            created_at=_NOW,
-            updated_at=_NOW,
-            request_id=sa.bindparam("request_id", type_=sa.Text),
-            request_hash=sa.bindparam("request_hash", type_=sa.LargeBinary),
+        .from_select(
+            [
+                "id",
+                "operation",
+                "status",
+                "numbers",
+                "number_count",
+                "last_sequence",
+                # Optimistic: the server publishes right after commit, and clears this if that fails.
+                "dispatched_at",
+                "created_at",
+                "updated_at",
+                "request_id",
+                "request_hash",
+            ],
+            sa.select(
+                _NEW_JOBS.c.id,
+                _NEW_JOBS.c.operation,
+                sa.literal_column(f"'{JobStatus.PENDING.value}'"),
+                _NEW_JOBS.c.numbers,
+                _NEW_JOBS.c.number_count,
+                sa.literal_column("1"),
+                _NOW,
+                _NOW,
+                _NOW,
+                _NEW_JOBS.c.request_id,
+                _NEW_JOBS.c.request_hash,
+            ),
         )
         .on_conflict_do_nothing(
             index_elements=[jobs.c.request_id], index_where=jobs.c.request_id.is_not(None)
         )
         .returning(*_JOB_COLUMNS)
-        .cte("changed")
+        .cte("changed"),
+        source=_NEW_JOBS,
     )
 )
 _GET = _Compiled(sa.select(*_JOB_COLUMNS).where(jobs.c.id == _JOB_ID))
@@ -258,18 +327,19 @@ _EVENTS_AFTER = _Compiled(
     )
     .order_by(job_events.c.sequence)
 )
+_WANTED = _unnest("wanted", id=sa.Uuid(), lease=sa.Interval(), traceparent=sa.Text())
 _CLAIM = _Compiled(
     _with_event(
         jobs.update()
-        .where(jobs.c.id == _JOB_ID, _is(JobStatus.PENDING))
+        .where(jobs.c.id == _WANTED.c.id, _is(JobStatus.PENDING))
         .values(
             _next_state(
                 status=JobStatus.IN_PROGRESS.value,
                 attempt=jobs.c.attempt + 1,
-                lease_expires_at=_lease_from_now(),
+                lease_expires_at=_NOW + _WANTED.c.lease,
             )
         )
-        .returning(*_JOB_COLUMNS, jobs.c.numbers)
+        .returning(*_JOB_COLUMNS, jobs.c.numbers, _WANTED.c.traceparent)
         .cte("changed")
     )
 )
@@ -288,23 +358,32 @@ _RENEW = _Compiled(
     .values(lease_expires_at=_lease_from_now())
     .returning(jobs.c.id)
 )
+_OUTCOMES = _unnest(
+    "outcomes",
+    id=sa.Uuid(),
+    attempt=sa.Integer(),
+    status=sa.Text(),
+    result=sa.Double(),
+    error=sa.Text(),
+    traceparent=sa.Text(),
+)
 _FINISH = _Compiled(
     _with_event(
         jobs.update()
         .where(
-            jobs.c.id == _JOB_ID,
+            jobs.c.id == _OUTCOMES.c.id,
+            jobs.c.attempt == _OUTCOMES.c.attempt,
             _is(JobStatus.IN_PROGRESS),
-            jobs.c.attempt == sa.bindparam("attempt", type_=sa.Integer),
         )
         .values(
             _next_state(
-                status=sa.bindparam("status", type_=sa.Text),
-                result=sa.bindparam("result", type_=sa.Double),
-                error=sa.bindparam("error", type_=sa.Text),
+                status=_OUTCOMES.c.status,
+                result=_OUTCOMES.c.result,
+                error=_OUTCOMES.c.error,
                 lease_expires_at=None,
             )
         )
-        .returning(*_JOB_COLUMNS)
+        .returning(*_JOB_COLUMNS, _OUTCOMES.c.traceparent)
         .cte("changed")
     )
 )
@@ -394,11 +473,48 @@ _PURGE_FINISHED = _Compiled(
 )
 
 
+@dataclass(frozen=True, slots=True)
+class _NewJob:
+    job_id: uuid.UUID
+    operation: Operation
+    numbers: bytes
+    request_id: str | None
+    request_hash: bytes | None
+    traceparent: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class _ClaimRequest:
+    job_id: uuid.UUID
+    lease: timedelta
+    traceparent: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Finish:
+    claim: Claim
+    outcome: Outcome
+    traceparent: str | None
+
+
 class JobStore:
-    """Jobs and their history in PostgreSQL, the single source of truth."""
+    """Jobs and their history in PostgreSQL, the single source of truth.
+
+    Creates, claims and finishes made concurrently in one process share statements
+    (see jobcore.batching); each caller still gets its own answer.
+    """
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
+        self._creates = Coalescer(
+            self._create_batch, max_batch=_MAX_BATCH, max_in_flight=_BATCHES_IN_FLIGHT
+        )
+        self._claims = Coalescer(
+            self._claim_batch, max_batch=_MAX_BATCH, max_in_flight=_BATCHES_IN_FLIGHT
+        )
+        self._finishes = Coalescer(
+            self._finish_batch, max_batch=_MAX_BATCH, max_in_flight=_BATCHES_IN_FLIGHT
+        )
 
     @classmethod
     async def connect(cls, database_url: str, *, pool_size: int) -> JobStore:
@@ -428,8 +544,7 @@ class JobStore:
 
     async def _change(self, statement: _Compiled, **values: Any) -> list[asyncpg.Record]:
         """Run a state change (and its events), recording the caller's trace context."""
-        traceparent = trace_headers().get("traceparent")
-        return await self._fetch(statement, traceparent=traceparent, **values)
+        return await self._fetch(statement, traceparent=_traceparent(), **values)
 
     async def ping(self) -> None:
         """Raise StoreUnavailableError unless PostgreSQL answers a trivial query."""
@@ -453,23 +568,44 @@ class JobStore:
         With a `request_id` already used for the same request, the original job is
         returned with created=False; for a different request it is an error.
         """
-        digest = request_digest(operation, numbers) if request_id else None
-        rows = await self._change(
-            _CREATE,
-            job_id=job_id,
-            operation=operation.value,
-            numbers=numbers,
-            number_count=len(numbers) // 8,
-            request_id=request_id or None,
-            request_hash=digest,
+        return await self._creates(
+            _NewJob(
+                job_id=job_id,
+                operation=operation,
+                numbers=numbers,
+                request_id=request_id or None,
+                request_hash=request_digest(operation, numbers) if request_id else None,
+                traceparent=_traceparent(),
+            )
         )
-        if rows:
-            return _job_from_row(rows[0]), True
-        # The key was used before: the same request gets the same job back.
-        existing = (await self._fetch(_GET_BY_REQUEST_ID, request_id=request_id))[0]
-        if existing["request_hash"] != digest:
-            raise IdempotencyKeyReusedError(request_id or "")
-        return _job_from_row(existing), False
+
+    async def _create_batch(
+        self, new_jobs: list[_NewJob]
+    ) -> list[tuple[Job, bool] | BaseException]:
+        rows = await self._fetch(
+            _CREATE,
+            new_jobs_id=[new.job_id for new in new_jobs],
+            new_jobs_operation=[new.operation.value for new in new_jobs],
+            new_jobs_numbers=[new.numbers for new in new_jobs],
+            new_jobs_number_count=[len(new.numbers) // 8 for new in new_jobs],
+            new_jobs_request_id=[new.request_id for new in new_jobs],
+            new_jobs_request_hash=[new.request_hash for new in new_jobs],
+            new_jobs_traceparent=[new.traceparent for new in new_jobs],
+        )
+        created = {row["id"]: row for row in rows}
+        results: list[tuple[Job, bool] | BaseException] = []
+        for new in new_jobs:
+            row = created.get(new.job_id)
+            if row is not None:
+                results.append((_job_from_row(row), True))
+                continue
+            # The key was used before (perhaps earlier in this batch): same request, same job.
+            existing = (await self._fetch(_GET_BY_REQUEST_ID, request_id=new.request_id))[0]
+            if existing["request_hash"] != new.request_hash:
+                results.append(IdempotencyKeyReusedError(new.request_id or ""))
+            else:
+                results.append((_job_from_row(existing), False))
+        return results
 
     async def get(self, job_id: uuid.UUID) -> Job:
         """The job's current state; JobNotFoundError if there is no such job."""
@@ -507,17 +643,19 @@ class JobStore:
         The compare-and-set makes duplicate deliveries harmless: only one gets the
         claim, and it holds the job until `lease` runs out unless renewed.
         """
-        rows = await self._change(_CLAIM, job_id=job_id, lease=lease)
-        if not rows:
-            return None
-        row = rows[0]
-        return Claim(
-            job_id=row["id"],
-            attempt=row["attempt"],
-            operation=Operation(row["operation"]),
-            numbers=row["numbers"],
-            sequence=row["last_sequence"],
+        return await self._claims(_ClaimRequest(job_id, lease, _traceparent()))
+
+    async def _claim_batch(self, requests: list[_ClaimRequest]) -> list[Claim | None]:
+        # A job asked for twice in one batch is claimed for the first asker only.
+        unique = list({request.job_id: request for request in reversed(requests)}.values())
+        rows = await self._fetch(
+            _CLAIM,
+            wanted_id=[request.job_id for request in unique],
+            wanted_lease=[request.lease for request in unique],
+            wanted_traceparent=[request.traceparent for request in unique],
         )
+        claimed = {row["id"]: row for row in rows}
+        return [_claim_from_row(claimed.pop(request.job_id, None)) for request in requests]
 
     async def renew(self, claims: Sequence[Claim], *, lease: timedelta) -> set[uuid.UUID]:
         """Extend the leases of these claims in one statement; returns the jobs still held."""
@@ -537,16 +675,32 @@ class JobStore:
         Fencing on the attempt number means a stale or duplicate worker can never
         overwrite a result, nor finish a job that was cancelled or handed to another.
         """
-        status = JobStatus.SUCCESS if outcome.error is None else JobStatus.FAILED
-        rows = await self._change(
+        return await self._finishes(_Finish(claim, outcome, _traceparent()))
+
+    async def _finish_batch(self, finishes: list[_Finish]) -> list[bool]:
+        # The same attempt finished twice in one batch: the first outcome is the one written.
+        unique = list({(f.claim.job_id, f.claim.attempt): f for f in reversed(finishes)}.values())
+        rows = await self._fetch(
             _FINISH,
-            job_id=claim.job_id,
-            attempt=claim.attempt,
-            status=status.value,
-            result=outcome.result,
-            error=None if outcome.error is None else outcome.error[:MAX_ERROR_CHARS],
+            outcomes_id=[finish.claim.job_id for finish in unique],
+            outcomes_attempt=[finish.claim.attempt for finish in unique],
+            outcomes_status=[
+                (JobStatus.SUCCESS if finish.outcome.error is None else JobStatus.FAILED).value
+                for finish in unique
+            ],
+            outcomes_result=[finish.outcome.result for finish in unique],
+            outcomes_error=[
+                None if finish.outcome.error is None else finish.outcome.error[:MAX_ERROR_CHARS]
+                for finish in unique
+            ],
+            outcomes_traceparent=[finish.traceparent for finish in unique],
         )
-        return bool(rows)
+        recorded = {row["id"] for row in rows}
+        results = []
+        for finish in finishes:
+            results.append(finish.claim.job_id in recorded)
+            recorded.discard(finish.claim.job_id)
+        return results
 
     async def cancel(self, job_id: uuid.UUID) -> Job:
         """Move a PENDING or IN_PROGRESS job to CANCELLED; a cancelled job is returned as is.

@@ -36,17 +36,44 @@ async def _new_job(store: JobStore, numbers: list[float] | None = None) -> Job:
     return job
 
 
-async def test_only_one_of_two_concurrent_claims_wins(store: JobStore) -> None:
+async def test_only_one_of_many_concurrent_claims_wins(store: JobStore) -> None:
     job = await _new_job(store)
 
-    claims = await asyncio.gather(
-        store.claim(job.id, lease=LEASE), store.claim(job.id, lease=LEASE)
-    )
+    # Five at once: the first runs alone, the others share batched statements.
+    claims = await asyncio.gather(*(store.claim(job.id, lease=LEASE) for _ in range(5)))
 
     winners = [claim for claim in claims if claim is not None]
     assert len(winners) == 1
     assert winners[0].attempt == 1
     assert (await store.get(job.id)).status == JobStatus.IN_PROGRESS
+
+
+async def test_concurrent_changes_of_many_jobs_each_get_their_own_answer(store: JobStore) -> None:
+    jobs = await asyncio.gather(*(_new_job(store, [float(n)]) for n in range(30)))
+    claims = await asyncio.gather(*(store.claim(job.id, lease=LEASE) for job in jobs))
+    assert all(claim is not None for claim in claims)
+
+    finished = await asyncio.gather(
+        *(
+            store.finish(claim, Outcome(result=float(n) ** 2))
+            for n, claim in enumerate(claims)
+            if claim is not None
+        ),
+        # A duplicate finish of the first attempt, racing the original.
+        store.finish(claims[0], Outcome(error="duplicate")) if claims[0] else asyncio.sleep(0),
+    )
+
+    assert finished[:30] == [True] * 30
+    assert finished[30] is False
+    for n, job in enumerate(jobs):
+        final = await store.get(job.id)
+        assert final.status == JobStatus.SUCCESS
+        assert final.outcome == Outcome(result=float(n) ** 2)
+        assert [event.status for event in await store.events_after(job.id, 0)] == [
+            JobStatus.PENDING,
+            JobStatus.IN_PROGRESS,
+            JobStatus.SUCCESS,
+        ]
 
 
 async def test_a_stale_attempt_cannot_overwrite_the_outcome(store: JobStore) -> None:

@@ -1,0 +1,73 @@
+"""The Coalescer: concurrent single calls share batches, each caller gets its own answer."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from jobcore.batching import Coalescer
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+        self.release = asyncio.Event()
+
+    async def double(self, items: list[int]) -> list[int | BaseException]:
+        self.batches.append(items)
+        await self.release.wait()
+        return [ValueError(f"odd {item}") if item % 2 else item * 2 for item in items]
+
+
+async def test_calls_made_while_a_batch_runs_go_together_in_the_next() -> None:
+    recorder = _Recorder()
+    coalesce = Coalescer(recorder.double, max_batch=3, max_in_flight=1)
+
+    calls = [asyncio.create_task(coalesce(item)) for item in (0, 2, 4, 6, 8)]
+    await asyncio.sleep(0)
+    recorder.release.set()
+    results = await asyncio.gather(*calls)
+
+    assert results == [0, 4, 8, 12, 16]
+    # The first call found the coalescer idle and ran alone; the rest queued meanwhile.
+    assert recorder.batches == [[0], [2, 4, 6], [8]]
+
+
+async def test_an_error_for_one_item_reaches_only_its_caller() -> None:
+    recorder = _Recorder()
+    recorder.release.set()
+    coalesce = Coalescer(recorder.double, max_batch=10, max_in_flight=1)
+
+    results = await asyncio.gather(*(coalesce(item) for item in (2, 3, 4)), return_exceptions=True)
+
+    assert results[0] == 4
+    assert results[2] == 8
+    assert isinstance(results[1], ValueError)
+
+
+async def test_a_failed_batch_fails_every_caller_in_it() -> None:
+    async def broken(items: list[int]) -> list[int]:
+        raise ConnectionError("database gone")
+
+    coalesce = Coalescer(broken, max_batch=10, max_in_flight=2)
+
+    with pytest.raises(ConnectionError):
+        await asyncio.gather(coalesce(1), coalesce(2))
+
+
+async def test_no_more_than_max_in_flight_batches_run_at_once() -> None:
+    running = peak = 0
+
+    async def slow(items: list[int]) -> list[int]:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await asyncio.sleep(0.01)
+        running -= 1
+        return items
+
+    coalesce = Coalescer(slow, max_batch=1, max_in_flight=2)
+
+    assert await asyncio.gather(*(coalesce(item) for item in range(6))) == list(range(6))
+    assert peak == 2
