@@ -75,5 +75,12 @@ def create_celery_app(settings: Settings) -> Celery:
 def publish(app: Celery, wakeups: Sequence[Wakeup]) -> None:
     """Publish one message waking a worker for these jobs (blocking; call it off the event loop)."""
     app.send_task(
-        PROCESS_JOBS_TASK, args=[[wakeup.to_message() for wakeup in wakeups]], retry=False
+        PROCESS_JOBS_TASK,
+        args=[[wakeup.to_message() for wakeup in wakeups]],
+        retry=False,
+        # Without this the publisher subscribes to a result that will never come (the
+        # task's own ignore_result is unknown here): a Redis round trip or two per message.
+        ignore_result=True,
+        # What monitors (Flower) show as the arguments: a count, not a repr of every id.
+        argsrepr=f"[{len(wakeups)} jobs]",
     )
