@@ -37,6 +37,9 @@ def _server_options(settings: Settings) -> list[tuple[str, Any]]:
         # Many idle WatchJob streams per process (the defaults stop near 5,000).
         ("grpc.server.max_pending_requests", 100_000),
         ("grpc.server.max_pending_requests_hard_limit", 100_000),
+        # A burst of calls waits in gRPC core until this loop picks each up; past this age
+        # core drops it as CANCELLED without the application ever seeing it (default 30 s).
+        ("grpc.server_max_unrequested_time_in_server", 300),
         # Keep long-lived streams alive through proxies and detect dead clients.
         ("grpc.keepalive_time_ms", 60_000),
         ("grpc.keepalive_timeout_ms", 20_000),

@@ -6,12 +6,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import AbstractContextManager
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
 from google.rpc import code_pb2
+from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind
 
 from jobcore.errors import JobError
@@ -55,22 +55,16 @@ class JobServiceInterceptor(grpc.aio.ServerInterceptor):
         return handler
 
 
-def _span(method: str, request: Any) -> AbstractContextManager[Span]:
-    """A server span per call, named like the RPC; SubmitJob adds the new job's id itself."""
-    span = tracer().start_as_current_span(f"jobs.v1.JobService/{method}", kind=SpanKind.SERVER)
+def _start_span(method: str, request: Any) -> Span:
+    """A server span per call, named like the RPC; SubmitJob adds the new job's id itself.
+
+    It is started, not made current: each wrapper decides where it is current (see _wrap_stream).
+    """
+    span = tracer().start_span(f"jobs.v1.JobService/{method}", kind=SpanKind.SERVER)
     job_id = getattr(request, "job_id", "")
     if job_id:
-        return _with_attribute(span, "job.id", job_id)
+        span.set_attribute("job.id", job_id)
     return span
-
-
-@contextlib.contextmanager
-def _with_attribute(
-    span_manager: AbstractContextManager[Span], key: str, value: str
-) -> Iterator[Span]:
-    with span_manager as span:
-        span.set_attribute(key, value)
-        yield span
 
 
 class _Call:
@@ -88,7 +82,8 @@ class _Call:
     def failed(self, error: BaseException) -> None:
         if isinstance(error, JobError):
             self.code = code_pb2.Code.Name(status_for(error).code)
-        elif isinstance(error, asyncio.CancelledError):
+        elif isinstance(error, asyncio.CancelledError | GeneratorExit):
+            # GeneratorExit: grpc.aio abandoned the stream at a yield (the call ended mid-write).
             self.code = "CANCELLED"
         else:
             self.code = "UNKNOWN"
@@ -100,7 +95,7 @@ class _Call:
 
 def _wrap_unary(method: str, behaviour: Any) -> Any:
     async def unary(request: Any, context: Context) -> Any:
-        with _span(method, request):
+        with trace.use_span(_start_span(method, request), end_on_exit=True):
             call = _Call(method, request)
             try:
                 reject_unknown_fields(request)
@@ -119,22 +114,40 @@ def _wrap_unary(method: str, behaviour: Any) -> Any:
 
 
 def _wrap_stream(method: str, behaviour: Any) -> Any:
+    """The span covers the whole stream but is current only while a step of the handler runs.
+
+    grpc.aio drops a stream's generator at a `yield` when the call ends during a write (client
+    cancel, broken connection) and the event loop closes it later from another task. A context
+    attached across a yield would then be detached in the wrong context ("Failed to detach
+    context"), so every attach and detach here happens within one step.
+    """
+
     async def stream(request: Any, context: Context) -> AsyncIterator[Any]:
-        with _span(method, request):
-            call = _Call(method, request)
-            WATCH_STREAMS_OPEN.inc()
-            try:
+        span = _start_span(method, request)
+        call = _Call(method, request)
+        WATCH_STREAMS_OPEN.inc()
+        try:
+            with trace.use_span(span):
                 reject_unknown_fields(request)
-                async for response in behaviour(request, context):
+            # Closed here rather than at garbage collection, so the handler cleans up at once.
+            async with contextlib.aclosing(behaviour(request, context)) as responses:
+                while True:
+                    with trace.use_span(span):
+                        try:
+                            response = await anext(responses)
+                        except StopAsyncIteration:
+                            break
                     yield response
-            except JobError as error:
-                call.failed(error)
+        except JobError as error:
+            call.failed(error)
+            with trace.use_span(span):
                 await abort_with(context, error)
-            except BaseException as error:
-                call.failed(error)
-                raise
-            finally:
-                WATCH_STREAMS_OPEN.dec()
-                call.done()
+        except BaseException as error:
+            call.failed(error)
+            raise
+        finally:
+            WATCH_STREAMS_OPEN.dec()
+            call.done()
+            span.end()
 
     return stream

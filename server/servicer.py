@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
@@ -177,18 +178,21 @@ class JobServicer(pb_grpc.JobServiceServicer):
         self, request: pb.WatchJobRequest, context: Context
     ) -> AsyncIterator[pb.WatchJobResponse]:
         job_id = job_id_from_proto(request.job_id)
-        updates = follow_job(
-            self._hub,
-            self._store,
-            job_id,
-            after_sequence=_after_sequence(request, context),
-            heartbeat=self._watch_heartbeat,
-        )
-        async for update in updates:
-            if update.traceparent:
-                _trace_delivery(update)
-            yield pb.WatchJobResponse(
-                job=job_to_proto(update.job, with_result=True),
-                sequence=update.job.sequence,
-                heartbeat=update.heartbeat,
+        # aclosing: a dropped stream releases its subscription now, not when collected.
+        async with contextlib.aclosing(
+            follow_job(
+                self._hub,
+                self._store,
+                job_id,
+                after_sequence=_after_sequence(request, context),
+                heartbeat=self._watch_heartbeat,
             )
+        ) as updates:
+            async for update in updates:
+                if update.traceparent:
+                    _trace_delivery(update)
+                yield pb.WatchJobResponse(
+                    job=job_to_proto(update.job, with_result=True),
+                    sequence=update.job.sequence,
+                    heartbeat=update.heartbeat,
+                )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from datetime import timedelta
 from typing import NamedTuple
 
@@ -33,7 +33,7 @@ async def follow_job(
     *,
     after_sequence: int = 0,
     heartbeat: timedelta,
-) -> AsyncIterator[WatchUpdate]:
+) -> AsyncGenerator[WatchUpdate, None]:
     """Each state of the job in order, ending after the final one.
 
     With after_sequence=0 the first state is the current one; otherwise only the
