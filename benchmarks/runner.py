@@ -18,6 +18,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
+
 from benchmarks import celery_ref, fill, loadgen
 from benchmarks.infra import Infrastructure, wait_for_port
 from benchmarks.machine import CpuPlan
@@ -47,11 +49,14 @@ BASE_ENV = {
     "GRPC_MAX_MESSAGE_BYTES": str(16 * MIB),
     "SIMULATED_DELAY_SECONDS": "2",
     "WORKER_CONCURRENCY": "500",
+    "SERVER_PROCESSES": "1",
 }
 PHASE_ENVS: dict[str, dict[str, str]] = {
     # No workers: SubmitJob and GetStatus alone, as if the workers ran on other machines.
     # The sweep would re-publish the unconsumed backlog after a minute; push that out.
-    "edge": BASE_ENV | {"REDISPATCH_AFTER_SECONDS": "3600"},
+    # Two server processes, one per core, as a server machine of this size would run.
+    "edge": BASE_ENV | {"REDISPATCH_AFTER_SECONDS": "3600", "SERVER_PROCESSES": "2"},
+    # The streams and their memory are measured on one server process.
     "flow": dict(BASE_ENV),
     "delay0": BASE_ENV
     | {
@@ -132,8 +137,16 @@ class Run:
 
 
 def service_pids(stack: Stack) -> dict[str, int | None]:
-    """The Python processes of a stack, by name (what --profile records)."""
-    return {"server": stack.server.pid} | {worker.name: worker.pid for worker in stack.workers}
+    """The Python processes of a stack, by name: what --profile records and big_job measures.
+
+    With SERVER_PROCESSES > 1 the servers are the children of a supervisor, which is idle.
+    """
+    servers: dict[str, int | None] = {"server": stack.server.pid}
+    if stack.server.pid is not None:
+        children = psutil.Process(stack.server.pid).children()
+        if children:
+            servers = {f"server{index + 1}": child.pid for index, child in enumerate(children)}
+    return servers | {worker.name: worker.pid for worker in stack.workers}
 
 
 def _throughput(run: Run, name: str, target: str) -> loadgen.Throughput:

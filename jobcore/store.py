@@ -79,6 +79,8 @@ def is_unavailable_error(error: BaseException) -> bool:
     """Whether `error` means PostgreSQL is unreachable or restarting (so: retry later)."""
     if isinstance(error, OSError | TimeoutError | asyncpg.InterfaceError):
         return True  # includes ConnectionDoesNotExistError: the connection died mid-call
+    if isinstance(error, asyncpg.InternalClientError):
+        return True  # asyncpg's protocol state when the server dropped a connection mid-call
     sqlstate = str(getattr(error, "sqlstate", "") or "")
     return sqlstate[:2] in _UNAVAILABLE_SQLSTATE_CLASSES
 
@@ -497,6 +499,17 @@ class _Finish:
     traceparent: str | None
 
 
+class _StatelessConnection(asyncpg.Connection):
+    """A pool connection that needs no reset query when it is given back.
+
+    The store only runs single statements on its connections (no LISTEN, SET, cursors
+    or advisory locks), so asyncpg's default reset would be a wasted round trip per call.
+    """
+
+    def get_reset_query(self) -> str:
+        return ""
+
+
 class JobStore:
     """Jobs and their history in PostgreSQL, the single source of truth.
 
@@ -524,7 +537,11 @@ class JobStore:
         which callers retry) and are replaced by the pool.
         """
         pool = await asyncpg.create_pool(
-            asyncpg_dsn(database_url), min_size=0, max_size=pool_size, timeout=10
+            asyncpg_dsn(database_url),
+            min_size=0,
+            max_size=pool_size,
+            timeout=10,
+            connection_class=_StatelessConnection,
         )
         return cls(pool)
 

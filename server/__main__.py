@@ -1,21 +1,56 @@
-"""`python -m server`: run the gRPC server with settings from the environment."""
+"""`python -m server`: run the gRPC server with settings from the environment.
+
+With SERVER_PROCESSES above 1 this process supervises that many server processes on
+the same port (gRPC sets SO_REUSEPORT on Linux, so the kernel spreads connections over
+them): one Python process uses one core, whatever the machine has.
+"""
 
 from __future__ import annotations
 
-import asyncio
+import multiprocessing
+import multiprocessing.connection
+import signal
+import sys
+from multiprocessing.process import BaseProcess
 
 from jobcore.logs import configure_logging
-from jobcore.settings import get_settings
-from jobcore.tracing import configure_tracing
-from server.app import serve
+from jobcore.settings import Settings, get_settings
+from server.app import run_server_process
+
+
+def _supervise(settings: Settings) -> int:
+    """Run SERVER_PROCESSES servers; pass SIGTERM/SIGINT on; stop all when one stops."""
+    context = multiprocessing.get_context("spawn")
+    processes: list[BaseProcess] = [
+        context.Process(target=run_server_process, args=(index,), name=f"server-{index}")
+        for index in range(settings.server_processes)
+    ]
+    for process in processes:
+        process.start()
+
+    def drain_all(*_: object) -> None:
+        for process in processes:
+            if process.exitcode is None:
+                process.terminate()  # SIGTERM: each drains as a lone server would
+
+    signal.signal(signal.SIGTERM, drain_all)
+    signal.signal(signal.SIGINT, drain_all)
+    multiprocessing.connection.wait([process.sentinel for process in processes])
+    # One ended (drained, or crashed): end the rest, so the whole server is restarted as one.
+    drain_all()
+    for process in processes:
+        process.join()
+    return max(abs(process.exitcode or 0) for process in processes)
 
 
 def main() -> None:
     """Entry point for containers and `make run`."""
     settings = get_settings()
+    if settings.server_processes == 1:
+        run_server_process(0)
+        return
     configure_logging(settings.log_level)
-    configure_tracing("jobs-server")
-    asyncio.run(serve(settings))
+    sys.exit(_supervise(settings))
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import signal
 from collections.abc import Awaitable
@@ -19,9 +20,11 @@ from jobs.v1 import jobs_service_pb2 as pb
 from jobs.v1 import jobs_service_pb2_grpc as pb_grpc
 
 from jobcore.events import JobEventHub
+from jobcore.logs import configure_logging
 from jobcore.queue import create_celery_app
-from jobcore.settings import Settings
+from jobcore.settings import Settings, get_settings
 from jobcore.store import JobStore
+from jobcore.tracing import configure_tracing
 from server.dispatcher import Dispatcher
 from server.health import HealthMonitor
 from server.interceptor import JobServiceInterceptor
@@ -29,6 +32,8 @@ from server.maintenance import MaintenancePolicy, run_maintenance
 from server.servicer import JobServicer
 
 logger = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1
 
 
 def _server_options(settings: Settings) -> list[tuple[str, Any]]:
@@ -132,6 +137,20 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
     await _quietly(asyncio.gather(*background, return_exceptions=True))
     await store.close()
     logger.info("stopped")
+
+
+def run_server_process(index: int = 0) -> None:
+    """Run one server process until SIGTERM; with SERVER_PROCESSES > 1 the index-th gets METRICS_PORT + index, so each can be scraped."""
+    settings = get_settings()
+    if index and settings.metrics_port:
+        settings = settings.model_copy(update={"metrics_port": settings.metrics_port + index})
+    if index:
+        # Die with the supervisor, so a killed supervisor leaves no server holding the port.
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    configure_logging(settings.log_level)
+    configure_tracing("jobs-server")
+    asyncio.run(serve(settings))
 
 
 async def _quietly(awaitable: Awaitable[object]) -> None:

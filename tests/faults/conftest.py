@@ -22,7 +22,7 @@ REPORT = ROOT / "docs" / "RELIABILITY.md"
 
 @pytest.fixture(scope="package")
 def fault_stack() -> Iterator[Stack]:
-    """The whole service with the documented 2 s delay and two worker processes."""
+    """The whole service with the documented 2 s delay, two worker and two server processes."""
     with stack_data_dir("faults") as data_dir:
         stack = Stack(
             StackConfig(
@@ -40,6 +40,8 @@ def fault_stack() -> Iterator[Stack]:
                     "WATCH_HEARTBEAT_SECONDS": "2",
                     "HEALTH_CHECK_INTERVAL_SECONDS": "0.5",
                     "SHUTDOWN_GRACE_SECONDS": "5",
+                    # Faults hit a supervised pair of servers sharing the port.
+                    "SERVER_PROCESSES": "2",
                 },
                 workers=2,
                 flower=False,

@@ -351,3 +351,16 @@ def test_pack_unpack_round_trip_is_bit_exact(numbers: list[float]) -> None:
     assert unpacked.dtype == np.float64
     assert unpacked.tobytes() == np.array(numbers, dtype=np.float64).tobytes()
     assert pack_numbers(unpacked) == payload
+
+
+@given(operations_, st.lists(st.one_of(finite_floats, wide_floats), min_size=1, max_size=64))
+def test_the_small_job_path_and_the_numpy_path_sum_exactly_alike(
+    operation: Operation, numbers: list[float]
+) -> None:
+    power = 2 if operation is Operation.SQUARE_SUM else 3
+    small = operations._exact_power_sum_small(numbers, power)
+    vectorised = operations._exact_power_sum(np.array(numbers, dtype=np.float64), power)
+    assert (
+        Fraction(small[0]) * Fraction(2) ** small[1]
+        == Fraction(vectorised[0]) * Fraction(2) ** vectorised[1]
+    )

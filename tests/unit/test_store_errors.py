@@ -18,6 +18,10 @@ def test_network_and_restart_errors_are_unavailable() -> None:
     assert is_unavailable_error(asyncpg.ConnectionFailureError("connection failure"))
     # The pool's connection was closed under a call in progress.
     assert is_unavailable_error(asyncpg.ConnectionDoesNotExistError("connection was closed"))
+    # What asyncpg's protocol raises when the server dropped the connection under a call.
+    assert is_unavailable_error(
+        asyncpg.InternalClientError("cannot switch to state 15; another operation is in progress")
+    )
 
 
 def test_data_errors_are_not_unavailable() -> None:
