@@ -84,6 +84,8 @@ class Stack:
                 "REDIS_URL": self.redis_url,
                 "GRPC_HOST": "127.0.0.1",
                 "GRPC_PORT": str(ports.grpc),
+                # As in the Dockerfiles: threads' freed memory is not kept in many glibc arenas.
+                "MALLOC_ARENA_MAX": "2",
                 **config.env,
             }
         )

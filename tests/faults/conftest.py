@@ -97,7 +97,7 @@ def _write_report(results: dict[str, tuple[str, float, Audit]]) -> None:
         "",
         f"Run: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, commit {_commit()}, "
         f"{platform.machine()} with {os.cpu_count()} cores; "
-        f"simulated delay {FAULT_DELAY_SECONDS:g} s, 2 worker processes, lease 4 s.",
+        f"simulated delay {FAULT_DELAY_SECONDS:g} s, 2 worker and 2 server processes, lease 4 s.",
         "",
         "| scenario | what was broken | fault lasted (s) | " + " | ".join(columns) + " |",
         "|---|---|---|" + "---|" * len(columns),
