@@ -28,6 +28,10 @@ Context = grpc.aio.ServicerContext[Any, Any]
 class JobServiceInterceptor(grpc.aio.ServerInterceptor):
     """Wraps unary and streaming JobService handlers alike; other services pass through."""
 
+    def __init__(self) -> None:
+        # A method's wrapped handler is the same for every call: build it once.
+        self._wrapped: dict[str, grpc.RpcMethodHandler[Any, Any] | None] = {}
+
     async def intercept_service(
         self,
         continuation: Callable[
@@ -35,24 +39,34 @@ class JobServiceInterceptor(grpc.aio.ServerInterceptor):
         ],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler = await continuation(handler_call_details)
         full_name = handler_call_details.method
+        if full_name in self._wrapped:
+            return self._wrapped[full_name]
+        handler = await continuation(handler_call_details)
         if handler is None or not full_name.startswith(_SERVICE_PREFIX):
             return handler
-        method = full_name.removeprefix(_SERVICE_PREFIX)
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(method, handler.unary_unary),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(method, handler.unary_stream),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        return handler
+        wrapped = _wrap(full_name.removeprefix(_SERVICE_PREFIX), handler)
+        self._wrapped[full_name] = wrapped
+        return wrapped
+
+
+def _wrap(
+    method: str, handler: grpc.RpcMethodHandler[Any, Any]
+) -> grpc.RpcMethodHandler[Any, Any] | None:
+    """The same handler with the per-call bookkeeping around its behaviour."""
+    if handler.unary_unary is not None:
+        return grpc.unary_unary_rpc_method_handler(
+            _wrap_unary(method, handler.unary_unary),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    if handler.unary_stream is not None:
+        return grpc.unary_stream_rpc_method_handler(
+            _wrap_stream(method, handler.unary_stream),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    return handler
 
 
 def _start_span(method: str, request: Any) -> Span:
