@@ -21,7 +21,7 @@ from jobs.v1 import jobs_service_pb2_grpc as pb_grpc
 
 from jobcore.events import JobEventHub
 from jobcore.logs import configure_logging
-from jobcore.queue import create_celery_app
+from jobcore.queue import WakeupPublisher, create_celery_app
 from jobcore.settings import Settings, get_settings
 from jobcore.store import JobStore
 from jobcore.tracing import configure_tracing
@@ -60,7 +60,8 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
     hub = JobEventHub(settings.database_url)
     await hub.start(timeout_seconds=5)
 
-    dispatcher = Dispatcher(celery_app, store)
+    publisher = WakeupPublisher(celery_app, settings.broker_url)
+    dispatcher = Dispatcher(publisher, store)
 
     server = grpc.aio.server(
         interceptors=[JobServiceInterceptor()], options=_server_options(settings)
@@ -135,6 +136,7 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
     for task in background:
         task.cancel()
     await _quietly(asyncio.gather(*background, return_exceptions=True))
+    await publisher.close()
     await store.close()
     logger.info("stopped")
 

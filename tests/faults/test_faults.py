@@ -15,7 +15,7 @@ import pytest
 from jobs.v1 import jobs_service_pb2_grpc as pb_grpc
 
 from devstack.stack import Stack
-from jobcore.queue import Wakeup, create_celery_app, publish
+from jobcore.queue import Wakeup, WakeupPublisher, create_celery_app
 from jobcore.settings import Settings
 from tests.faults.harness import (
     Audit,
@@ -230,7 +230,8 @@ async def test_duplicate_deliveries_record_one_outcome(
     fault_stack: Stack, direct: pb_grpc.JobServiceAsyncStub, reliability_report: Report
 ) -> None:
     record, rng = LoadRecord(), random.Random(6)
-    celery_app = create_celery_app(Settings(redis_url=fault_stack.redis_url))
+    settings = Settings(redis_url=fault_stack.redis_url)
+    publisher = WakeupPublisher(create_celery_app(settings), settings.broker_url)
     for worker in fault_stack.workers:
         worker.stop()
     started = time.monotonic()
@@ -241,8 +242,9 @@ async def test_duplicate_deliveries_record_one_outcome(
         # times, usually to both workers at once.
         for submitted in record.acknowledged:
             for _ in range(2):
-                publish(celery_app, [Wakeup(uuid.UUID(submitted.job_id))])
+                await publisher.publish([Wakeup(uuid.UUID(submitted.job_id))])
     finally:
+        await publisher.close()
         for worker in fault_stack.workers:
             worker.start()
     lasted = time.monotonic() - started
