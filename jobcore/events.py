@@ -12,10 +12,12 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
+import time
 import uuid
 from collections import defaultdict
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Final
 
 import asyncpg
@@ -42,11 +44,18 @@ class _Signal:
 RESYNC: Final = _Signal("RESYNC")
 # The server is draining: end the stream so the client reconnects elsewhere.
 SHUTDOWN: Final = _Signal("SHUTDOWN")
+# Nothing arrived for the subscription's heartbeat interval: repeat the latest state.
+HEARTBEAT: Final = _Signal("HEARTBEAT")
 
 InboxItem = JobEvent | _Signal
 
 _RECONNECT_FIRST_DELAY_SECONDS = 0.2
 _RECONNECT_MAX_DELAY_SECONDS = 5.0
+# Heartbeats come due within this fraction of the interval late (never early).
+_HEARTBEAT_TICKS_PER_INTERVAL = 16
+# row_to_json writes the job_events columns in table order, job_id first, without spaces.
+_JOB_ID_KEY = '"job_id":"'
+_UUID_CHARS = 36
 
 
 def _parse_notification(payload: str) -> JobEvent:
@@ -56,12 +65,100 @@ def _parse_notification(payload: str) -> JobEvent:
     return event_from_row(row)
 
 
+def _peek_job_id(payload: str) -> uuid.UUID | None:
+    """The job id of a notification without parsing all of it (None if it is not where expected).
+
+    Most notifications are for jobs nobody in this process watches; those cost a find, not a
+    json.loads. A quote inside a JSON string is escaped, so the key cannot be faked by a value.
+    """
+    start = payload.find(_JOB_ID_KEY)
+    if start < 0:
+        return None
+    start += len(_JOB_ID_KEY)
+    try:
+        return uuid.UUID(payload[start : start + _UUID_CHARS])
+    except ValueError:
+        return None
+
+
+class Inbox(asyncio.Queue[InboxItem]):
+    """One subscriber's queue; it notes when it last received anything, for heartbeats."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.quiet_since = time.monotonic()  # the event loop's clock
+        self.closed = False
+
+    def put_nowait(self, item: InboxItem) -> None:
+        """Queue the item; the quiet interval starts again."""
+        self.quiet_since = time.monotonic()
+        super().put_nowait(item)
+
+
+class _HeartbeatClock:
+    """Puts HEARTBEAT into every inbox that stayed quiet for the interval, from one timer.
+
+    A timer per stream (asyncio.wait_for around each read) cost a Task, a timer handle and
+    their garbage per message; with 10,000 streams that garbage, promoted to the oldest
+    generation, made the collector stop the server for up to a second. Here an inbox is filed
+    under the tick its heartbeat falls due; a change only moves its quiet_since, and the tick
+    files it again if it turns out not to have been quiet.
+    """
+
+    def __init__(self, interval: timedelta) -> None:
+        self._interval_seconds = interval.total_seconds()
+        self._tick_seconds = self._interval_seconds / _HEARTBEAT_TICKS_PER_INTERVAL
+        self._due: dict[int, list[Inbox]] = {}
+        self._next_tick = 0
+        self._task: asyncio.Task[None] | None = None
+
+    def add(self, inbox: Inbox) -> None:
+        """Send this inbox heartbeats until it is closed."""
+        self._file(inbox, inbox.quiet_since + self._interval_seconds)
+        if self._task is None or self._task.done():
+            self._next_tick = math.floor(time.monotonic() / self._tick_seconds)
+            self._task = asyncio.create_task(self._run(), name="watch-heartbeats")
+
+    async def stop(self) -> None:
+        """Stop the timer (inboxes still filed get no more heartbeats)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def _file(self, inbox: Inbox, due: float) -> None:
+        # Ceiling: the tick that finds it is never earlier than its due time.
+        self._due.setdefault(math.ceil(due / self._tick_seconds), []).append(inbox)
+
+    async def _run(self) -> None:
+        while self._due:
+            await asyncio.sleep(self._tick_seconds)
+            now = time.monotonic()
+            last = math.floor(now / self._tick_seconds)
+            for tick in range(self._next_tick, last + 1):
+                for inbox in self._due.pop(tick, ()):
+                    self._beat(inbox, now)
+            self._next_tick = last + 1
+
+    def _beat(self, inbox: Inbox, now: float) -> None:
+        if inbox.closed:
+            return
+        due = inbox.quiet_since + self._interval_seconds
+        if due <= now:
+            # A reader that has not caught up gets no pile of heartbeats behind its events.
+            if inbox.empty():
+                inbox.put_nowait(HEARTBEAT)
+            due = now + self._interval_seconds
+        self._file(inbox, due)
+
+
 class JobEventHub:
     """Owns the LISTEN connection (reconnecting as needed) and the inboxes of open streams."""
 
     def __init__(self, database_url: str) -> None:
         self._dsn = asyncpg_dsn(database_url)
-        self._inboxes: defaultdict[uuid.UUID, set[asyncio.Queue[InboxItem]]] = defaultdict(set)
+        self._inboxes: defaultdict[uuid.UUID, set[Inbox]] = defaultdict(set)
+        self._clocks: dict[timedelta, _HeartbeatClock] = {}
         self._connected = asyncio.Event()
         self._ready = asyncio.Event()
         self._closing = False
@@ -89,21 +186,34 @@ class JobEventHub:
         for inboxes in self._inboxes.values():
             for inbox in inboxes:
                 inbox.put_nowait(SHUTDOWN)
+        for clock in self._clocks.values():
+            await clock.stop()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
     @contextlib.contextmanager
-    def subscribe(self, job_id: uuid.UUID) -> Iterator[asyncio.Queue[InboxItem]]:
-        """An inbox that receives every event of this job committed from now on."""
+    def subscribe(
+        self, job_id: uuid.UUID, *, heartbeat: timedelta | None = None
+    ) -> Iterator[Inbox]:
+        """An inbox that receives every event of this job committed from now on.
+
+        With `heartbeat`, HEARTBEAT arrives whenever nothing else did for that long.
+        """
         if self._closing:
             raise ServiceShuttingDownError("the server is shutting down")
-        inbox: asyncio.Queue[InboxItem] = asyncio.Queue()
+        inbox = Inbox()
         self._inboxes[job_id].add(inbox)
+        if heartbeat is not None:
+            clock = self._clocks.get(heartbeat)
+            if clock is None:
+                clock = self._clocks[heartbeat] = _HeartbeatClock(heartbeat)
+            clock.add(inbox)
         try:
             yield inbox
         finally:
+            inbox.closed = True
             inboxes = self._inboxes.get(job_id)
             if inboxes is not None:
                 inboxes.discard(inbox)
@@ -113,8 +223,12 @@ class JobEventHub:
     def _on_notification(
         self, _connection: Any, _pid: int, _channel: str, payload: object, /
     ) -> None:
+        text = str(payload)
+        job_id = _peek_job_id(text)
+        if job_id is not None and job_id not in self._inboxes:
+            return  # nobody here watches this job
         try:
-            event = _parse_notification(str(payload))
+            event = _parse_notification(text)
         except (ValueError, KeyError, TypeError):
             logger.exception("ignoring malformed job event notification: %.200s", payload)
             return

@@ -2,18 +2,19 @@
 
 Each stream subscribes before it reads the job, so a change committed in
 between is never missed; sequence numbers drop what it has already sent.
+Heartbeats come from the hub's one clock, not a timer per stream: with
+thousands of idle streams, a timer per read was most of the server's garbage.
 """
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncGenerator
 from datetime import timedelta
 from typing import NamedTuple
 
 from jobcore.errors import ServiceShuttingDownError
-from jobcore.events import SHUTDOWN, JobEventHub
+from jobcore.events import HEARTBEAT, SHUTDOWN, JobEventHub
 from jobcore.models import Job, JobEvent
 from jobcore.store import JobStore
 
@@ -41,7 +42,7 @@ async def follow_job(
     its stream resumes with nothing missed and nothing repeated. While nothing
     changes for `heartbeat`, the latest state is repeated as a heartbeat.
     """
-    with hub.subscribe(job_id) as inbox:
+    with hub.subscribe(job_id, heartbeat=heartbeat) as inbox:
         latest = await store.get(job_id)
         if after_sequence <= 0:
             sent = latest.sequence
@@ -52,9 +53,8 @@ async def follow_job(
                 latest, sent = event.apply_to(latest), event.sequence
                 yield WatchUpdate(latest, traceparent=event.traceparent)
         while not latest.status.is_final:
-            try:
-                item = await asyncio.wait_for(inbox.get(), heartbeat.total_seconds())
-            except TimeoutError:
+            item = await inbox.get()
+            if item is HEARTBEAT:
                 yield WatchUpdate(latest, heartbeat=True)
                 continue
             if item is SHUTDOWN:
