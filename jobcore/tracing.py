@@ -8,6 +8,7 @@ travels from SubmitJob to the worker in the Celery message's headers.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -75,8 +76,14 @@ def configure_tracing(service_name: str) -> None:
     trace.set_tracer_provider(provider)
 
 
+@functools.cache
 def tracer() -> trace.Tracer:
-    """The tracer for our spans (a no-op one while tracing is off)."""
+    """The tracer for our spans (a no-op one while tracing is off).
+
+    Cached: get_tracer reads the environment on every call, and every call and stream
+    message asks for it. A tracer fetched before configure_tracing follows the provider
+    installed later.
+    """
     return trace.get_tracer(TRACER_NAME)
 
 

@@ -20,6 +20,7 @@ from jobs.v1 import jobs_service_pb2 as pb
 from jobs.v1 import jobs_service_pb2_grpc as pb_grpc
 
 from jobcore.events import JobEventHub
+from jobcore.gc_tuning import tune_for_long_running_process
 from jobcore.logs import configure_logging
 from jobcore.queue import WakeupPublisher, create_celery_app
 from jobcore.settings import Settings, get_settings
@@ -152,6 +153,7 @@ def run_server_process(index: int = 0) -> None:
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     configure_logging(settings.log_level)
     configure_tracing("jobs-server")
+    tune_for_long_running_process()
     asyncio.run(serve(settings))
 
 

@@ -18,6 +18,7 @@ from jobcore.errors import FieldViolation, InvalidJobError
 from jobcore.events import JobEventHub
 from jobcore.ids import new_job_id
 from jobcore.listing import decode_page_token, encode_page_token, page_size_of, parse_filter
+from jobcore.models import Job
 from jobcore.operations import pack_numbers, validate_numbers
 from jobcore.store import JobStore
 from jobcore.tracing import context_from, tracer
@@ -188,11 +189,13 @@ class JobServicer(pb_grpc.JobServiceServicer):
                 heartbeat=self._watch_heartbeat,
             )
         ) as updates:
+            last: tuple[Job, pb.Job] | None = None
             async for update in updates:
                 if update.traceparent:
                     _trace_delivery(update)
+                # Heartbeats repeat the same state: convert it once.
+                if last is None or last[0] is not update.job:
+                    last = (update.job, job_to_proto(update.job, with_result=True))
                 yield pb.WatchJobResponse(
-                    job=job_to_proto(update.job, with_result=True),
-                    sequence=update.job.sequence,
-                    heartbeat=update.heartbeat,
+                    job=last[1], sequence=update.job.sequence, heartbeat=update.heartbeat
                 )

@@ -7,6 +7,7 @@ from typing import Any
 import prometheus_client
 from celery.signals import setup_logging, worker_init, worker_shutdown
 
+from jobcore.gc_tuning import tune_for_long_running_process
 from jobcore.logs import configure_logging
 from jobcore.queue import create_celery_app
 from jobcore.settings import get_settings
@@ -40,6 +41,7 @@ def _use_our_logging(**_: Any) -> None:
 def _serve_metrics_and_trace(**_: Any) -> None:
     """Only worker processes do this (Flower imports this app too, without this signal)."""
     configure_tracing("jobs-worker")
+    tune_for_long_running_process()
     if settings.metrics_port:
         prometheus_client.start_http_server(settings.metrics_port, addr=settings.metrics_host)
 
