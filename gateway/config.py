@@ -630,6 +630,10 @@ def _local_reply_config(options: GatewayOptions) -> dict[str, Any]:
     }
 
 
+# Requests in flight on one upstream HTTP/2 connection before Envoy opens another.
+UPSTREAM_STREAMS_PER_CONNECTION = 32
+
+
 def _cluster(options: GatewayOptions) -> dict[str, Any]:
     interval = _duration(options.health_check_interval_seconds)
     cluster: dict[str, Any] = {
@@ -641,7 +645,13 @@ def _cluster(options: GatewayOptions) -> dict[str, Any]:
         "typed_extension_protocol_options": {
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": _typed(
                 "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                explicit_http_config={"http2_protocol_options": {}},
+                # A cap on streams per connection makes Envoy open more connections under
+                # load, which the kernel spreads over SERVER_PROCESSES sharing the port.
+                explicit_http_config={
+                    "http2_protocol_options": {
+                        "max_concurrent_streams": UPSTREAM_STREAMS_PER_CONNECTION
+                    }
+                },
             )
         },
         "circuit_breakers": {

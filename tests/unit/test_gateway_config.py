@@ -294,7 +294,7 @@ def test_health_is_answered_by_envoy_from_upstream_health_checks() -> None:
     assert "200" in str(health_mappers[0]["filter"])
 
 
-def test_static_upstream_speaks_http2_round_robin() -> None:
+def test_static_upstream_speaks_http2_round_robin_over_capped_connections() -> None:
     upstream = cluster(build_config(options(upstream_host="10.0.0.7", upstream_port=6000)))
 
     assert upstream["type"] == "STATIC"
@@ -302,7 +302,11 @@ def test_static_upstream_speaks_http2_round_robin() -> None:
     protocol = upstream["typed_extension_protocol_options"][
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
     ]
-    assert protocol["explicit_http_config"] == {"http2_protocol_options": {}}
+    # Streams per connection are capped, so load opens connections the kernel can spread
+    # over server processes sharing the port.
+    assert protocol["explicit_http_config"] == {
+        "http2_protocol_options": {"max_concurrent_streams": 32}
+    }
     (endpoints,) = upstream["load_assignment"]["endpoints"]
     (endpoint,) = endpoints["lb_endpoints"]
     assert endpoint["endpoint"]["address"]["socket_address"] == {
