@@ -631,7 +631,7 @@ def _local_reply_config(options: GatewayOptions) -> dict[str, Any]:
 
 
 # Requests in flight on one upstream HTTP/2 connection before Envoy opens another.
-UPSTREAM_STREAMS_PER_CONNECTION = 32
+UPSTREAM_STREAMS_PER_CONNECTION = 16
 
 
 def _cluster(options: GatewayOptions) -> dict[str, Any]:

@@ -305,7 +305,7 @@ def test_static_upstream_speaks_http2_round_robin_over_capped_connections() -> N
     # Streams per connection are capped, so load opens connections the kernel can spread
     # over server processes sharing the port.
     assert protocol["explicit_http_config"] == {
-        "http2_protocol_options": {"max_concurrent_streams": 32}
+        "http2_protocol_options": {"max_concurrent_streams": 16}
     }
     (endpoints,) = upstream["load_assignment"]["endpoints"]
     (endpoint,) = endpoints["lb_endpoints"]
