@@ -52,7 +52,7 @@ test: $(GENERATED) $(NODE_INSTALLED) ## Run the full test suite against real Pos
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 .PHONY: bench
-bench: $(GENERATED) $(NODE_INSTALLED) ## Benchmark the real stack against its references (about 10 minutes; see BENCHMARKS.md).
+bench: $(GENERATED) $(NODE_INSTALLED) ## Benchmark the real stack against its references (about 5 minutes; see BENCHMARKS.md).
 	$(BIN)/python -m benchmarks
 
 .PHONY: bench-quick
