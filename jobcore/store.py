@@ -460,8 +460,10 @@ _TAKE_UNDISPATCHED = _Compiled(
     .values(dispatched_at=_NOW)
     .returning(jobs.c.id)
 )
+_PING = _Compiled(sa.select(sa.literal_column("1")))
 _PURGE_FINISHED = _Compiled(
-    jobs.delete().where(
+    jobs.delete()
+    .where(
         jobs.c.id.in_(
             sa.select(jobs.c.id)
             .where(
@@ -472,6 +474,7 @@ _PURGE_FINISHED = _Compiled(
             .with_for_update(skip_locked=True)
         )
     )
+    .returning(jobs.c.id)
 )
 
 
@@ -565,12 +568,7 @@ class JobStore:
 
     async def ping(self) -> None:
         """Raise StoreUnavailableError unless PostgreSQL answers a trivial query."""
-        try:
-            await self._pool.fetchval("SELECT 1")
-        except Exception as error:
-            if is_unavailable_error(error):
-                raise StoreUnavailableError("the job store (PostgreSQL) is unavailable") from error
-            raise
+        await self._fetch(_PING)
 
     async def create(
         self,
@@ -754,14 +752,4 @@ class JobStore:
 
     async def purge_finished(self, *, older_than: timedelta, limit: int) -> int:
         """Delete finished jobs (and, by cascade, their events) last changed before `older_than` ago."""
-        try:
-            status = await self._pool.execute(
-                _PURGE_FINISHED.sql,
-                *_PURGE_FINISHED.arguments({"older_than": older_than, "limit": limit}),
-            )
-        except Exception as error:
-            if is_unavailable_error(error):
-                raise StoreUnavailableError("the job store (PostgreSQL) is unavailable") from error
-            raise
-        # asyncpg returns the command tag, e.g. "DELETE 42".
-        return int(status.rsplit(" ", 1)[-1])
+        return len(await self._fetch(_PURGE_FINISHED, older_than=older_than, limit=limit))
