@@ -1,8 +1,8 @@
 """The Celery app and the wake-up message: configured here, published by servers, consumed by workers.
 
 A message only says "these jobs are waiting": the jobs themselves (and the truth about
-them) live in PostgreSQL. One message carries every job that arrived while the previous
-one was being published, so a busy server pays Celery's per-message cost once per batch.
+them) live in PostgreSQL. One message carries many jobs when they arrive together (see
+server.dispatcher), so a busy service pays Celery's per-message cost once per batch.
 """
 
 from __future__ import annotations
@@ -93,6 +93,10 @@ class WakeupPublisher:
     async def publish(self, wakeups: Sequence[Wakeup]) -> None:
         """Queue one message waking a worker for these jobs (redis errors propagate)."""
         await self._redis.lpush(JOBS_QUEUE, self.message(wakeups))
+
+    async def ping(self) -> None:
+        """Raise (a redis error) unless the broker answers PING."""
+        await self._redis.ping()
 
     async def close(self) -> None:
         """Close the connection pool."""

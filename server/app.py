@@ -96,7 +96,7 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
     monitor = HealthMonitor(
         health=health,
         store=store,
-        celery_app=celery_app,
+        publisher=publisher,
         hub=hub,
         interval_seconds=settings.health_check_interval_seconds,
     )

@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from celery import Celery
 from grpc_health.v1 import health_pb2
 from grpc_health.v1._async import HealthServicer
 
 from jobcore.events import JobEventHub
+from jobcore.queue import WakeupPublisher
 from jobcore.store import JobStore
 
 logger = logging.getLogger(__name__)
@@ -17,17 +17,6 @@ logger = logging.getLogger(__name__)
 SERVICE_NAME = "jobs.v1.JobService"
 # Reported for the whole server ("") and for JobService alike.
 _SERVICES = ("", SERVICE_NAME)
-
-
-def _broker_reachable(celery_app: Celery, timeout_seconds: float) -> bool:
-    """Whether a broker connection can be opened right now (blocking)."""
-    try:
-        with celery_app.connection_for_write() as connection:
-            connection.ensure_connection(max_retries=1, timeout=timeout_seconds)
-    except Exception as error:  # kombu raises many transport-specific errors
-        logger.warning("broker unreachable: %s", error)
-        return False
-    return True
 
 
 class HealthMonitor:
@@ -38,13 +27,13 @@ class HealthMonitor:
         *,
         health: HealthServicer,
         store: JobStore,
-        celery_app: Celery,
+        publisher: WakeupPublisher,
         hub: JobEventHub,
         interval_seconds: float,
     ) -> None:
         self._health = health
         self._store = store
-        self._celery = celery_app
+        self._publisher = publisher
         self._hub = hub
         self._interval = interval_seconds
         self._serving: bool | None = None
@@ -57,11 +46,20 @@ class HealthMonitor:
             return False
         return True
 
+    async def _broker_reachable(self) -> bool:
+        """Asked of the connection pool the server publishes through."""
+        try:
+            await asyncio.wait_for(self._publisher.ping(), self._interval)
+        except Exception as error:  # redis raises many connection errors
+            logger.warning("broker unreachable: %s", error)
+            return False
+        return True
+
     async def check_once(self) -> bool:
         """Probe every dependency and publish the result; True when all are reachable."""
         store_ok, broker_ok = await asyncio.gather(
             self._store_reachable(),
-            asyncio.to_thread(_broker_reachable, self._celery, self._interval),
+            self._broker_reachable(),
         )
         serving = store_ok and broker_ok and self._hub.connected
         if serving != self._serving:

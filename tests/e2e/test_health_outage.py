@@ -1,4 +1,4 @@
-"""Health follows PostgreSQL: NOT_SERVING (and REST 503) while it is down, SERVING once it is back."""
+"""Health follows PostgreSQL and the broker: NOT_SERVING (and REST 503) while one is down, SERVING once it is back."""
 
 from __future__ import annotations
 
@@ -51,3 +51,32 @@ async def test_health_goes_not_serving_while_postgres_is_down(
     job = await jobs.SubmitJob(pb.SubmitJobRequest(data=[5], operation=pb.square_sum))
     updates = [u async for u in jobs.WatchJob(pb.WatchJobRequest(job_id=job.id))]
     assert updates[-1].job.result.result == 25.0
+
+
+async def test_health_goes_not_serving_while_the_broker_is_down(
+    stack: Stack, grpc_channel: grpc.aio.Channel
+) -> None:
+    assert stack.redis is not None, "the suite runs against the embedded Redis"
+    health = health_pb2_grpc.HealthStub(grpc_channel)
+    request = health_pb2.HealthCheckRequest(service="jobs.v1.JobService")
+    jobs = pb_grpc.JobServiceStub(grpc_channel)
+
+    stack.redis.stop()
+    try:
+        down = await eventually(
+            lambda: health.Check(request),
+            until=lambda reply: reply.status != health_pb2.HealthCheckResponse.SERVING,
+        )
+        assert down.status == health_pb2.HealthCheckResponse.NOT_SERVING
+    finally:
+        stack.redis.start()
+
+    up = await eventually(
+        lambda: health.Check(request),
+        until=lambda reply: reply.status == health_pb2.HealthCheckResponse.SERVING,
+    )
+    assert up.status == health_pb2.HealthCheckResponse.SERVING
+    # Workers reconnect (or are restarted) and jobs run again.
+    job = await jobs.SubmitJob(pb.SubmitJobRequest(data=[6], operation=pb.square_sum))
+    updates = [u async for u in jobs.WatchJob(pb.WatchJobRequest(job_id=job.id))]
+    assert updates[-1].job.result.result == 36.0
