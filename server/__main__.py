@@ -22,7 +22,12 @@ def _supervise(settings: Settings) -> int:
     """Run SERVER_PROCESSES servers; pass SIGTERM/SIGINT on; stop all when one stops."""
     context = multiprocessing.get_context("spawn")
     processes: list[BaseProcess] = [
-        context.Process(target=run_server_process, args=(index,), name=f"server-{index}")
+        context.Process(
+            target=run_server_process,
+            args=(index,),
+            kwargs={"supervised": True},
+            name=f"server-{index}",
+        )
         for index in range(settings.server_processes)
     ]
     for process in processes:

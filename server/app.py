@@ -142,12 +142,15 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
     logger.info("stopped")
 
 
-def run_server_process(index: int = 0) -> None:
-    """Run one server process until SIGTERM; with SERVER_PROCESSES > 1 the index-th gets METRICS_PORT + index, so each can be scraped."""
+def run_server_process(index: int = 0, *, supervised: bool = False) -> None:
+    """Run one server process until SIGTERM.
+
+    Under the SERVER_PROCESSES supervisor the index-th serves metrics on METRICS_PORT + index.
+    """
     settings = get_settings()
     if index and settings.metrics_port:
         settings = settings.model_copy(update={"metrics_port": settings.metrics_port + index})
-    if index:
+    if supervised:
         # Die with the supervisor, so a killed supervisor leaves no server holding the port.
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
