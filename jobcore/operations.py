@@ -95,39 +95,37 @@ def compute(operation: Operation, numbers: NDArray[np.float64]) -> float:
         ) from None
 
 
-def pack_numbers(numbers: Sequence[float] | NDArray[np.float64]) -> bytes:
+def pack_numbers(numbers: Sequence[float] | NDArray[np.float64]) -> bytes | memoryview:
     """Return the storage form of numbers: little-endian float64, 8 bytes a number.
 
-    An array that is a view of a whole payload in that form (from validate_numbers or
-    unpack_numbers) gives that payload back without a copy; anything else is copied once.
+    An array already in that form (a view of received or stored bytes, or validate_numbers'
+    result) is returned as a byte view of its memory, without a copy; anything else is copied.
     """
-    if isinstance(numbers, np.ndarray):
-        payload = numbers.base
-        if (
-            isinstance(payload, bytes)
-            and numbers.dtype == _STORAGE_DTYPE
-            and numbers.flags.c_contiguous
-            and numbers.nbytes == len(payload)
-        ):
-            return payload
+    if (
+        isinstance(numbers, np.ndarray)
+        and numbers.dtype == _STORAGE_DTYPE
+        and numbers.ndim == 1
+        and numbers.flags.c_contiguous
+    ):
+        return numbers.data.cast("B")
     return np.asarray(numbers, dtype=_STORAGE_DTYPE).tobytes()
 
 
-def unpack_numbers(payload: bytes) -> NDArray[np.float64]:
+def unpack_numbers(payload: bytes | memoryview) -> NDArray[np.float64]:
     """Return the numbers stored by pack_numbers, as a read-only view of payload where possible."""
     if len(payload) % 8:
         raise ValueError(f"packed numbers need a multiple of 8 bytes, got {len(payload)}")
     return np.frombuffer(payload, dtype=_STORAGE_DTYPE).astype(np.float64, copy=False)
 
 
-def validate_numbers(numbers: Sequence[float], *, max_count: int) -> NDArray[np.float64]:
+def validate_numbers(
+    numbers: Sequence[float] | NDArray[np.float64], *, max_count: int
+) -> NDArray[np.float64]:
     """Return numbers as a float64 array, or raise InvalidJobError saying what is wrong.
 
     The count is checked before any conversion so an oversized request costs nothing; only
     the first few non-finite numbers are named, so a bad request gets a readable error.
-    A sequence (a protobuf repeated double has no buffer to share) is converted into a
-    read-only view of its packed form, so pack_numbers returns that without another copy
-    and the caller holds one 8-bytes-a-number copy instead of two.
+    An array of float64 (such as a view of the received request) is checked in place.
     """
     count = len(numbers)
     if count == 0:
@@ -157,10 +155,7 @@ def validate_numbers(numbers: Sequence[float], *, max_count: int) -> NDArray[np.
                 )
             )
         raise InvalidJobError(violations)
-    if isinstance(numbers, np.ndarray):
-        return values
-    # The converted array is dropped here, so its packed copy is the only one left.
-    return np.frombuffer(values.astype(_STORAGE_DTYPE, copy=False).tobytes(), _STORAGE_DTYPE)
+    return values
 
 
 def _non_finite(values: NDArray[np.float64], *, limit: int) -> tuple[int, list[int]]:

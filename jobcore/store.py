@@ -129,7 +129,7 @@ class Row(Protocol):
     def __getitem__(self, key: str, /) -> Any: ...
 
 
-def request_digest(operation: Operation, numbers: bytes) -> bytes:
+def request_digest(operation: Operation, numbers: bytes | memoryview) -> bytes:
     """What makes two submissions "the same request" for an idempotency key."""
     digest = hashlib.sha256(operation.value.encode() + b"\0")
     digest.update(numbers)  # in place: no copy of a large payload
@@ -482,7 +482,7 @@ _PURGE_FINISHED = _Compiled(
 class _NewJob:
     job_id: uuid.UUID
     operation: Operation
-    numbers: bytes
+    numbers: bytes | memoryview  # pack_numbers' storage form
     request_id: str | None
     request_hash: bytes | None
     traceparent: str | None
@@ -575,7 +575,7 @@ class JobStore:
         *,
         job_id: uuid.UUID,
         operation: Operation,
-        numbers: bytes,
+        numbers: bytes | memoryview,
         request_id: str | None = None,
     ) -> tuple[Job, bool]:
         """Store a new PENDING job and its first event; (job, created).

@@ -20,6 +20,12 @@ from jobcore.tracing import tracer
 from server.conversions import reject_unknown_fields
 from server.errors import abort_with, status_for
 from server.metrics import RPC_DURATION, RPC_REQUESTS, WATCH_STREAMS_OPEN
+from server.submit_wire import ReceivedSubmitJob
+
+# Requests read other than by protobuf's FromString (see server.submit_wire).
+_REQUEST_DESERIALIZERS: dict[str, Callable[[bytes], Any]] = {
+    "SubmitJob": ReceivedSubmitJob.from_wire,
+}
 
 _SERVICE_PREFIX = "/jobs.v1.JobService/"
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -57,7 +63,7 @@ def _wrap(
     if handler.unary_unary is not None:
         return grpc.unary_unary_rpc_method_handler(
             _wrap_unary(method, handler.unary_unary),
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=_REQUEST_DESERIALIZERS.get(method, handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
     if handler.unary_stream is not None:
@@ -112,7 +118,9 @@ def _wrap_unary(method: str, behaviour: Any) -> Any:
         with trace.use_span(_start_span(method, request), end_on_exit=True):
             call = _Call(method, request)
             try:
-                reject_unknown_fields(request)
+                reject_unknown_fields(
+                    request.message if isinstance(request, ReceivedSubmitJob) else request
+                )
                 return await behaviour(request, context)
             except JobError as error:
                 call.failed(error)

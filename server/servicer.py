@@ -25,6 +25,7 @@ from jobcore.tracing import context_from, tracer
 from server.conversions import job_id_from_proto, job_to_proto, operation_from_proto
 from server.dispatcher import Dispatcher
 from server.metrics import JOBS_SUBMITTED
+from server.submit_wire import ReceivedSubmitJob
 from server.watch import WatchUpdate, follow_job
 
 logger = logging.getLogger(__name__)
@@ -123,13 +124,21 @@ class JobServicer(pb_grpc.JobServiceServicer):
         self._max_job_numbers = max_job_numbers
         self._watch_heartbeat = watch_heartbeat
 
-    async def SubmitJob(self, request: pb.SubmitJobRequest, context: Context) -> pb.Job:
+    async def SubmitJob(
+        self, request: pb.SubmitJobRequest | ReceivedSubmitJob, context: Context
+    ) -> pb.Job:
+        # The server's deserializer (server.submit_wire) splits requests; direct calls need not.
+        received = (
+            ReceivedSubmitJob.from_message(request)
+            if isinstance(request, pb.SubmitJobRequest)
+            else request
+        )
         violations: list[FieldViolation] = []
         numbers = _collect(
-            violations, lambda: validate_numbers(request.data, max_count=self._max_job_numbers)
+            violations, lambda: validate_numbers(received.data, max_count=self._max_job_numbers)
         )
-        operation = _collect(violations, lambda: operation_from_proto(request.operation))
-        request_id = _collect(violations, lambda: _request_id(request, context))
+        operation = _collect(violations, lambda: operation_from_proto(received.message.operation))
+        request_id = _collect(violations, lambda: _request_id(received.message, context))
         if violations or numbers is None or operation is None:
             raise InvalidJobError(violations)
         job, created = await self._store.create(

@@ -338,6 +338,13 @@ def test_pack_is_little_endian_float64() -> None:
     assert pack_numbers(np.array([1.0, -2.5], dtype=">f8")) == struct.pack("<2d", 1.0, -2.5)
 
 
+def test_pack_shares_the_memory_of_numbers_already_in_storage_form() -> None:
+    payload = struct.pack("<3d", 1.0, -2.5, 3.0)
+    packed = pack_numbers(unpack_numbers(payload))
+    assert packed == payload
+    assert np.shares_memory(np.frombuffer(packed, dtype=np.uint8), np.frombuffer(payload, np.uint8))
+
+
 def test_unpack_rejects_a_truncated_payload() -> None:
     with pytest.raises(ValueError, match="multiple of 8 bytes"):
         unpack_numbers(b"\x00" * 7)

@@ -1,0 +1,100 @@
+"""SubmitJob's deserializer: the same request protobuf would parse, numbers left in place."""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import pytest
+from google.protobuf.message import DecodeError
+from google.protobuf.unknown_fields import UnknownFieldSet
+from hypothesis import given
+from hypothesis import strategies as st
+from jobs.v1 import jobs_service_pb2 as pb
+
+from server.submit_wire import ReceivedSubmitJob
+
+requests = st.builds(
+    pb.SubmitJobRequest,
+    operation=st.integers(0, 3),
+    data=st.lists(st.floats(), max_size=20),
+    request_id=st.text(max_size=10),
+)
+
+
+def _same(received: ReceivedSubmitJob, request: pb.SubmitJobRequest) -> None:
+    assert received.data.dtype == np.float64
+    assert received.data.tobytes() == np.asarray(request.data, dtype=np.float64).tobytes()
+    expected = pb.SubmitJobRequest()
+    expected.CopyFrom(request)
+    expected.ClearField("data")
+    assert received.message == expected
+    assert not received.message.data
+
+
+@given(requests)
+def test_a_split_request_equals_the_parsed_one(request: pb.SubmitJobRequest) -> None:
+    _same(ReceivedSubmitJob.from_wire(request.SerializeToString()), request)
+    _same(ReceivedSubmitJob.from_message(request), request)
+
+
+def test_the_numbers_stay_in_the_received_bytes() -> None:
+    numbers = np.random.default_rng(7).normal(size=100_000)
+    request = pb.SubmitJobRequest(operation=pb.cube_sum, data=numbers.tolist(), request_id="k")
+    raw = request.SerializeToString()
+    received = ReceivedSubmitJob.from_wire(raw)
+    assert np.shares_memory(received.data, np.frombuffer(raw, dtype=np.uint8))
+    assert not received.data.flags.writeable
+    _same(received, request)
+
+
+def test_unpacked_numbers_are_read_by_protobuf() -> None:
+    unpacked = b"".join(b"\x09" + struct.pack("<d", x) for x in (1.0, 2.5)) + b"\x10\x02"
+    received = ReceivedSubmitJob.from_wire(unpacked)
+    assert received.data.tolist() == [1.0, 2.5]
+    assert received.message.operation == pb.cube_sum
+
+
+def test_numbers_split_over_two_packed_runs_keep_their_order() -> None:
+    first, second = (b"\x0a\x08" + struct.pack("<d", x) for x in (1.0, 2.0))
+    received = ReceivedSubmitJob.from_wire(first + b"\x10\x01" + second)
+    assert received.data.tolist() == [1.0, 2.0]
+    assert received.message.operation == pb.square_sum
+
+
+def test_unknown_fields_are_kept_for_the_interceptor_to_reject() -> None:
+    raw = pb.SubmitJobRequest(operation=pb.square_sum, data=[1.0]).SerializeToString()
+    received = ReceivedSubmitJob.from_wire(raw + b"\x78\x05")  # field 15, varint 5
+    fields = UnknownFieldSet(received.message)
+    assert [fields[index].field_number for index in range(len(fields))] == [15]
+    assert received.data.tolist() == [1.0]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"\x0a\x10" + struct.pack("<d", 1.0),  # data shorter than its length says
+        b"\x0a\x07" + b"\x00" * 7,  # not a whole number of doubles
+        b"\x10",  # a key without its value
+        b"\x1a\xff",  # request_id with a truncated length
+    ],
+)
+def test_a_malformed_request_fails_as_protobuf_fails(raw: bytes) -> None:
+    with pytest.raises(DecodeError):
+        pb.SubmitJobRequest.FromString(raw)
+    with pytest.raises(DecodeError):
+        ReceivedSubmitJob.from_wire(raw)
+
+
+@given(st.binary(max_size=40))
+def test_any_bytes_decode_as_protobuf_decodes_them(raw: bytes) -> None:
+    try:
+        request = pb.SubmitJobRequest.FromString(raw)
+    except DecodeError:
+        with pytest.raises(DecodeError):
+            ReceivedSubmitJob.from_wire(raw)
+        return
+    received = ReceivedSubmitJob.from_wire(raw)
+    assert received.data.tobytes() == np.asarray(request.data, dtype=np.float64).tobytes()
+    assert received.message.operation == request.operation
+    assert received.message.request_id == request.request_id
