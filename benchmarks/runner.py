@@ -50,8 +50,10 @@ BASE_ENV = {
     "SIMULATED_DELAY_SECONDS": "2",
     "WORKER_CONCURRENCY": "500",
     "SERVER_PROCESSES": "1",
-    # As the Dockerfiles set it: fewer glibc arenas, less RSS kept by gRPC's threads.
+    # As the Dockerfiles set them: fewer glibc arenas, less RSS kept by gRPC's threads, and
+    # multi-MB buffers returned to the system when freed.
     "MALLOC_ARENA_MAX": "2",
+    "MALLOC_MMAP_THRESHOLD_": "131072",
 }
 PHASE_ENVS: dict[str, dict[str, str]] = {
     # No workers: SubmitJob and GetStatus alone, as if the workers ran on other machines.

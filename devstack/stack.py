@@ -84,8 +84,10 @@ class Stack:
                 "REDIS_URL": self.redis_url,
                 "GRPC_HOST": "127.0.0.1",
                 "GRPC_PORT": str(ports.grpc),
-                # As in the Dockerfiles: threads' freed memory is not kept in many glibc arenas.
+                # As in the Dockerfiles: threads' freed memory is not kept in many glibc arenas,
+                # and multi-MB buffers (a big job's request) go back to the system when freed.
                 "MALLOC_ARENA_MAX": "2",
+                "MALLOC_MMAP_THRESHOLD_": "131072",
                 **config.env,
             }
         )
