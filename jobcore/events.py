@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import math
+import random
 import time
 import uuid
 from collections import defaultdict
@@ -51,8 +52,13 @@ InboxItem = JobEvent | _Signal
 
 _RECONNECT_FIRST_DELAY_SECONDS = 0.2
 _RECONNECT_MAX_DELAY_SECONDS = 5.0
-# Heartbeats come due within this fraction of the interval late (never early).
+# Heartbeats come due within this fraction of the interval late. Streams due in the same
+# tick are written together, which costs gRPC fewer system calls than one at a time.
 _HEARTBEAT_TICKS_PER_INTERVAL = 16
+
+# A tick wakes this many streams, then lets the loop run them and read the LISTEN socket
+# before the next ones, so an event never waits behind every heartbeat of a crowded tick.
+_HEARTBEATS_PER_STEP = 100
 # row_to_json writes the job_events columns in table order, job_id first, without spaces.
 _JOB_ID_KEY = '"job_id":"'
 _UUID_CHARS = 36
@@ -113,7 +119,15 @@ class _HeartbeatClock:
         self._task: asyncio.Task[None] | None = None
 
     def add(self, inbox: Inbox) -> None:
-        """Send this inbox heartbeats until it is closed."""
+        """Send this inbox heartbeats until it is closed.
+
+        Streams opened together (a burst of clients, all of them reconnecting after a
+        restart) would beat together every interval for as long as they stay open. The
+        first heartbeat comes at a random point of the first interval instead, which
+        spreads them for good: 10,000 streams opened at once then cost a steady 667
+        heartbeats a second, not 10,000 every 15 s.
+        """
+        inbox.quiet_since -= self._interval_seconds * random.random()  # noqa: S311
         self._file(inbox, inbox.quiet_since + self._interval_seconds)
         if self._task is None or self._task.done():
             self._next_tick = math.floor(time.monotonic() / self._tick_seconds)
@@ -136,8 +150,12 @@ class _HeartbeatClock:
             now = time.monotonic()
             last = math.floor(now / self._tick_seconds)
             for tick in range(self._next_tick, last + 1):
-                for inbox in self._due.pop(tick, ()):
-                    self._beat(inbox, now)
+                inboxes = self._due.pop(tick, [])
+                for start in range(0, len(inboxes), _HEARTBEATS_PER_STEP):
+                    if start:
+                        await asyncio.sleep(0)
+                    for inbox in inboxes[start : start + _HEARTBEATS_PER_STEP]:
+                        self._beat(inbox, now)
             self._next_tick = last + 1
 
     def _beat(self, inbox: Inbox, now: float) -> None:
@@ -199,7 +217,9 @@ class JobEventHub:
     ) -> Iterator[Inbox]:
         """An inbox that receives every event of this job committed from now on.
 
-        With `heartbeat`, HEARTBEAT arrives whenever nothing else did for that long.
+        With `heartbeat`, HEARTBEAT arrives whenever nothing else did for that long (the
+        first one sooner, at a random point of the interval, so streams opened together
+        beat apart).
         """
         if self._closing:
             raise ServiceShuttingDownError("the server is shutting down")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -91,32 +92,55 @@ def _follow(hub: JobEventHub, store: _Store, job_id: uuid.UUID) -> AsyncGenerato
     return follow_job(hub, cast(JobStore, store), job_id, heartbeat=BEAT)
 
 
-async def test_an_idle_inbox_gets_a_heartbeat_after_the_interval_not_before() -> None:
+async def test_an_idle_inbox_gets_heartbeats_every_interval_the_first_one_sooner() -> None:
     hub = _hub()
     with hub.subscribe(uuid.uuid4(), heartbeat=BEAT) as inbox:
         started = time.monotonic()
-        item = await asyncio.wait_for(inbox.get(), 5)
-        waited = time.monotonic() - started
+        first = await asyncio.wait_for(inbox.get(), 5)
+        first_after = time.monotonic() - started
+        second = await asyncio.wait_for(inbox.get(), 5)
+        second_after = time.monotonic() - started - first_after
     await hub.stop()
 
-    assert item is HEARTBEAT
-    # Never early; late by at most a tick (1/16 of the interval) plus scheduling.
-    assert BEAT.total_seconds() <= waited < 2 * BEAT.total_seconds()
+    assert first is HEARTBEAT
+    assert second is HEARTBEAT
+    # The first within the interval, then one per interval; late by a tick plus scheduling.
+    assert first_after < 1.5 * BEAT.total_seconds()
+    assert BEAT.total_seconds() <= second_after < 1.5 * BEAT.total_seconds()
+
+
+async def test_streams_opened_together_do_not_beat_together() -> None:
+    hub = _hub()
+    with contextlib.ExitStack() as subscriptions:
+        started = time.monotonic()
+        inboxes = [
+            subscriptions.enter_context(hub.subscribe(uuid.uuid4(), heartbeat=BEAT))
+            for _ in range(200)
+        ]
+        beats: list[float] = []
+        for inbox in inboxes:
+            assert await asyncio.wait_for(inbox.get(), 5) is HEARTBEAT
+            beats.append(inbox.quiet_since - started)  # when the heartbeat was queued
+    await hub.stop()
+
+    # Spread over the interval (200 uniform draws all within half of it: never).
+    assert max(beats) - min(beats) > BEAT.total_seconds() / 2
 
 
 async def test_every_change_restarts_the_quiet_interval() -> None:
     hub = _hub()
     job_id = uuid.uuid4()
     with hub.subscribe(job_id, heartbeat=BEAT) as inbox:
-        for sequence in (2, 3, 4):
+        assert await asyncio.wait_for(inbox.get(), 5) is HEARTBEAT  # the first comes sooner
+        for sequence in (2, 3, 4, 5):
             await asyncio.sleep(BEAT.total_seconds() * 0.6)
             _notify(hub, _payload(job_id, sequence, JobStatus.IN_PROGRESS))
         last_change = time.monotonic()
-        items = [await asyncio.wait_for(inbox.get(), 5) for _ in range(4)]
+        items = [await asyncio.wait_for(inbox.get(), 5) for _ in range(5)]
         quiet = time.monotonic() - last_change
     await hub.stop()
 
-    assert [getattr(item, "sequence", item) for item in items] == [2, 3, 4, HEARTBEAT]
+    assert [getattr(item, "sequence", item) for item in items] == [2, 3, 4, 5, HEARTBEAT]
     assert quiet >= BEAT.total_seconds()
 
 
