@@ -14,7 +14,7 @@ import gc
 
 # Allocations between young collections (CPython's default: 700), then the default ratios
 # for the older generations, only less eager for the oldest.
-_THRESHOLDS = (50_000, 20, 100)
+_THRESHOLDS = (10_000, 20, 100)
 
 
 def tune_for_long_running_process() -> None:
