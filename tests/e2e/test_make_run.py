@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -18,6 +19,8 @@ import pytest
 
 from devstack.processes import free_port
 from devstack.stack import ROOT
+from jobcore.queue import PROCESS_JOBS_TASK
+from jobcore.settings import DEVELOPMENT_FLOWER_BASIC_AUTH
 
 BANNER = "Press Ctrl-C to stop everything."
 
@@ -85,6 +88,21 @@ def _http(method: str, url: str, body: dict[str, object] | None = None) -> dict[
         return result
 
 
+def _flower_sees_tasks(base: str, flower: str) -> bool:
+    """Workers send task events once Flower switches them on (it does every few seconds)."""
+    auth = "Basic " + base64.b64encode(DEVELOPMENT_FLOWER_BASIC_AUTH.encode()).decode()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        _http("POST", f"{base}/api/v1/jobs/", {"data": [3], "operation": "cube_sum"})
+        request = urllib.request.Request(f"{flower}/api/tasks", headers={"authorization": auth})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            tasks = json.loads(response.read())
+        if any(task["name"] == PROCESS_JOBS_TASK for task in tasks.values()):
+            return True
+        time.sleep(0.5)
+    return False
+
+
 def test_run_serves_keeps_jobs_across_restarts_and_leaves_nothing_behind(
     run_env: dict[str, str],
 ) -> None:
@@ -95,10 +113,11 @@ def test_run_serves_keeps_jobs_across_restarts_and_leaves_nothing_behind(
         for port in ("HTTP_PORT", "GRPC_PORT", "FLOWER_PORT"):
             assert run_env[port] in banner
         job = _http("POST", f"{base}/api/v1/jobs/", {"data": [1, 2], "operation": "square_sum"})
-        flower = urllib.request.Request(f"http://127.0.0.1:{run_env['FLOWER_PORT']}/")
+        flower = f"http://127.0.0.1:{run_env['FLOWER_PORT']}"
         with pytest.raises(urllib.error.HTTPError) as unauthorised:
-            urllib.request.urlopen(flower, timeout=10)
+            urllib.request.urlopen(f"{flower}/", timeout=10)
         assert unauthorised.value.code == 401  # Flower asks for FLOWER_BASIC_AUTH
+        assert _flower_sees_tasks(base, flower)
     finally:
         children = _stop(process)
     assert not [child for child in children if child.is_running() and child.status() != "zombie"]
