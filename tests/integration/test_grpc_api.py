@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import uuid
 
@@ -123,12 +124,22 @@ async def test_watch_streams_every_state_in_order_and_ends(
 
     # Subscribing may race the worker, so the first state seen may already be IN_PROGRESS,
     # but nothing is skipped after it and the stream ends after the final state.
-    statuses = [u.job.status for u in updates]
+    _assert_heartbeats_repeat_the_state_before(updates)
+    changes = [u for u in updates if not u.heartbeat]
+    statuses = [u.job.status for u in changes]
     assert statuses in ([pb.PENDING, pb.IN_PROGRESS, pb.SUCCESS], [pb.IN_PROGRESS, pb.SUCCESS])
-    sequences = [u.sequence for u in updates]
+    sequences = [u.sequence for u in changes]
     assert sequences == list(range(sequences[0], 4))
     assert updates[-1].job.result.result == 25.0
     assert all(not u.job.HasField("result") for u in updates[:-1])
+
+
+def _assert_heartbeats_repeat_the_state_before(updates: list[pb.WatchJobResponse]) -> None:
+    """A heartbeat (which may come at any time, the first one early) is never a change."""
+    assert not updates[0].heartbeat
+    for before, beat in itertools.pairwise(updates):
+        if beat.heartbeat:
+            assert (beat.sequence, beat.job.status) == (before.sequence, before.job.status)
 
 
 async def test_watch_of_a_finished_job_sends_the_final_state_once(
@@ -161,7 +172,9 @@ async def test_many_watchers_of_many_jobs_all_see_every_change(
         assert updates[-1].job.status == pb.SUCCESS
         assert updates[-1].job.result.result == expected
         assert updates[-1].sequence == 3
-        assert [u.sequence for u in updates] == list(range(updates[0].sequence, 4))
+        _assert_heartbeats_repeat_the_state_before(updates)
+        changes = [u.sequence for u in updates if not u.heartbeat]
+        assert changes == list(range(updates[0].sequence, 4))
 
 
 async def test_one_worker_keeps_many_jobs_in_flight(jobs_stub: pb_grpc.JobServiceAsyncStub) -> None:
