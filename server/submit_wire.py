@@ -2,10 +2,11 @@
 
 Protobuf parses a 1,000,000-number request into an 8 MB repeated field that then has to be
 copied again into the array the job is validated and stored from. A `repeated double` sent
-packed (what every proto3 encoder does) is already that array: little-endian float64, 8
+packed (proto3 encoders do by default) is already that array: little-endian float64, 8
 bytes a number. So the one `data` field is taken as a read-only view of the received bytes
-and only the few other fields go through protobuf. Anything unusual (unpacked or split
-`data`, a malformed message) takes protobuf's own path, with its errors. Measured per request
+and only the few other fields go through protobuf. Anything else (unpacked or split `data`,
+a malformed message) takes protobuf's own path, with its errors; Envoy's JSON transcoder
+sends `data` unpacked, so REST submissions take that path. Measured per request
 (parse, validate, pack): 16 vs 19 us for 3 numbers, 18 vs 128 us for 8,000.
 """
 
@@ -65,7 +66,7 @@ def _split(raw: bytes) -> ReceivedSubmitJob:
         field, wire_type = key >> 3, key & 7
         if field == _DATA_FIELD:
             if wire_type != _LENGTH_DELIMITED or data is not None:
-                raise _Unusual  # unpacked or split `data`: legal, never sent by our clients
+                raise _Unusual  # unpacked (Envoy's transcoder) or split `data`
             length, position = _varint(view, position)
             if length % _PACKED_DOUBLES.itemsize or position + length > len(raw):
                 raise _Unusual
