@@ -52,8 +52,7 @@ InboxItem = JobEvent | _Signal
 
 _RECONNECT_FIRST_DELAY_SECONDS = 0.2
 _RECONNECT_MAX_DELAY_SECONDS = 5.0
-# Heartbeats come due within this fraction of the interval late. Streams due in the same
-# tick are written together, which costs gRPC fewer system calls than one at a time.
+# Heartbeats come due within this fraction of the interval late.
 _HEARTBEAT_TICKS_PER_INTERVAL = 16
 
 # A tick wakes this many streams, then lets the loop run them and read the LISTEN socket
