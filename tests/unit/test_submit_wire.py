@@ -20,6 +20,13 @@ requests = st.builds(
     data=st.lists(st.floats(), max_size=20),
     request_id=st.text(max_size=10),
 )
+# Up to 150 numbers: unpacked runs of every length up to a few hundred records.
+longer_requests = st.builds(
+    pb.SubmitJobRequest,
+    operation=st.integers(0, 3),
+    data=st.lists(st.floats(), max_size=150),
+    request_id=st.text(max_size=10),
+)
 
 
 def _same(received: ReceivedSubmitJob, request: pb.SubmitJobRequest) -> None:
@@ -48,10 +55,32 @@ def test_the_numbers_stay_in_the_received_bytes() -> None:
     _same(received, request)
 
 
-def test_unpacked_numbers_are_read_by_protobuf() -> None:
-    unpacked = b"".join(b"\x09" + struct.pack("<d", x) for x in (1.0, 2.5)) + b"\x10\x02"
-    received = ReceivedSubmitJob.from_wire(unpacked)
-    assert received.data.tolist() == [1.0, 2.5]
+def _unpacked(request: pb.SubmitJobRequest, *, data_first: bool) -> bytes:
+    """The request as Envoy's JSON transcoder encodes it: every number with its own key."""
+    numbers = b"".join(b"\x09" + struct.pack("<d", x) for x in request.data)
+    others = pb.SubmitJobRequest()
+    others.CopyFrom(request)
+    others.ClearField("data")
+    rest = others.SerializeToString()
+    return numbers + rest if data_first else rest + numbers
+
+
+@given(longer_requests, st.booleans())
+def test_unpacked_numbers_are_read_like_packed_ones(
+    request: pb.SubmitJobRequest, data_first: bool
+) -> None:
+    raw = _unpacked(request, data_first=data_first)
+    assert pb.SubmitJobRequest.FromString(raw) == request
+    _same(ReceivedSubmitJob.from_wire(raw), request)
+
+
+def test_unpacked_numbers_are_viewed_in_the_received_bytes() -> None:
+    numbers = np.random.default_rng(3).normal(size=1000)
+    request = pb.SubmitJobRequest(operation=pb.cube_sum, data=numbers.tolist())
+    raw = _unpacked(request, data_first=True)
+    received = ReceivedSubmitJob.from_wire(raw)
+    assert received.data.tobytes() == numbers.tobytes()
+    assert np.shares_memory(received.data, np.frombuffer(raw, dtype=np.uint8))
     assert received.message.operation == pb.cube_sum
 
 
