@@ -710,12 +710,9 @@ class JobStore:
             ],
             outcomes_traceparent=[finish.traceparent for finish in unique],
         )
-        recorded = {row["id"] for row in rows}
-        results = []
-        for finish in finishes:
-            results.append(finish.claim.job_id in recorded)
-            recorded.discard(finish.claim.job_id)
-        return results
+        # By attempt too: a stale and a current attempt of one job may share the batch.
+        recorded = {(row["id"], row["attempt"]): True for row in rows}
+        return [recorded.pop((f.claim.job_id, f.claim.attempt), False) for f in finishes]
 
     async def cancel(self, job_id: uuid.UUID) -> Job:
         """Move a PENDING or IN_PROGRESS job to CANCELLED; a cancelled job is returned as is.

@@ -123,6 +123,30 @@ async def test_every_change_is_an_event_and_a_notification_on_commit(
     assert (await store.get(job.id)).sequence == 3
 
 
+async def test_a_stale_and_a_current_attempt_finishing_together_get_their_own_answers(
+    store: JobStore,
+) -> None:
+    job = await _new_job(store)
+    stale = await store.claim(job.id, lease=timedelta(milliseconds=1))
+    assert stale is not None
+    await asyncio.sleep(0.01)
+    await store.requeue_expired(max_attempts=3, limit=10_000)
+    current = await store.claim(job.id, lease=LEASE)
+    assert current is not None
+    others = await asyncio.gather(*(_new_job(store) for _ in range(2)))
+    other_claims = await asyncio.gather(*(store.claim(o.id, lease=LEASE) for o in others))
+
+    # The first two finishes run alone; the stale and the current attempt share a statement.
+    finished = await asyncio.gather(
+        *(store.finish(claim, Outcome(result=1.0)) for claim in other_claims if claim),
+        store.finish(stale, Outcome(result=2.0)),
+        store.finish(current, Outcome(result=9.0)),
+    )
+
+    assert finished == [True, True, False, True]
+    assert (await store.get(job.id)).outcome == Outcome(result=9.0, error=None)
+
+
 async def test_expired_lease_requeues_the_job_then_gives_up_after_max_attempts(
     store: JobStore,
 ) -> None:
