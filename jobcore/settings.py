@@ -27,9 +27,9 @@ class Settings(BaseSettings):
 
     grpc_host: str = "0.0.0.0"  # noqa: S104 - a container must listen on all interfaces
     grpc_port: int = Field(default=50051, ge=0, le=65535)
-    # Largest gRPC message the server accepts; a job of N numbers needs about 9 * N bytes.
     # gRPC server processes sharing GRPC_PORT (one Python process uses one core).
     server_processes: int = Field(default=1, ge=1, le=64)
+    # Largest gRPC message the server accepts; a job of N numbers needs about 9 * N bytes.
     grpc_max_message_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     max_job_numbers: int = Field(default=100_000, ge=1)
     simulated_delay_seconds: float = Field(default=2.0, ge=0)
