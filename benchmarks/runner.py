@@ -26,7 +26,7 @@ from benchmarks.machine import CpuPlan
 from benchmarks.pinned import Samples, SpecT, run_pinned
 from benchmarks.sizes import Sizes
 from devstack.processes import child_env, free_port, python_module
-from devstack.stack import Stack
+from devstack.stack import MALLOC_ENV, Stack
 from jobcore.store import asyncpg_dsn
 
 logger = logging.getLogger(__name__)
@@ -50,10 +50,8 @@ BASE_ENV = {
     "SIMULATED_DELAY_SECONDS": "2",
     "WORKER_CONCURRENCY": "500",
     "SERVER_PROCESSES": "1",
-    # As the Dockerfiles set them: fewer glibc arenas, less RSS kept by gRPC's threads, and
-    # multi-MB buffers returned to the system when freed.
-    "MALLOC_ARENA_MAX": "2",
-    "MALLOC_MMAP_THRESHOLD_": "131072",
+    # devstack gives every process these anyway; listed so the report shows them.
+    **MALLOC_ENV,
 }
 PHASE_ENVS: dict[str, dict[str, str]] = {
     # No workers: SubmitJob and GetStatus alone, as if the workers ran on other machines.

@@ -28,6 +28,9 @@ logger = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parent.parent
 DESCRIPTOR = ROOT / "gen" / "envoy" / "jobs.binpb"
+# As in the Dockerfiles: threads' freed memory is not kept in many glibc arenas, and
+# multi-MB buffers (a big job's request) go back to the system when freed.
+MALLOC_ENV = {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": "131072"}
 
 
 @dataclass(frozen=True)
@@ -84,10 +87,7 @@ class Stack:
                 "REDIS_URL": self.redis_url,
                 "GRPC_HOST": "127.0.0.1",
                 "GRPC_PORT": str(ports.grpc),
-                # As in the Dockerfiles: threads' freed memory is not kept in many glibc arenas,
-                # and multi-MB buffers (a big job's request) go back to the system when freed.
-                "MALLOC_ARENA_MAX": "2",
-                "MALLOC_MMAP_THRESHOLD_": "131072",
+                **MALLOC_ENV,
                 **config.env,
             }
         )
