@@ -4,11 +4,17 @@ Every job event is NOTIFYed on commit, and PostgreSQL serialises the commits of
 notifying transactions, so one statement per job caps a process near a thousand
 changes a second however many connections it has. Callers keep their one-item
 API; while a batch is in flight, the next calls queue and go together.
+
+A statement also costs the calling process about a millisecond of CPU whatever its
+size (loopback syscalls, event-loop wake-ups, the driver), so a saturated process
+would otherwise spend most of its time on statements of one or two items. While
+callers keep coming together, batches therefore start at most every `min_interval`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
@@ -20,6 +26,9 @@ class Coalescer(Generic[Item, Result]):
     """Runs `run_batch` on whatever has queued, with at most `max_in_flight` batches at once.
 
     An idle coalescer runs a call at once, alone, so light load waits for nothing.
+    Once a batch held more than one call (callers are coming together), the next one
+    starts no sooner than `min_interval` after it, unless `max_batch` calls are waiting;
+    a lone caller, one call at a time, never waits.
     `run_batch` returns one result (or exception) per item, in order; if it raises,
     every item of the batch gets that error.
     """
@@ -30,12 +39,17 @@ class Coalescer(Generic[Item, Result]):
         *,
         max_batch: int,
         max_in_flight: int,
+        min_interval: float = 0.0,
     ) -> None:
         self._run_batch = run_batch
         self._max_batch = max_batch
         self._max_in_flight = max_in_flight
+        self._min_interval = min_interval
         self._queue: list[tuple[Item, asyncio.Future[Result]]] = []
         self._flushing: set[asyncio.Task[None]] = set()
+        self._last_started = -math.inf
+        self._last_size = 0
+        self._wakeup: asyncio.TimerHandle | None = None
 
     async def __call__(self, item: Item) -> Result:
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
@@ -44,12 +58,24 @@ class Coalescer(Generic[Item, Result]):
         return await future
 
     def _start_batches(self) -> None:
+        loop = asyncio.get_running_loop()
         while self._queue and len(self._flushing) < self._max_in_flight:
+            now = loop.time()
+            not_before = self._last_started + self._min_interval
+            if self._last_size > 1 and now < not_before and len(self._queue) < self._max_batch:
+                if self._wakeup is None:
+                    self._wakeup = loop.call_at(not_before, self._woken)
+                return
             batch = self._queue[: self._max_batch]
             del self._queue[: self._max_batch]
+            self._last_started, self._last_size = now, len(batch)
             task = asyncio.create_task(self._flush(batch))
             self._flushing.add(task)
             task.add_done_callback(self._flushed)
+
+    def _woken(self) -> None:
+        self._wakeup = None
+        self._start_batches()
 
     def _flushed(self, task: asyncio.Task[None]) -> None:
         self._flushing.discard(task)

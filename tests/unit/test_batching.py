@@ -71,3 +71,52 @@ async def test_no_more_than_max_in_flight_batches_run_at_once() -> None:
 
     assert await asyncio.gather(*(coalesce(item) for item in range(6))) == list(range(6))
     assert peak == 2
+
+
+async def test_once_callers_come_together_a_batch_waits_its_interval_or_a_full_queue() -> None:
+    recorder = _Recorder()
+    recorder.release.set()
+    coalesce = Coalescer(recorder.double, max_batch=3, max_in_flight=1, min_interval=3600)
+
+    first = [asyncio.create_task(coalesce(item)) for item in (0, 2, 4, 6)]
+    assert await asyncio.gather(*first) == [0, 4, 8, 12]
+    assert recorder.batches == [[0], [2, 4, 6]]
+
+    # The last batch held three calls: the next waits for the interval (an hour here)...
+    waiting = asyncio.create_task(coalesce(8))
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert not waiting.done()
+    assert recorder.batches == [[0], [2, 4, 6]]
+
+    # ...or until max_batch calls are queued, which go at once.
+    more = [asyncio.create_task(coalesce(item)) for item in (10, 12)]
+    assert await asyncio.gather(waiting, *more) == [16, 20, 24]
+    assert recorder.batches == [[0], [2, 4, 6], [8, 10, 12]]
+
+
+async def test_a_waiting_batch_starts_when_its_interval_is_over() -> None:
+    recorder = _Recorder()
+    recorder.release.set()
+    coalesce = Coalescer(recorder.double, max_batch=10, max_in_flight=1, min_interval=0.05)
+
+    # [0] alone, [2, 4] together; 6 then waits for the interval with no one else coming.
+    await asyncio.gather(*(asyncio.create_task(coalesce(item)) for item in (0, 2, 4)))
+    waiting = asyncio.create_task(coalesce(6))
+    await asyncio.sleep(0)
+    assert not waiting.done()
+
+    assert await asyncio.wait_for(waiting, timeout=30) == 12
+    assert recorder.batches == [[0], [2, 4], [6]]
+
+
+async def test_a_lone_caller_never_waits_for_the_interval() -> None:
+    recorder = _Recorder()
+    recorder.release.set()
+    coalesce = Coalescer(recorder.double, max_batch=10, max_in_flight=1, min_interval=3600)
+
+    # One call at a time: every batch holds one call, so none waits an hour.
+    results = [await asyncio.wait_for(coalesce(item), timeout=30) for item in (0, 2, 4, 6)]
+
+    assert results == [0, 4, 8, 12]
+    assert recorder.batches == [[0], [2], [4], [6]]
