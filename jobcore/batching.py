@@ -27,8 +27,9 @@ class Coalescer(Generic[Item, Result]):
 
     An idle coalescer runs a call at once, alone, so light load waits for nothing.
     Once a batch held more than one call (callers are coming together), the next one
-    starts no sooner than `min_interval` after it, unless `max_batch` calls are waiting;
-    a lone caller, one call at a time, never waits.
+    starts no sooner than `min_interval` after it, unless a full batch is waiting;
+    a lone caller, one call at a time, never waits. With `size_of`, a batch also stops
+    before its items' sizes add up to more than `max_batch_size` (it always takes one).
     `run_batch` returns one result (or exception) per item, in order; if it raises,
     every item of the batch gets that error.
     """
@@ -40,9 +41,13 @@ class Coalescer(Generic[Item, Result]):
         max_batch: int,
         max_in_flight: int,
         min_interval: float = 0.0,
+        size_of: Callable[[Item], int] | None = None,
+        max_batch_size: int = 0,
     ) -> None:
         self._run_batch = run_batch
         self._max_batch = max_batch
+        self._size_of = size_of
+        self._max_batch_size = max_batch_size
         self._max_in_flight = max_in_flight
         self._min_interval = min_interval
         self._queue: list[tuple[Item, asyncio.Future[Result]]] = []
@@ -62,16 +67,30 @@ class Coalescer(Generic[Item, Result]):
         while self._queue and len(self._flushing) < self._max_in_flight:
             now = loop.time()
             not_before = self._last_started + self._min_interval
-            if self._last_size > 1 and now < not_before and len(self._queue) < self._max_batch:
+            count = self._next_batch_count()
+            full = count == self._max_batch or count < len(self._queue)
+            if self._last_size > 1 and now < not_before and not full:
                 if self._wakeup is None:
                     self._wakeup = loop.call_at(not_before, self._woken)
                 return
-            batch = self._queue[: self._max_batch]
-            del self._queue[: self._max_batch]
-            self._last_started, self._last_size = now, len(batch)
+            batch = self._queue[:count]
+            del self._queue[:count]
+            self._last_started, self._last_size = now, count
             task = asyncio.create_task(self._flush(batch))
             self._flushing.add(task)
             task.add_done_callback(self._flushed)
+
+    def _next_batch_count(self) -> int:
+        """How many queued calls the next batch takes."""
+        count = min(len(self._queue), self._max_batch)
+        if self._size_of is None:
+            return count
+        total = 0
+        for index in range(count):
+            total += self._size_of(self._queue[index][0])
+            if index and total > self._max_batch_size:
+                return index
+        return count
 
     def _woken(self) -> None:
         self._wakeup = None

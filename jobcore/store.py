@@ -56,6 +56,10 @@ _BATCHES_IN_FLIGHT = 2
 # saturated server wrote jobs one or two at a time (SubmitJob at 128 in flight measured
 # 620 -> 1,180 calls a second, 1.7 -> 23 jobs a statement). A lone caller never waits.
 _MIN_BATCH_INTERVAL_SECONDS = 0.02
+# New jobs' numbers per statement at most (one job always goes, whatever its size): asyncpg
+# encodes a statement's arguments into one buffer, so concurrent big jobs sharing a
+# statement would otherwise hold up to 100 x a job's size at once.
+_MAX_BATCH_NUMBER_BYTES = 16 * 1024 * 1024
 # Errors are stored and sent in notifications; keep them far below pg_notify's 8000 bytes.
 MAX_ERROR_CHARS = 1000
 CANCELLED_ERROR = "cancelled by request"
@@ -523,6 +527,8 @@ class _StatelessConnection(asyncpg.Connection):
 
 def _batched(
     run_batch: Callable[[list[Item]], Awaitable[Sequence[Result | BaseException]]],
+    *,
+    size_of: Callable[[Item], int] | None = None,
 ) -> Coalescer[Item, Result]:
     """One kind of statement, shared by the concurrent calls of this process."""
     return Coalescer(
@@ -530,7 +536,13 @@ def _batched(
         max_batch=_MAX_BATCH,
         max_in_flight=_BATCHES_IN_FLIGHT,
         min_interval=_MIN_BATCH_INTERVAL_SECONDS,
+        size_of=size_of,
+        max_batch_size=_MAX_BATCH_NUMBER_BYTES,
     )
+
+
+def _number_bytes(new_job: _NewJob) -> int:
+    return len(new_job.numbers)
 
 
 class JobStore:
@@ -542,7 +554,7 @@ class JobStore:
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
-        self._creates = _batched(self._create_batch)
+        self._creates = _batched(self._create_batch, size_of=_number_bytes)
         self._claims = _batched(self._claim_batch)
         self._finishes = _batched(self._finish_batch)
 

@@ -120,3 +120,41 @@ async def test_a_lone_caller_never_waits_for_the_interval() -> None:
 
     assert results == [0, 4, 8, 12]
     assert recorder.batches == [[0], [2], [4], [6]]
+
+
+async def test_a_batch_stops_before_its_sizes_pass_the_limit_and_a_big_item_goes_alone() -> None:
+    recorder = _Recorder()
+    coalesce = Coalescer(
+        recorder.double, max_batch=10, max_in_flight=1, size_of=lambda item: item, max_batch_size=10
+    )
+
+    calls = [asyncio.create_task(coalesce(item)) for item in (0, 4, 6, 2, 20, 8)]
+    await asyncio.sleep(0)
+    recorder.release.set()
+
+    assert await asyncio.gather(*calls) == [0, 8, 12, 4, 40, 16]
+    # 4 + 6 fit in 10, 2 would pass it; 20 is over the limit on its own and still goes.
+    assert recorder.batches == [[0], [4, 6], [2], [20], [8]]
+
+
+async def test_a_batch_full_by_size_does_not_wait_for_the_interval() -> None:
+    recorder = _Recorder()
+    recorder.release.set()
+    coalesce = Coalescer(
+        recorder.double,
+        max_batch=10,
+        max_in_flight=1,
+        min_interval=3600,
+        size_of=lambda item: item,
+        max_batch_size=10,
+    )
+    await asyncio.gather(*(asyncio.create_task(coalesce(item)) for item in (0, 2, 4)))
+    assert recorder.batches == [[0], [2, 4]]
+
+    # Callers came together, so 6 waits (an hour)... until 6 + 8 would not fit one batch.
+    waiting = asyncio.create_task(coalesce(6))
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    results = await asyncio.wait_for(asyncio.gather(waiting, coalesce(8)), timeout=30)
+    assert list(results) == [12, 16]
+    assert recorder.batches[2] == [6]
