@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 import asyncpg
 import sqlalchemy as sa
@@ -29,7 +29,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.sql.compiler import SQLCompiler
 
-from jobcore.batching import Coalescer
+from jobcore.batching import Coalescer, Item, Result
 from jobcore.errors import (
     IdempotencyKeyReusedError,
     JobAlreadyFinishedError,
@@ -43,9 +43,6 @@ from jobcore.schema import job_events, jobs
 from jobcore.tracing import trace_headers
 
 logger = logging.getLogger(__name__)
-
-Item = TypeVar("Item")
-Result = TypeVar("Result")
 
 # Most changes in one statement, and statements of one kind running at once, per process:
 # commits of notifying transactions are serialised, so a few large batches go furthest.
