@@ -53,8 +53,29 @@ class IdempotencyKeyReusedError(JobError):
         )
 
 
-class StoreUnavailableError(JobError):
+class TransientError(JobError):
+    """A dependency failed in a way that passes: the same call may succeed if retried later.
+
+    Retrying is safe because every change the service makes is idempotent or fenced (the
+    idempotency key, the claim's compare-and-set, the attempt number). Clients get a
+    retryable gRPC code with RetryInfo; background loops retry with backoff.
+    """
+
+
+class StoreUnavailableError(TransientError):
     """PostgreSQL (the source of truth) cannot be reached, so nothing was stored or read."""
+
+
+class StoreOverloadedError(TransientError):
+    """PostgreSQL or this process's pool has no connection to spare (RESOURCE_EXHAUSTED)."""
+
+
+class StoreConflictError(TransientError):
+    """PostgreSQL aborted the statement (deadlock or serialization failure): retry it (ABORTED)."""
+
+
+class StoreTimeoutError(TransientError):
+    """The statement ran past PostgreSQL's statement_timeout and was cancelled (DEADLINE_EXCEEDED)."""
 
 
 class ComputationError(JobError):
@@ -65,9 +86,9 @@ class ResultOverflowError(ComputationError):
     """The exact result is too large to be represented as a double."""
 
 
-class BrokerUnavailableError(JobError):
+class BrokerUnavailableError(TransientError):
     """The message broker (Redis) cannot be reached."""
 
 
-class ServiceShuttingDownError(JobError):
+class ServiceShuttingDownError(TransientError):
     """The process is draining; the client should retry against another replica."""
