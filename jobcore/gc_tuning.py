@@ -2,9 +2,8 @@
 
 With thousands of open streams a process keeps over a million objects alive, and
 CPython's default thresholds promote short-lived per-call objects into the oldest
-generation, whose collections then stopped the server for up to a second (measured:
-11-12 full collections, 5.6-6.2 s of pauses, in one benchmark minute with 10,000
-watchers). A larger first threshold lets per-call garbage die young, and freezing
+generation, whose full collections then stop the server for long pauses (BENCHMARKS.md
+has the figures). A larger first threshold lets per-call garbage die young, and freezing
 what start-up allocated keeps it out of every later scan.
 """
 

@@ -51,7 +51,7 @@ _SMALL_JOB_NUMBERS: Final = 64
 
 # Numbers handled per numpy pass, from the finiteness check to the bincounts: the temporaries
 # (frexp's parts, limbs, coefficients) then stay a few MB whatever the job size, instead of
-# several full-size arrays (a 1,000,000-number cube sum peaked at 5x its payload).
+# several full-size arrays at once.
 _BLOCK_ELEMENTS: Final = 1 << 14
 
 # np.frexp exponents of finite doubles: -1073 for the smallest subnormal, 1024 for the
