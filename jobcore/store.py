@@ -13,10 +13,11 @@ and asyncpg keeps each connection's prepared statements.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Protocol
@@ -34,7 +35,11 @@ from jobcore.errors import (
     IdempotencyKeyReusedError,
     JobAlreadyFinishedError,
     JobNotFoundError,
+    StoreConflictError,
+    StoreOverloadedError,
+    StoreTimeoutError,
     StoreUnavailableError,
+    TransientError,
 )
 from jobcore.listing import Condition, PageCursor
 from jobcore.models import Claim, Job, JobEvent, JobStatus, Outcome
@@ -52,9 +57,8 @@ logger = logging.getLogger(__name__)
 _MAX_BATCH = 100
 _BATCHES_IN_FLIGHT = 1
 # While callers come together, a statement of a kind every 20 ms at most (see
-# jobcore.batching): about 5% of a core spent on statements, against most of one when a
-# saturated server wrote jobs one or two at a time (SubmitJob at 128 in flight measured
-# 620 -> 1,180 calls a second, 1.7 -> 23 jobs a statement). A lone caller never waits.
+# jobcore.batching): a saturated server then spends a small share of a core on statements
+# instead of most of one on statements of one or two jobs. A lone caller never waits.
 _MIN_BATCH_INTERVAL_SECONDS = 0.02
 # New jobs' numbers per statement at most (one job always goes, whatever its size): asyncpg
 # encodes a statement's arguments into one buffer, so concurrent big jobs sharing a
@@ -77,9 +81,22 @@ _JOB_COLUMNS = (
 )
 _UNFINISHED = (JobStatus.PENDING.value, JobStatus.IN_PROGRESS.value)
 _FINISHED = tuple(status.value for status in JobStatus if status.is_final)
-# SQLSTATE classes that mean "the server went away": 08 connection exception,
-# 57 operator intervention (shutdown, restart, cannot connect now).
-_UNAVAILABLE_SQLSTATE_CLASSES = ("08", "57")
+# How long a call waits for a free pooled connection before the store counts as
+# overloaded: long enough to ride out a burst, short enough that callers hear about a
+# saturated pool (and can back off) instead of queueing without end.
+DEFAULT_POOL_WAIT = timedelta(seconds=5)
+# What callers are told; the driver's own text (which may quote SQL) only goes to the log.
+_UNAVAILABLE_MESSAGE = "the job store (PostgreSQL) is unavailable"
+_OVERLOADED_MESSAGE = "the job store (PostgreSQL) has no connection to spare"
+_CONFLICT_MESSAGE = "the job store (PostgreSQL) aborted the change in a conflict; retry it"
+_TIMEOUT_MESSAGE = "the job store (PostgreSQL) did not finish the statement in time"
+# SQLSTATEs of a server that went away: 57P01 admin_shutdown, 57P02 crash_shutdown,
+# 57P03 cannot_connect_now (and the whole class 08, connection exception).
+_UNAVAILABLE_SQLSTATES = frozenset({"57P01", "57P02", "57P03"})
+# 40001 serialization_failure, 40P01 deadlock_detected: the transaction was rolled back.
+_CONFLICT_SQLSTATES = frozenset({"40001", "40P01"})
+# 57014 query_canceled: statement_timeout (nothing in the store cancels otherwise).
+_TIMEOUT_SQLSTATE = "57014"
 
 
 def asyncpg_dsn(database_url: str) -> str:
@@ -87,14 +104,30 @@ def asyncpg_dsn(database_url: str) -> str:
     return make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
-def is_unavailable_error(error: BaseException) -> bool:
-    """Whether `error` means PostgreSQL is unreachable or restarting (so: retry later)."""
-    if isinstance(error, OSError | TimeoutError | asyncpg.InterfaceError):
-        return True  # includes ConnectionDoesNotExistError: the connection died mid-call
-    if isinstance(error, asyncpg.InternalClientError):
-        return True  # asyncpg's protocol state when the server dropped a connection mid-call
+def translate_driver_error(error: BaseException) -> TransientError | None:
+    """The domain error a driver or network failure stands for; None for anything else (a bug).
+
+    Every error returned is transient: the same call may succeed if retried later. Its
+    message carries no driver text or SQL.
+    """
     sqlstate = str(getattr(error, "sqlstate", "") or "")
-    return sqlstate[:2] in _UNAVAILABLE_SQLSTATE_CLASSES
+    if sqlstate in _CONFLICT_SQLSTATES:
+        return StoreConflictError(_CONFLICT_MESSAGE)
+    if sqlstate == _TIMEOUT_SQLSTATE:
+        return StoreTimeoutError(_TIMEOUT_MESSAGE)
+    if sqlstate.startswith("53"):  # insufficient resources: 53300 too_many_connections, ...
+        return StoreOverloadedError(_OVERLOADED_MESSAGE)
+    if (
+        sqlstate.startswith("08")
+        or sqlstate in _UNAVAILABLE_SQLSTATES
+        # Refused or timed-out connects, connections that died under a call, and
+        # asyncpg's protocol state when the server dropped a connection mid-call.
+        or isinstance(
+            error, OSError | TimeoutError | asyncpg.InterfaceError | asyncpg.InternalClientError
+        )
+    ):
+        return StoreUnavailableError(_UNAVAILABLE_MESSAGE)
+    return None
 
 
 def _traceparent() -> str | None:
@@ -552,18 +585,26 @@ class JobStore:
     (see jobcore.batching); each caller still gets its own answer.
     """
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, *, pool_wait: timedelta = DEFAULT_POOL_WAIT) -> None:
         self._pool = pool
+        # One permit per pooled connection, so a call knows that waiting for one timed out
+        # (overloaded) apart from opening one timing out (unavailable). The store is the
+        # pool's only user.
+        self._free_connections = asyncio.Semaphore(pool.get_max_size())
+        self._pool_wait_seconds = pool_wait.total_seconds()
         self._creates = _batched(self._create_batch, size_of=_number_bytes)
         self._claims = _batched(self._claim_batch)
         self._finishes = _batched(self._finish_batch)
 
     @classmethod
-    async def connect(cls, database_url: str, *, pool_size: int) -> JobStore:
+    async def connect(
+        cls, database_url: str, *, pool_size: int, pool_wait: timedelta = DEFAULT_POOL_WAIT
+    ) -> JobStore:
         """A store on a new pool of up to `pool_size` connections (opened as needed).
 
         Connections broken by a database restart fail their call (StoreUnavailableError,
-        which callers retry) and are replaced by the pool.
+        which callers retry) and are replaced by the pool. A call that finds no connection
+        free within `pool_wait` fails with StoreOverloadedError.
         """
         pool = await asyncpg.create_pool(
             asyncpg_dsn(database_url),
@@ -572,28 +613,59 @@ class JobStore:
             timeout=10,
             connection_class=_StatelessConnection,
         )
-        return cls(pool)
+        return cls(pool, pool_wait=pool_wait)
 
     async def close(self) -> None:
         """Close the pool's connections (waiting briefly for calls in progress)."""
         await asyncio.wait_for(self._pool.close(), timeout=10)
 
-    async def _fetch(self, statement: _Compiled, **values: Any) -> list[asyncpg.Record]:
-        """Run one statement; StoreUnavailableError if PostgreSQL cannot be reached."""
+    @contextlib.asynccontextmanager
+    async def _free_connection(self) -> AsyncIterator[None]:
+        """Hold one of the pool's connections for a call; StoreOverloadedError if none frees up in time."""
         try:
-            return await self._pool.fetch(statement.sql, *statement.arguments(values))
-        except Exception as error:
-            if is_unavailable_error(error):
-                logger.warning("PostgreSQL unavailable: %s", error)
-                raise StoreUnavailableError("the job store (PostgreSQL) is unavailable") from error
-            raise
+            async with asyncio.timeout(self._pool_wait_seconds):
+                await self._free_connections.acquire()
+        except TimeoutError:
+            logger.warning(
+                "no pooled PostgreSQL connection became free within %s s", self._pool_wait_seconds
+            )
+            raise StoreOverloadedError(_OVERLOADED_MESSAGE) from None
+        try:
+            yield
+        finally:
+            self._free_connections.release()
+
+    async def _fetch(self, statement: _Compiled, **values: Any) -> list[asyncpg.Record]:
+        """Run one statement; a TransientError if PostgreSQL failed in a way that passes.
+
+        The one place driver errors are mapped (see translate_driver_error); anything
+        else propagates unchanged.
+        """
+        async with self._free_connection():
+            try:
+                async with self._pool.acquire() as connection:
+                    rows: list[asyncpg.Record] = await connection.fetch(
+                        statement.sql, *statement.arguments(values)
+                    )
+                    return rows
+            except Exception as error:
+                translated = translate_driver_error(error)
+                if translated is None:
+                    raise
+                logger.warning(
+                    "PostgreSQL call failed (%s): %s: %s",
+                    type(translated).__name__,
+                    type(error).__name__,
+                    error,
+                )
+                raise translated from error
 
     async def _change(self, statement: _Compiled, **values: Any) -> list[asyncpg.Record]:
         """Run a state change (and its events), recording the caller's trace context."""
         return await self._fetch(statement, traceparent=_traceparent(), **values)
 
     async def ping(self) -> None:
-        """Raise StoreUnavailableError unless PostgreSQL answers a trivial query."""
+        """Raise a TransientError (StoreUnavailableError, say) unless PostgreSQL answers a trivial query."""
         await self._fetch(_PING)
 
     async def create(
