@@ -94,6 +94,10 @@ class WakeupPublisher:
         """Queue one message waking a worker for these jobs (redis errors propagate)."""
         await self._redis.lpush(JOBS_QUEUE, self.message(wakeups))
 
+    async def waiting(self) -> int:
+        """How many wake-up messages wait in the broker for a worker (redis errors propagate)."""
+        return int(await self._redis.llen(JOBS_QUEUE))
+
     async def ping(self) -> None:
         """Raise (a redis error) unless the broker answers PING."""
         await self._redis.ping()
