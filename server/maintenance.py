@@ -12,6 +12,8 @@ import logging
 from dataclasses import dataclass
 from datetime import timedelta
 
+import redis
+
 from jobcore.errors import StoreUnavailableError
 from jobcore.store import JobStore
 from server.dispatcher import Dispatcher
@@ -19,6 +21,8 @@ from server.dispatcher import Dispatcher
 logger = logging.getLogger(__name__)
 
 _BATCH = 500
+# An age no published job reaches: with it, take_undispatched returns only jobs never published.
+_UNPUBLISHED_ONLY = timedelta(days=36_500)
 
 
 @dataclass(frozen=True)
@@ -42,13 +46,36 @@ async def requeue_expired_leases(store: JobStore, *, max_attempts: int) -> int:
 
 
 async def redispatch(store: JobStore, dispatcher: Dispatcher, *, older_than: timedelta) -> int:
-    """Wake workers again for stale or never-published PENDING jobs; returns how many."""
-    job_ids = await store.take_undispatched(older_than=older_than, limit=_BATCH)
+    """Wake workers for never-published PENDING jobs, and for stale ones the broker lost; returns how many.
+
+    A job whose publish failed (dispatched_at NULL) always goes. A job published more
+    than `older_than` ago goes again only when the broker's queue is empty: while wake-ups
+    wait there, workers have not caught up with the backlog yet, and re-sending its jobs
+    at every sweep would multiply its messages. An empty queue with stale PENDING jobs
+    means their messages were lost (Redis restarted empty) or sit with a busy worker,
+    where a duplicate is harmless.
+    """
+    stale_after = older_than if await _broker_queue_empty(dispatcher) else _UNPUBLISHED_ONLY
+    job_ids = await store.take_undispatched(older_than=stale_after, limit=_BATCH)
     for job_id in job_ids:
         dispatcher.dispatch(job_id)
     if job_ids:
         logger.info("re-dispatching %d pending jobs", len(job_ids))
     return len(job_ids)
+
+
+async def _broker_queue_empty(dispatcher: Dispatcher) -> bool:
+    """Whether no wake-up waits in the broker; False (resend nothing stale) if Redis cannot tell."""
+    try:
+        # The dispatcher's publisher: its Redis pool is the one that publishes.
+        waiting = await dispatcher._publisher.waiting()
+    except (redis.RedisError, OSError, TimeoutError) as error:
+        logger.warning(
+            "reading the broker's queue length failed (%s); re-sending only unpublished jobs",
+            error,
+        )
+        return False
+    return waiting == 0
 
 
 async def run_maintenance(
