@@ -46,8 +46,9 @@ class Settings(BaseSettings):
     job_retention_days: float = Field(default=30.0, gt=0)
     # WatchJob sends a heartbeat after this long without a change.
     watch_heartbeat_seconds: float = Field(default=15.0, gt=0)
-    # A PENDING job whose broker message is older than this is published again (Redis may
-    # have lost it); duplicates are harmless. Failed publishes are retried at every sweep.
+    # A PENDING job whose broker message is older than this is published again once the
+    # broker's queue is empty (Redis may have lost it): while wake-ups wait there, workers
+    # are still behind. Duplicates are harmless. Failed publishes are retried at every sweep.
     redispatch_after_seconds: float = Field(default=60.0, gt=0)
     # How often each server re-dispatches, takes back expired leases and purges old jobs.
     maintenance_interval_seconds: float = Field(default=5.0, gt=0)
