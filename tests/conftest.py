@@ -92,11 +92,17 @@ def workers_stopped(stack: Stack) -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def isolated_database_url(stack: Stack) -> str:
+def isolated_database_url(request: pytest.FixtureRequest) -> str:
     """A migrated database of its own on the stack's PostgreSQL, which no server or worker uses.
 
-    Store tests that need full control (expired leases, retention) run here.
+    Store tests that need full control (expired leases, retention) run here. With
+    JOBS_TEST_DATABASE_URL set (to an already migrated database, as `make mutation` does
+    for each mutant), they run there instead and the stack is not started.
     """
+    given = os.environ.get("JOBS_TEST_DATABASE_URL")
+    if given:
+        return given
+    stack: Stack = request.getfixturevalue("stack")
     assert stack.postgres is not None
     url = stack.postgres.create_database("jobs_isolated")
     subprocess.run(
