@@ -306,6 +306,23 @@ def _lease_from_now() -> sa.ColumnElement[Any]:
     return sa.func.now() + sa.bindparam("lease", type_=sa.Interval)
 
 
+def _locked_in_order(job_ids: str, *statuses: JobStatus) -> sa.CTE:
+    """The ids of these jobs (in one of `statuses`, if given), their rows locked in id order.
+
+    Every statement that changes several jobs joins this CTE: its rows are then locked
+    in one order (not the order of the input, nor a join's), so concurrent statements
+    may wait for each other but never deadlock. A row that changed while it was waited
+    for is checked against `statuses` again. FOR NO KEY UPDATE is the lock the UPDATE
+    itself takes, so foreign-key checks of new events are not held up.
+    """
+    locked = sa.select(jobs.c.id).where(
+        jobs.c.id == sa.any_(sa.bindparam(job_ids, type_=ARRAY(sa.Uuid)))
+    )
+    if statuses:
+        locked = locked.where(_is(*statuses))
+    return locked.order_by(jobs.c.id).with_for_update(key_share=True).cte("locked")
+
+
 _JOB_ID = sa.bindparam("job_id", type_=sa.Uuid)
 _JOB_IDS = sa.bindparam("job_ids", type_=ARRAY(sa.Uuid))
 _NOW = sa.func.now()
@@ -350,7 +367,10 @@ _CREATE = _Compiled(
                 _NOW,
                 _NEW_JOBS.c.request_id,
                 _NEW_JOBS.c.request_hash,
-            ),
+            )
+            # Idempotency keys are taken in one order (the unique index makes a second
+            # insert of a key wait for the first), so concurrent batches never deadlock.
+            .order_by(_NEW_JOBS.c.request_id),
         )
         .on_conflict_do_nothing(
             index_elements=[jobs.c.request_id], index_where=jobs.c.request_id.is_not(None)
@@ -375,10 +395,15 @@ _EVENTS_AFTER = _Compiled(
     .order_by(job_events.c.sequence)
 )
 _WANTED = _unnest("wanted", id=sa.Uuid(), lease=sa.Interval(), traceparent=sa.Text())
+_CLAIMABLE = _locked_in_order("wanted_id", JobStatus.PENDING)
 _CLAIM = _Compiled(
     _with_event(
         jobs.update()
-        .where(jobs.c.id == _WANTED.c.id, _is(JobStatus.PENDING))
+        .where(
+            jobs.c.id == _CLAIMABLE.c.id,
+            jobs.c.id == _WANTED.c.id,
+            _is(JobStatus.PENDING),
+        )
         .values(
             _next_state(
                 status=JobStatus.IN_PROGRESS.value,
@@ -395,9 +420,11 @@ _HELD = (
     .table_valued("id", "attempt")
     .render_derived(name="held")
 )
+_RENEWABLE = _locked_in_order("job_ids", JobStatus.IN_PROGRESS)
 _RENEW = _Compiled(
     jobs.update()
     .where(
+        jobs.c.id == _RENEWABLE.c.id,
         jobs.c.id == _HELD.c.id,
         jobs.c.attempt == _HELD.c.attempt,
         _is(JobStatus.IN_PROGRESS),
@@ -414,10 +441,12 @@ _OUTCOMES = _unnest(
     error=sa.Text(),
     traceparent=sa.Text(),
 )
+_FINISHABLE = _locked_in_order("outcomes_id", JobStatus.IN_PROGRESS)
 _FINISH = _Compiled(
     _with_event(
         jobs.update()
         .where(
+            jobs.c.id == _FINISHABLE.c.id,
             jobs.c.id == _OUTCOMES.c.id,
             jobs.c.attempt == _OUTCOMES.c.attempt,
             _is(JobStatus.IN_PROGRESS),
@@ -482,8 +511,9 @@ _REQUEUE_EXPIRED = _Compiled(
         .cte("changed")
     )
 )
+_UNDISPATCHED = _locked_in_order("job_ids")
 _MARK_UNDISPATCHED = _Compiled(
-    jobs.update().where(jobs.c.id == sa.any_(_JOB_IDS)).values(dispatched_at=None)
+    jobs.update().where(jobs.c.id == _UNDISPATCHED.c.id).values(dispatched_at=None)
 )
 _TAKE_UNDISPATCHED = _Compiled(
     jobs.update()
