@@ -1,9 +1,9 @@
-"""Envoy gateway: REST (JSON transcoding) and native gRPC in front of the job servers.
+"""Envoy gateway: REST (JSON transcoding), gRPC-Web and native gRPC in front of the job servers.
 
-The configuration is rendered from Python (`build_config`) so that local runs, tests and the
-container image share it; `python -m gateway` writes it as YAML for `envoy -c`.
+The configuration is envoy.yaml (with submit.lua) filled in by `render_config`, so that local runs,
+tests and the container image share it; `python -m gateway` writes it for `envoy -c`.
 """
 
-from gateway.config import GatewayOptions, build_config, write_config
+from gateway.config import GatewayOptions, render_config, write_config
 
-__all__ = ["GatewayOptions", "build_config", "write_config"]
+__all__ = ["GatewayOptions", "render_config", "write_config"]

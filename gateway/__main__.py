@@ -1,4 +1,4 @@
-"""Write the Envoy bootstrap as YAML: `python -m gateway --out envoy.yaml ...`.
+"""Write the Envoy bootstrap (gateway/envoy.yaml filled in): `python -m gateway --out FILE ...`.
 
 The defaults are the local layout: everything on loopback, gRPC server on 127.0.0.1:50051.
 Containers pass `--listen-host 0.0.0.0 --upstream server:50051 --dns`.
