@@ -2,7 +2,9 @@
 --
 -- On the way in: the transcoder silently drops JSON fields the contract does not have, so a
 -- misspelt or unsupported top-level field would be ignored. This answers 400 naming the first
--- top-level key that is not a field of SubmitJobRequest.
+-- top-level key that is not a field of SubmitJobRequest. Keys are compared by their JSON value,
+-- as the transcoder reads them: "d\u0061ta" is "data". A key with an invalid escape is never a
+-- field, so it is refused too.
 -- On the way back: the transcoder answers every success with 200; the REST API promised 201 for a
 -- submit. Errors keep their status.
 
@@ -14,7 +16,64 @@ local allowed = {
   ["requestId"] = true,
 }
 
--- The first top-level key of a JSON object that is not allowed, or nil.
+-- What a one-character escape (after the backslash) stands for.
+local escapes = {
+  [34] = '"', [92] = "\\", [47] = "/",
+  [98] = "\b", [102] = "\f", [110] = "\n", [114] = "\r", [116] = "\t",
+}
+
+-- The UTF-8 bytes of a code point.
+local function utf8_char(code)
+  if code < 0x80 then
+    return string.char(code)
+  elseif code < 0x800 then
+    return string.char(0xC0 + math.floor(code / 0x40), 0x80 + code % 0x40)
+  elseif code < 0x10000 then
+    return string.char(0xE0 + math.floor(code / 0x1000),
+      0x80 + math.floor(code / 0x40) % 0x40, 0x80 + code % 0x40)
+  end
+  return string.char(0xF0 + math.floor(code / 0x40000), 0x80 + math.floor(code / 0x1000) % 0x40,
+    0x80 + math.floor(code / 0x40) % 0x40, 0x80 + code % 0x40)
+end
+
+-- The value of a JSON string given its text between the quotes, or nil if an escape is invalid
+-- (an unknown escape, too few hex digits, a UTF-16 surrogate without its pair).
+local function json_string_value(text)
+  if not text:find("\\", 1, true) then return text end
+  local parts, i = {}, 1
+  while true do
+    local slash = text:find("\\", i, true)
+    if slash == nil then
+      parts[#parts + 1] = text:sub(i)
+      return table.concat(parts)
+    end
+    parts[#parts + 1] = text:sub(i, slash - 1)
+    local kind = text:byte(slash + 1)
+    if kind == 117 then -- \uXXXX
+      local hex = text:match("^%x%x%x%x", slash + 2)
+      if hex == nil then return nil end
+      local code = tonumber(hex, 16)
+      i = slash + 6
+      if code >= 0xD800 and code <= 0xDBFF then -- a high surrogate: its low half must follow
+        local low = text:match("^\\u([dD][c-fC-F]%x%x)", i)
+        if low == nil then return nil end
+        code = 0x10000 + (code - 0xD800) * 0x400 + (tonumber(low, 16) - 0xDC00)
+        i = i + 6
+      elseif code >= 0xDC00 and code <= 0xDFFF then
+        return nil
+      end
+      parts[#parts + 1] = utf8_char(code)
+    else
+      local char = escapes[kind]
+      if char == nil then return nil end
+      parts[#parts + 1] = char
+      i = slash + 2
+    end
+  end
+end
+
+-- The first top-level key of a JSON object that is not allowed, or nil: its value, or its text
+-- when an escape in it is invalid. Anything that is not an object is left to the transcoder.
 local function unknown_key(text)
   local depth, i, n = 0, 1, #text
   local top_is_object, expect_key = false, false
@@ -28,7 +87,9 @@ local function unknown_key(text)
       end
       if depth == 1 and top_is_object and expect_key then
         local key = text:sub(i + 1, j - 1)
-        if not allowed[key] then return key end
+        local value = json_string_value(key)
+        if value == nil then return key end
+        if not allowed[value] then return value end
         expect_key = false
       end
       i = j + 1
@@ -52,11 +113,12 @@ function envoy_on_request(request_handle)
   if body == nil or body:length() == 0 then return end
   local key = unknown_key(body:getBytes(0, body:length()))
   if key ~= nil then
+    -- Envoy's local reply mapper (envoy.yaml) turns this text into the JSON error body. Only
+    -- letters, digits and `_-.` of the key are echoed, each other byte as `?`.
     local shown = key:sub(1, 40):gsub("[^%w_%-%.]", "?")
     request_handle:respond(
-      {[":status"] = "400", ["content-type"] = "application/json"},
-      '{"code":3,"message":"unknown field \"' .. shown ..
-        '\" in the request body; known fields: data, operation, request_id"}')
+      {[":status"] = "400", ["content-type"] = "text/plain"},
+      'unknown field "' .. shown .. '" in the request body; known fields: data, operation, request_id')
   end
 end
 
