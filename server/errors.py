@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -18,17 +21,80 @@ from jobcore.errors import (
     JobError,
     JobNotFoundError,
     ServiceShuttingDownError,
+    StoreConflictError,
+    StoreOverloadedError,
+    StoreTimeoutError,
     StoreUnavailableError,
+    TransientError,
 )
 
 logger = logging.getLogger(__name__)
 
 ERROR_DOMAIN = "jobs.v1"
-# Errors a client should retry later (possibly against another replica), with their reasons.
-_UNAVAILABLE_REASONS: dict[type[JobError], str] = {
-    StoreUnavailableError: "STORE_UNAVAILABLE",
-    BrokerUnavailableError: "BROKER_UNAVAILABLE",
-    ServiceShuttingDownError: "SHUTTING_DOWN",
+INTERNAL_MESSAGE = "internal error"
+
+
+@dataclass(frozen=True)
+class _Transient:
+    """How a transient error reaches clients: a retryable code, a reason, a retry hint.
+
+    The message is fixed here rather than taken from the exception, so no driver text
+    (which may quote SQL or values) can reach a client.
+    """
+
+    code: code_pb2.Code.ValueType
+    reason: str
+    message: str
+    retry_after: timedelta
+
+
+# Errors a client should retry (possibly against another replica). The first entry the
+# error is an instance of wins: TransientError comes last, so a new kind of transient
+# error is at least UNAVAILABLE with a retry hint, never INTERNAL.
+_TRANSIENT: dict[type[TransientError], _Transient] = {
+    StoreUnavailableError: _Transient(
+        code_pb2.UNAVAILABLE,
+        "STORE_UNAVAILABLE",
+        "the job store is unavailable; retry later",
+        timedelta(seconds=1),
+    ),
+    BrokerUnavailableError: _Transient(
+        code_pb2.UNAVAILABLE,
+        "BROKER_UNAVAILABLE",
+        "the message broker is unavailable; retry later",
+        timedelta(seconds=1),
+    ),
+    ServiceShuttingDownError: _Transient(
+        code_pb2.UNAVAILABLE,
+        "SHUTTING_DOWN",
+        "the server is shutting down; call again (another replica will answer)",
+        timedelta(seconds=1),
+    ),
+    StoreOverloadedError: _Transient(
+        code_pb2.RESOURCE_EXHAUSTED,
+        "STORE_OVERLOADED",
+        "the job store has no connection to spare; retry later",
+        timedelta(seconds=1),
+    ),
+    # A deadlock or serialization failure passes as soon as the other transaction ends.
+    StoreConflictError: _Transient(
+        code_pb2.ABORTED,
+        "STORE_CONFLICT",
+        "the job store aborted the change because of a concurrent one; retry it",
+        timedelta(milliseconds=100),
+    ),
+    StoreTimeoutError: _Transient(
+        code_pb2.DEADLINE_EXCEEDED,
+        "STORE_TIMEOUT",
+        "the job store took too long and cancelled the statement; retry later",
+        timedelta(seconds=1),
+    ),
+    TransientError: _Transient(
+        code_pb2.UNAVAILABLE,
+        "TRANSIENT",
+        "a dependency failed for a moment; retry later",
+        timedelta(seconds=1),
+    ),
 }
 
 
@@ -89,23 +155,47 @@ def status_for(error: JobError) -> status_pb2.Status:
             message=str(error),
             details=[_error_info("JOB_NOT_FOUND", job_id=error.job_id)],
         )
-    reason = _UNAVAILABLE_REASONS.get(type(error))
-    if reason is not None:
+    transient = _transient(error)
+    if transient is not None:
+        retry_delay = duration_pb2.Duration()
+        retry_delay.FromTimedelta(transient.retry_after)
         return status_pb2.Status(
-            code=code_pb2.UNAVAILABLE,
-            message=f"{error}; retry later",
+            code=transient.code,
+            message=transient.message,
             details=[
-                _error_info(reason),
-                _pack(error_details_pb2.RetryInfo(retry_delay={"seconds": 1})),
+                _error_info(transient.reason),
+                _pack(error_details_pb2.RetryInfo(retry_delay=retry_delay)),
             ],
         )
-    logger.error("unmapped domain error: %r", error)
+    correlation_id = new_correlation_id()
+    logger.error("unmapped domain error (correlation id %s): %r", correlation_id, error)
+    return internal_status(correlation_id)
+
+
+def _transient(error: JobError) -> _Transient | None:
+    for kind, transient in _TRANSIENT.items():
+        if isinstance(error, kind):
+            return transient
+    return None
+
+
+def new_correlation_id() -> str:
+    """An id that ties an INTERNAL answer to the server's log record of its cause."""
+    return uuid.uuid4().hex
+
+
+def internal_status(correlation_id: str) -> status_pb2.Status:
+    """The status of a failure nobody planned for: no internals, only the correlation id."""
     return status_pb2.Status(
-        code=code_pb2.INTERNAL, message="internal error", details=[_error_info("INTERNAL")]
+        code=code_pb2.INTERNAL,
+        message=f"{INTERNAL_MESSAGE} (correlation id {correlation_id})",
+        details=[_error_info("INTERNAL", correlation_id=correlation_id)],
     )
 
 
-async def abort_with(context: grpc.aio.ServicerContext[Any, Any], error: JobError) -> None:
-    """End the call with the status for `error`, details in grpc-status-details-bin."""
-    status = rpc_status.to_status(status_for(error))
-    await context.abort(status.code, status.details, status.trailing_metadata)
+async def abort_with(
+    context: grpc.aio.ServicerContext[Any, Any], status: status_pb2.Status
+) -> None:
+    """End the call with `status`, its details in grpc-status-details-bin."""
+    converted = rpc_status.to_status(status)
+    await context.abort(converted.code, converted.details, converted.trailing_metadata)

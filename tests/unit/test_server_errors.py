@@ -2,20 +2,29 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any, TypeVar
 
+import pytest
 from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2
 
 from jobcore.errors import (
     BrokerUnavailableError,
     FieldViolation,
+    IdempotencyKeyReusedError,
     InvalidJobError,
+    JobAlreadyFinishedError,
+    JobError,
     JobNotFoundError,
     ServiceShuttingDownError,
+    StoreConflictError,
+    StoreOverloadedError,
+    StoreTimeoutError,
     StoreUnavailableError,
+    TransientError,
 )
-from server.errors import status_for
+from server.errors import internal_status, new_correlation_id, status_for
 
 M = TypeVar("M", bound=Message)
 
@@ -73,3 +82,102 @@ def test_outages_are_unavailable_with_a_retry_hint() -> None:
         [info] = _unpack(status, error_details_pb2.ErrorInfo)
         assert info.reason == reason
         assert _unpack(status, error_details_pb2.RetryInfo)
+
+
+@pytest.mark.parametrize(
+    ("error", "code", "reason"),
+    [
+        (StoreUnavailableError("db down"), code_pb2.UNAVAILABLE, "STORE_UNAVAILABLE"),
+        (BrokerUnavailableError("redis down"), code_pb2.UNAVAILABLE, "BROKER_UNAVAILABLE"),
+        (ServiceShuttingDownError("draining"), code_pb2.UNAVAILABLE, "SHUTTING_DOWN"),
+        (StoreOverloadedError("pool"), code_pb2.RESOURCE_EXHAUSTED, "STORE_OVERLOADED"),
+        (StoreConflictError("deadlock"), code_pb2.ABORTED, "STORE_CONFLICT"),
+        (StoreTimeoutError("statement_timeout"), code_pb2.DEADLINE_EXCEEDED, "STORE_TIMEOUT"),
+        (TransientError("something passing"), code_pb2.UNAVAILABLE, "TRANSIENT"),
+    ],
+)
+def test_every_transient_error_has_a_retryable_code_and_a_retry_hint(
+    error: TransientError, code: int, reason: str
+) -> None:
+    status = status_for(error)
+
+    assert status.code == code
+    [info] = _unpack(status, error_details_pb2.ErrorInfo)
+    assert (info.reason, info.domain) == (reason, "jobs.v1")
+    [retry] = _unpack(status, error_details_pb2.RetryInfo)
+    assert retry.retry_delay.ToTimedelta() > timedelta(0)
+
+
+def test_a_new_kind_of_transient_error_is_unavailable_not_internal() -> None:
+    class StoreHiccupError(StoreUnavailableError):
+        pass
+
+    status = status_for(StoreHiccupError("a new kind"))
+
+    assert status.code == code_pb2.UNAVAILABLE
+    assert _unpack(status, error_details_pb2.RetryInfo)
+
+
+@pytest.mark.parametrize(
+    "error_type",
+    [
+        StoreUnavailableError,
+        StoreOverloadedError,
+        StoreConflictError,
+        StoreTimeoutError,
+        BrokerUnavailableError,
+        TransientError,
+    ],
+)
+def test_transient_messages_never_carry_the_exception_text(
+    error_type: type[TransientError],
+) -> None:
+    driver_text = 'deadlock detected: UPDATE jobs SET status = "x" WHERE id = 42'
+
+    status = status_for(error_type(driver_text))
+
+    assert "jobs SET" not in status.message
+    assert "retry" in status.message
+    assert all(b"jobs SET" not in detail.value for detail in status.details)
+
+
+def test_retry_hints_of_conflicts_are_shorter_than_of_outages() -> None:
+    def delay(error: JobError) -> timedelta:
+        [retry] = _unpack(status_for(error), error_details_pb2.RetryInfo)
+        retry_delay: timedelta = retry.retry_delay.ToTimedelta()
+        return retry_delay
+
+    assert delay(StoreConflictError("deadlock")) < delay(StoreUnavailableError("down"))
+
+
+def test_unmapped_domain_error_is_internal_with_a_correlation_id() -> None:
+    class NobodyMappedThisError(JobError):
+        pass
+
+    status = status_for(NobodyMappedThisError("private detail"))
+
+    assert status.code == code_pb2.INTERNAL
+    [info] = _unpack(status, error_details_pb2.ErrorInfo)
+    assert info.reason == "INTERNAL"
+    correlation_id = info.metadata["correlation_id"]
+    assert status.message == f"internal error (correlation id {correlation_id})"
+    assert "private detail" not in status.message
+
+
+def test_internal_status_names_only_the_correlation_id() -> None:
+    first, second = new_correlation_id(), new_correlation_id()
+
+    status = internal_status(first)
+
+    assert first != second
+    assert status.code == code_pb2.INTERNAL
+    assert status.message == f"internal error (correlation id {first})"
+    [info] = _unpack(status, error_details_pb2.ErrorInfo)
+    assert dict(info.metadata) == {"correlation_id": first}
+
+
+def test_existing_mappings_keep_their_codes() -> None:
+    assert status_for(JobAlreadyFinishedError("01a2", "SUCCESS")).code == (
+        code_pb2.FAILED_PRECONDITION
+    )
+    assert status_for(IdempotencyKeyReusedError("key")).code == code_pb2.ALREADY_EXISTS
