@@ -1,16 +1,22 @@
 """The one wrapper around every JobService call: job id for logs, unknown-field check,
-domain errors to gRPC statuses, and the RPC metrics."""
+errors to gRPC statuses, and the RPC metrics.
+
+A domain error becomes its documented status (server.errors). Anything else is a bug or a
+failure nobody mapped: the client gets INTERNAL with a correlation id and nothing of the
+exception (driver text can quote SQL and values), and the traceback is logged once under
+that id. A call never ends UNKNOWN, which grpc.aio would send with the exception's text.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
-from google.rpc import code_pb2
+from google.rpc import code_pb2, status_pb2
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind
 
@@ -18,7 +24,7 @@ from jobcore.errors import JobError
 from jobcore.logs import current_job_id
 from jobcore.tracing import tracer
 from server.conversions import reject_unknown_fields
-from server.errors import abort_with, status_for
+from server.errors import abort_with, internal_status, new_correlation_id, status_for
 from server.metrics import RPC_DURATION, RPC_REQUESTS, WATCH_STREAMS_OPEN
 from server.submit_wire import ReceivedSubmitJob
 
@@ -29,6 +35,8 @@ _REQUEST_DESERIALIZERS: dict[str, Callable[[bytes], Any]] = {
 
 _SERVICE_PREFIX = "/jobs.v1.JobService/"
 Context = grpc.aio.ServicerContext[Any, Any]
+
+logger = logging.getLogger(__name__)
 
 
 class JobServiceInterceptor(grpc.aio.ServerInterceptor):
@@ -99,14 +107,32 @@ class _Call:
         if job_id:
             current_job_id.set(job_id)
 
-    def failed(self, error: BaseException) -> None:
+    def failed(self, error: Exception) -> status_pb2.Status:
+        """The status the call ends with after `error` (an unexpected one is logged here)."""
         if isinstance(error, JobError):
-            self.code = code_pb2.Code.Name(status_for(error).code)
-        elif isinstance(error, asyncio.CancelledError | GeneratorExit):
-            # GeneratorExit: grpc.aio abandoned the stream at a yield (the call ended mid-write).
-            self.code = "CANCELLED"
+            status = status_for(error)
         else:
-            self.code = "UNKNOWN"
+            correlation_id = new_correlation_id()
+            logger.error(
+                "%s failed unexpectedly (correlation id %s)",
+                self.method,
+                correlation_id,
+                exc_info=error,
+            )
+            status = internal_status(correlation_id)
+        self.code = code_pb2.Code.Name(status.code)
+        return status
+
+    def interrupted(self, error: BaseException, context: Context) -> None:
+        """Note how a call ended that the wrapper does not answer itself."""
+        if isinstance(error, grpc.aio.AbortError):
+            # The handler ended the call with a status of its own.
+            code = context.code()
+            self.code = code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
+        else:
+            # CancelledError: the caller went away; GeneratorExit: grpc.aio abandoned the
+            # stream at a yield (the call ended mid-write).
+            self.code = "CANCELLED"
 
     def done(self) -> None:
         RPC_REQUESTS.labels(self.method, self.code).inc()
@@ -122,12 +148,14 @@ def _wrap_unary(method: str, behaviour: Any) -> Any:
                     request.message if isinstance(request, ReceivedSubmitJob) else request
                 )
                 return await behaviour(request, context)
-            except JobError as error:
-                call.failed(error)
-                await abort_with(context, error)
+            except grpc.aio.AbortError as error:
+                call.interrupted(error, context)
+                raise
+            except Exception as error:
+                await abort_with(context, call.failed(error))
                 raise  # unreachable: abort raises
             except BaseException as error:
-                call.failed(error)
+                call.interrupted(error, context)
                 raise
             finally:
                 call.done()
@@ -160,12 +188,15 @@ def _wrap_stream(method: str, behaviour: Any) -> Any:
                         except StopAsyncIteration:
                             break
                     yield response
-        except JobError as error:
-            call.failed(error)
+        except grpc.aio.AbortError as error:
+            call.interrupted(error, context)
+            raise
+        except Exception as error:
+            # Also after responses were sent: the stream then ends with this status.
             with trace.use_span(span):
-                await abort_with(context, error)
+                await abort_with(context, call.failed(error))
         except BaseException as error:
-            call.failed(error)
+            call.interrupted(error, context)
             raise
         finally:
             WATCH_STREAMS_OPEN.dec()
