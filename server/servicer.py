@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -18,8 +19,8 @@ from jobcore.errors import FieldViolation, InvalidJobError
 from jobcore.events import JobEventHub
 from jobcore.ids import new_job_id
 from jobcore.listing import decode_page_token, encode_page_token, page_size_of, parse_filter
-from jobcore.models import Job
-from jobcore.operations import pack_numbers, validate_numbers
+from jobcore.models import Job, JobStatus
+from jobcore.operations import Operation, pack_numbers, validate_numbers
 from jobcore.store import JobStore
 from jobcore.tracing import context_from, tracer
 from server.conversions import job_id_from_proto, job_to_proto, operation_from_proto
@@ -91,6 +92,12 @@ def _after_sequence(request: pb.WatchJobRequest, context: Context) -> int:
     return int(header)
 
 
+def _log_abandoned_failure(submitting: asyncio.Task[tuple[Job, bool]]) -> None:
+    """Log why a submit whose caller went away failed: nobody else will see the error."""
+    if not submitting.cancelled() and (error := submitting.exception()) is not None:
+        logger.warning("SubmitJob failed after its caller went away", exc_info=error)
+
+
 def _trace_delivery(update: WatchUpdate) -> None:
     """A span in the trace of the change (SubmitJob, the worker, CancelJob) for its delivery."""
     with tracer().start_as_current_span(
@@ -123,6 +130,8 @@ class JobServicer(pb_grpc.JobServiceServicer):
         self._hub = hub
         self._max_job_numbers = max_job_numbers
         self._watch_heartbeat = watch_heartbeat
+        # Submissions whose caller may be gone: referenced until done, so none is collected.
+        self._submitting: set[asyncio.Task[tuple[Job, bool]]] = set()
 
     async def SubmitJob(
         self, request: pb.SubmitJobRequest | ReceivedSubmitJob, context: Context
@@ -141,17 +150,39 @@ class JobServicer(pb_grpc.JobServiceServicer):
         request_id = _collect(violations, lambda: _request_id(received.message, context))
         if violations or numbers is None or operation is None:
             raise InvalidJobError(violations)
-        job, created = await self._store.create(
-            job_id=new_job_id(),
-            operation=operation,
-            numbers=pack_numbers(numbers),
-            request_id=request_id,
+        # Storing and dispatching run as one task the caller's cancellation (a deadline, a
+        # hang-up) cannot split: a job stored without its wake-up would wait for the
+        # redispatch sweep, and its idempotent retries would not wake a worker either.
+        submitting = asyncio.create_task(
+            self._store_and_dispatch(
+                operation=operation, numbers=pack_numbers(numbers), request_id=request_id
+            )
         )
+        self._submitting.add(submitting)
+        submitting.add_done_callback(self._submitting.discard)
+        try:
+            job, _ = await asyncio.shield(submitting)
+        except asyncio.CancelledError:
+            submitting.add_done_callback(_log_abandoned_failure)
+            raise
         trace.get_current_span().set_attribute("job.id", str(job.id))
+        return job_to_proto(job, with_result=False)
+
+    async def _store_and_dispatch(
+        self, *, operation: Operation, numbers: bytes | memoryview, request_id: str | None
+    ) -> tuple[Job, bool]:
+        """Store the job, then queue its wake-up; (job, created) as JobStore.create answers."""
+        job, created = await self._store.create(
+            job_id=new_job_id(), operation=operation, numbers=numbers, request_id=request_id
+        )
         if created:
             JOBS_SUBMITTED.labels(operation.value).inc()
+        # A retry of a job still PENDING may be all that is left of a submit whose wake-up
+        # was lost, so it wakes a worker again: a duplicate wake-up is harmless, because
+        # claiming a job is a compare-and-set.
+        if created or job.status is JobStatus.PENDING:
             self._dispatcher.dispatch(job.id)
-        return job_to_proto(job, with_result=False)
+        return job, created
 
     async def GetStatus(self, request: pb.GetStatusRequest, context: Context) -> pb.Job:
         job = await self._store.get(job_id_from_proto(request.job_id))

@@ -1,0 +1,79 @@
+"""REST submits whose client hangs up mid-call: every job that was stored still gets its wake-up."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from datetime import timedelta
+
+import asyncpg
+
+from devstack.stack import Stack
+from jobcore.store import asyncpg_dsn
+from tests.eventually import eventually
+from tests.redispatch import START_WITHIN, redispatch_after
+
+HANGUPS = 120
+HANGUP_SPREAD = timedelta(milliseconds=200).total_seconds()
+
+
+async def _submit_and_hang_up(stack: Stack, key: str, *, after_seconds: float) -> None:
+    """POST a job through Envoy and close the connection `after_seconds` after sending it."""
+    body = json.dumps({"data": [1, 2, 3], "operation": "square_sum"}).encode()
+    request = (
+        "POST /api/v1/jobs HTTP/1.1\r\n"
+        f"Host: {stack.gateway_target}\r\n"
+        "Content-Type: application/json\r\n"
+        f"Idempotency-Key: {key}\r\n"
+        f"Content-Length: {len(body)}\r\n"
+        "\r\n"
+    ).encode() + body
+    host, port = stack.gateway_target.rsplit(":", 1)
+    _, writer = await asyncio.open_connection(host, int(port))
+    writer.write(request)
+    await writer.drain()
+    await asyncio.sleep(after_seconds)
+    writer.close()
+    await writer.wait_closed()
+
+
+async def _stored(database_url: str, prefix: str) -> list[asyncpg.Record]:
+    """The jobs stored for keys with `prefix`: status, and how long each waited to start."""
+    connection = await asyncpg.connect(asyncpg_dsn(database_url))
+    try:
+        return await connection.fetch(
+            """
+            SELECT jobs.request_id, jobs.status,
+                   (SELECT started.occurred_at - jobs.created_at FROM job_events AS started
+                     WHERE started.job_id = jobs.id AND started.status = 'IN_PROGRESS'
+                     ORDER BY started.sequence LIMIT 1) AS waited
+              FROM jobs
+             WHERE jobs.request_id LIKE $1
+            """,
+            f"{prefix}%",
+        )
+    finally:
+        await connection.close()
+
+
+async def test_jobs_of_clients_that_hung_up_start_without_the_sweep(stack: Stack) -> None:
+    assert redispatch_after(stack) >= 3 * START_WITHIN
+    prefix = f"hangup-{uuid.uuid4()}-"
+
+    # Hang-ups spread over the first moments of the call, so some come while the job is stored.
+    await asyncio.gather(
+        *(
+            _submit_and_hang_up(stack, f"{prefix}{i}", after_seconds=i * HANGUP_SPREAD / HANGUPS)
+            for i in range(HANGUPS)
+        )
+    )
+
+    rows = await eventually(
+        lambda: _stored(stack.database_url, prefix),
+        until=lambda rows: bool(rows) and all(row["status"] != "PENDING" for row in rows),
+        timeout_seconds=START_WITHIN.total_seconds(),
+    )
+    assert all(row["waited"] < START_WITHIN for row in rows), sorted(
+        (row["waited"], row["request_id"]) for row in rows
+    )
