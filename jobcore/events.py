@@ -19,14 +19,15 @@ import uuid
 from collections import defaultdict
 from collections.abc import Iterator
 from datetime import datetime, timedelta
-from typing import Any, Final
+from typing import Any, Final, NoReturn
 
 import asyncpg
 
-from jobcore.errors import ServiceShuttingDownError
+from jobcore.errors import ServiceShuttingDownError, TransientError
 from jobcore.models import JobEvent
 from jobcore.schema import JOB_EVENTS_CHANNEL
 from jobcore.store import asyncpg_dsn, event_from_row
+from jobcore.supervision import Backoff, Supervisor, TransientEpisode, inject_fault
 
 logger = logging.getLogger(__name__)
 
@@ -50,8 +51,23 @@ HEARTBEAT: Final = _Signal("HEARTBEAT")
 
 InboxItem = JobEvent | _Signal
 
+# The supervised task that holds the LISTEN connection (and the name of its fault file).
+LISTENER_TASK = "job-event-listener"
+
 _RECONNECT_FIRST_DELAY_SECONDS = 0.2
 _RECONNECT_MAX_DELAY_SECONDS = 5.0
+# How often a quiet LISTEN connection is probed, so a silent network loss is noticed.
+_PROBE_INTERVAL_SECONDS = 5.0
+_CLOSE_TIMEOUT_SECONDS = 2.0
+# What a refused, lost or half-dead LISTEN connection raises: reconnect. Anything else is a
+# bug and ends the task, and with it the process.
+_CONNECTION_ERRORS = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    TransientError,
+)
 # Heartbeats come due within this fraction of the interval late.
 _HEARTBEAT_TICKS_PER_INTERVAL = 16
 
@@ -179,7 +195,8 @@ class JobEventHub:
         self._connected = asyncio.Event()
         self._ready = asyncio.Event()
         self._closing = False
-        self._task: asyncio.Task[None] | None = None
+        self._task: asyncio.Task[Any] | None = None
+        self._supervised = False
 
     @property
     def connected(self) -> bool:
@@ -191,9 +208,14 @@ class JobEventHub:
         """How many streams are open."""
         return sum(len(inboxes) for inboxes in self._inboxes.values())
 
-    async def start(self, *, timeout_seconds: float) -> None:
-        """Start listening; wait up to `timeout_seconds` for the first connection."""
-        self._task = asyncio.create_task(self._listen_forever(), name="job-event-listener")
+    async def start(self, *, timeout_seconds: float, supervisor: Supervisor | None = None) -> None:
+        """Start listening, as a task of `supervisor` if given; wait up to `timeout_seconds` for
+        the first connection."""
+        if supervisor is None:
+            self._task = asyncio.create_task(self._listen_forever(), name=LISTENER_TASK)
+        else:
+            self._task = supervisor.start(LISTENER_TASK, self._listen_forever())
+            self._supervised = True
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._ready.wait(), timeout_seconds)
 
@@ -207,8 +229,13 @@ class JobEventHub:
             await clock.stop()
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # Never raises, so the drain goes on: a failure of the listener is reported by
+            # its supervisor, or here when it has none.
+            await asyncio.wait({self._task})
+            if not self._supervised and not self._task.cancelled():
+                error = self._task.exception()
+                if error is not None:
+                    logger.error("the job event listener had failed", exc_info=error)
 
     @contextlib.contextmanager
     def subscribe(
@@ -259,43 +286,64 @@ class JobEventHub:
             for inbox in inboxes:
                 inbox.put_nowait(item)
 
-    async def _listen_forever(self) -> None:
-        delay = _RECONNECT_FIRST_DELAY_SECONDS
+    async def _listen_forever(self) -> NoReturn:
+        """Hold the LISTEN connection; reconnect with backoff, logging each outage once."""
+        backoff = Backoff(
+            first_seconds=_RECONNECT_FIRST_DELAY_SECONDS, cap_seconds=_RECONNECT_MAX_DELAY_SECONDS
+        )
+        episode = TransientEpisode("LISTEN connection for job events")
         while True:
+            inject_fault(LISTENER_TASK)
             try:
                 connection = await asyncpg.connect(self._dsn, timeout=5)
-            except (OSError, asyncpg.PostgresError, TimeoutError) as error:
-                logger.warning("LISTEN connection failed (%s); retrying in %.1f s", error, delay)
-                self._ready.set()
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, _RECONNECT_MAX_DELAY_SECONDS)
-                continue
-            lost = asyncio.Event()
-            connection.add_termination_listener(lambda _connection, lost=lost: lost.set())
-            try:
-                await connection.add_listener(JOB_EVENTS_CHANNEL, self._on_notification)
-                self._connected.set()
-                self._ready.set()
-                delay = _RECONNECT_FIRST_DELAY_SECONDS
-                # Anything committed while we were not listening is read back by each stream.
-                self._broadcast(RESYNC)
-                logger.info("listening for job events")
-                await self._wait_until_lost(connection, lost)
-            finally:
-                self._connected.clear()
-                if not connection.is_closed():
-                    await connection.close(timeout=2)
-            logger.warning("LISTEN connection lost; reconnecting")
+            except _CONNECTION_ERRORS as error:
+                episode.failed(error)
+            else:
+                try:
+                    await self._listen(connection, episode, backoff)
+                except _CONNECTION_ERRORS as error:
+                    episode.failed(error)
+                finally:
+                    self._connected.clear()
+                    await _close_quietly(connection)
+            self._ready.set()  # start() waits no longer: health says NOT_SERVING meanwhile
+            await asyncio.sleep(backoff.next_delay())
+
+    async def _listen(
+        self, connection: asyncpg.Connection, episode: TransientEpisode, backoff: Backoff
+    ) -> None:
+        """Deliver notifications until the connection is lost (a connection error then)."""
+        lost = asyncio.Event()
+        connection.add_termination_listener(lambda _connection, lost=lost: lost.set())
+        await connection.add_listener(JOB_EVENTS_CHANNEL, self._on_notification)
+        self._connected.set()
+        self._ready.set()
+        backoff.reset()
+        if not episode.recovered():
+            logger.info("listening for job events")
+        # Anything committed while we were not listening is read back by each stream.
+        self._broadcast(RESYNC)
+        await self._wait_until_lost(connection, lost)
 
     @staticmethod
-    async def _wait_until_lost(connection: asyncpg.Connection, lost: asyncio.Event) -> None:
-        """Return when the connection dies; a periodic no-op query detects silent network loss."""
-        while not lost.is_set():
+    async def _wait_until_lost(connection: asyncpg.Connection, lost: asyncio.Event) -> NoReturn:
+        """Raise ConnectionError once the connection dies; a periodic no-op query detects a
+        silent network loss (and its own failure propagates)."""
+        while True:
+            inject_fault(LISTENER_TASK)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(lost.wait(), timeout=5)
+                await asyncio.wait_for(lost.wait(), timeout=_PROBE_INTERVAL_SECONDS)
             if lost.is_set():
-                return
-            try:
-                await connection.execute("SELECT 1", timeout=5)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
-                return
+                raise ConnectionError("the LISTEN connection was closed")
+            await connection.execute("SELECT 1", timeout=_PROBE_INTERVAL_SECONDS)
+
+
+async def _close_quietly(connection: asyncpg.Connection) -> None:
+    """Close a connection that may be half dead; if closing fails, drop it without a goodbye."""
+    if connection.is_closed():
+        return
+    try:
+        await connection.close(timeout=_CLOSE_TIMEOUT_SECONDS)
+    except _CONNECTION_ERRORS as error:
+        logger.info("closing the LISTEN connection failed (%s); dropping it", error)
+        connection.terminate()
