@@ -14,11 +14,14 @@ from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
-from jobcore.errors import StoreUnavailableError
 from jobcore.models import Claim
 from jobcore.store import JobStore
+from jobcore.supervision import run_periodically
 
 logger = logging.getLogger(__name__)
+
+# The supervised task (and the name of its fault file).
+LEASE_TASK = "lease-keeper"
 
 
 class LeaseKeeper:
@@ -32,11 +35,15 @@ class LeaseKeeper:
     @contextlib.contextmanager
     def hold(self, claim: Claim, task: asyncio.Task[Any]) -> Iterator[None]:
         """Keep renewing `claim` while the block runs; cancel `task` if the claim is lost."""
-        self._held[claim.job_id] = (claim, task)
+        held = (claim, task)
+        self._held[claim.job_id] = held
         try:
             yield
         finally:
-            self._held.pop(claim.job_id, None)
+            # Only our own entry: a newer attempt of the same job may have replaced it, and
+            # its lease must go on being renewed after this older attempt ends.
+            if self._held.get(claim.job_id) == held:
+                del self._held[claim.job_id]
 
     async def renew_once(self) -> None:
         """One batched renewal; cancel the tasks whose claim no longer holds."""
@@ -52,10 +59,5 @@ class LeaseKeeper:
                 task.cancel()
 
     async def run(self) -> None:
-        """Renew until cancelled; a database outage is retried at the next tick."""
-        while True:
-            await asyncio.sleep(self.lease.total_seconds() / 3)
-            try:
-                await self.renew_once()
-            except StoreUnavailableError:
-                logger.warning("lease renewal skipped: PostgreSQL unavailable")
+        """Renew until cancelled; a transient store error is retried with backoff."""
+        await run_periodically(LEASE_TASK, self.renew_once, interval=self.lease / 3)
