@@ -64,6 +64,10 @@ _MIN_BATCH_INTERVAL_SECONDS = 0.02
 # encodes a statement's arguments into one buffer, so concurrent big jobs sharing a
 # statement would otherwise hold up to 100 x a job's size at once.
 _MAX_BATCH_NUMBER_BYTES = 16 * 1024 * 1024
+# Inserts of one submission within its batch: a key whose job is purged between the
+# insert and the lookup is free again, so the job is inserted anew; a key freed every
+# time means retention races that submit, which is then told to retry.
+_CREATE_ROUNDS = 3
 # Errors are stored and sent in notifications; keep them far below pg_notify's 8000 bytes.
 MAX_ERROR_CHARS = 1000
 CANCELLED_ERROR = "cancelled by request"
@@ -725,30 +729,53 @@ class JobStore:
     async def _create_batch(
         self, new_jobs: list[_NewJob]
     ) -> list[tuple[Job, bool] | BaseException]:
+        answers: dict[int, tuple[Job, bool] | BaseException] = {}
+        waiting = list(enumerate(new_jobs))
+        for _ in range(_CREATE_ROUNDS):
+            waiting = await self._insert_or_find(waiting, answers)
+            if not waiting:
+                break
+        for index, new in waiting:
+            logger.warning(
+                "idempotency key %r was freed again after each of %d inserts",
+                new.request_id,
+                _CREATE_ROUNDS,
+            )
+            answers[index] = StoreConflictError(_CONFLICT_MESSAGE)
+        return [answers[index] for index in range(len(new_jobs))]
+
+    async def _insert_or_find(
+        self,
+        waiting: list[tuple[int, _NewJob]],
+        answers: dict[int, tuple[Job, bool] | BaseException],
+    ) -> list[tuple[int, _NewJob]]:
+        """Insert these jobs, answering each by its index; those whose key was freed meanwhile."""
         rows = await self._fetch(
             _CREATE,
-            new_jobs_id=[new.job_id for new in new_jobs],
-            new_jobs_operation=[new.operation.value for new in new_jobs],
-            new_jobs_numbers=[new.numbers for new in new_jobs],
-            new_jobs_number_count=[len(new.numbers) // 8 for new in new_jobs],
-            new_jobs_request_id=[new.request_id for new in new_jobs],
-            new_jobs_request_hash=[new.request_hash for new in new_jobs],
-            new_jobs_traceparent=[new.traceparent for new in new_jobs],
+            new_jobs_id=[new.job_id for _, new in waiting],
+            new_jobs_operation=[new.operation.value for _, new in waiting],
+            new_jobs_numbers=[new.numbers for _, new in waiting],
+            new_jobs_number_count=[len(new.numbers) // 8 for _, new in waiting],
+            new_jobs_request_id=[new.request_id for _, new in waiting],
+            new_jobs_request_hash=[new.request_hash for _, new in waiting],
+            new_jobs_traceparent=[new.traceparent for _, new in waiting],
         )
         created = {row["id"]: row for row in rows}
-        results: list[tuple[Job, bool] | BaseException] = []
-        for new in new_jobs:
+        freed: list[tuple[int, _NewJob]] = []
+        for index, new in waiting:
             row = created.get(new.job_id)
             if row is not None:
-                results.append((_job_from_row(row), True))
+                answers[index] = (_job_from_row(row), True)
                 continue
             # The key was used before (perhaps earlier in this batch): same request, same job.
-            existing = (await self._fetch(_GET_BY_REQUEST_ID, request_id=new.request_id))[0]
-            if existing["request_hash"] != new.request_hash:
-                results.append(IdempotencyKeyReusedError(new.request_id or ""))
+            existing = await self._fetch(_GET_BY_REQUEST_ID, request_id=new.request_id)
+            if not existing:
+                freed.append((index, new))  # its job was purged since the insert
+            elif existing[0]["request_hash"] != new.request_hash:
+                answers[index] = IdempotencyKeyReusedError(new.request_id or "")
             else:
-                results.append((_job_from_row(existing), False))
-        return results
+                answers[index] = (_job_from_row(existing[0]), False)
+        return freed
 
     async def get(self, job_id: uuid.UUID) -> Job:
         """The job's current state; JobNotFoundError if there is no such job."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
@@ -13,7 +14,7 @@ import pytest
 
 from jobcore.errors import IdempotencyKeyReusedError, JobAlreadyFinishedError, JobNotFoundError
 from jobcore.ids import new_job_id
-from jobcore.models import Job, JobStatus, Outcome
+from jobcore.models import Claim, Job, JobStatus, Outcome
 from jobcore.operations import Operation, pack_numbers
 from jobcore.schema import JOB_EVENTS_CHANNEL
 from jobcore.store import CANCELLED_ERROR, JobStore, asyncpg_dsn
@@ -147,6 +148,89 @@ async def test_a_stale_and_a_current_attempt_finishing_together_get_their_own_an
     assert (await store.get(job.id)).outcome == Outcome(result=9.0, error=None)
 
 
+async def _lost_then_claimed_again(
+    store: JobStore, *, lease: timedelta = LEASE
+) -> tuple[Job, Claim, Claim]:
+    """A job whose first attempt lost its lease and whose second attempt now holds it."""
+    job = await _new_job(store)
+    lost = await store.claim(job.id, lease=timedelta(milliseconds=1))
+    assert lost is not None
+    await asyncio.sleep(0.01)
+    assert job.id in {j.id for j in await store.requeue_expired(max_attempts=3, limit=10_000)}
+    current = await store.claim(job.id, lease=lease)
+    assert current is not None
+    assert (lost.attempt, current.attempt) == (1, 2)
+    return job, lost, current
+
+
+async def test_a_lost_attempt_cannot_finish_the_attempt_that_holds_the_job(
+    store: JobStore,
+) -> None:
+    job, lost, current = await _lost_then_claimed_again(store)
+
+    assert await store.finish(lost, Outcome(result=1.0)) is False
+
+    running = await store.get(job.id)
+    assert (running.status, running.attempts, running.outcome) == (JobStatus.IN_PROGRESS, 2, None)
+    assert await store.finish(current, Outcome(result=9.0)) is True
+    done = await store.get(job.id)
+    assert (done.status, done.attempts, done.outcome) == (
+        JobStatus.SUCCESS,
+        2,
+        Outcome(result=9.0),
+    )
+
+
+@pytest.mark.parametrize("lost_first", [True, False], ids=["lost-first", "current-first"])
+async def test_a_lost_and_the_current_attempt_finishing_in_one_statement(
+    store: JobStore, lost_first: bool
+) -> None:
+    job, lost, current = await _lost_then_claimed_again(store)
+    other = await _new_job(store)
+    other_claim = await store.claim(other.id, lease=LEASE)
+    assert other_claim is not None
+    finishes = [(lost, Outcome(result=1.0)), (current, Outcome(result=9.0))]
+    if not lost_first:
+        finishes.reverse()
+
+    # The first finish runs alone; the lost and the current attempt share the next statement.
+    answers = await asyncio.gather(
+        store.finish(other_claim, Outcome(result=4.0)),
+        *(store.finish(claim, outcome) for claim, outcome in finishes),
+    )
+
+    by_attempt = dict(zip((claim.attempt for claim, _ in finishes), answers[1:], strict=True))
+    assert by_attempt == {1: False, 2: True}
+    done = await store.get(job.id)
+    assert (done.status, done.attempts, done.outcome) == (
+        JobStatus.SUCCESS,
+        2,
+        Outcome(result=9.0),
+    )
+    assert [(e.status, e.attempts, e.outcome) for e in await store.events_after(job.id, 0)][-1] == (
+        JobStatus.SUCCESS,
+        2,
+        Outcome(result=9.0),
+    )
+
+
+async def test_a_lost_attempt_cannot_renew_the_lease_of_the_attempt_that_holds_the_job(
+    store: JobStore,
+) -> None:
+    job, lost, _ = await _lost_then_claimed_again(store, lease=timedelta(milliseconds=1))
+    other = await _new_job(store)
+    other_claim = await store.claim(other.id, lease=LEASE)
+    assert other_claim is not None
+
+    held = await store.renew([lost, other_claim], lease=LEASE)
+
+    assert held == {other.id}
+    # The current attempt's short lease was not extended by the lost one's renewal.
+    await asyncio.sleep(0.01)
+    requeued = await store.requeue_expired(max_attempts=3, limit=10_000)
+    assert [(j.id, j.status) for j in requeued if j.id == job.id] == [(job.id, JobStatus.PENDING)]
+
+
 async def test_expired_lease_requeues_the_job_then_gives_up_after_max_attempts(
     store: JobStore,
 ) -> None:
@@ -234,6 +318,69 @@ async def test_idempotency_key_returns_the_original_job_for_the_same_request(
         await store.create(
             job_id=new_job_id(), operation=Operation.SQUARE_SUM, numbers=numbers, request_id=key
         )
+
+
+async def test_a_key_whose_job_is_purged_during_a_submit_is_used_anew_and_fails_no_one(
+    store: JobStore, isolated_database_url: str
+) -> None:
+    key = f"purged-{new_job_id()}"
+    companion_key = f"{key}-companion"
+    numbers = pack_numbers([2.0])
+    old, _ = await store.create(
+        job_id=new_job_id(), operation=Operation.SQUARE_SUM, numbers=numbers, request_id=key
+    )
+    await store.cancel(old.id)
+    # Retention purges the old job in the very statement whose insert found its key
+    # taken (the one that also inserts the companion), so the lookup after it finds nothing.
+    trigger = f"purge_during_submit_{uuid.uuid4().hex}"
+    admin = await asyncpg.connect(asyncpg_dsn(isolated_database_url))
+    await admin.execute(
+        f"""
+        CREATE FUNCTION {trigger}() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF EXISTS (SELECT 1 FROM inserted WHERE request_id = '{companion_key}') THEN
+                DELETE FROM jobs WHERE request_id = '{key}' AND status = 'CANCELLED';
+            END IF;
+            RETURN NULL;
+        END $$;
+        CREATE TRIGGER {trigger} AFTER INSERT ON jobs REFERENCING NEW TABLE AS inserted
+            FOR EACH STATEMENT EXECUTE FUNCTION {trigger}();
+        """
+    )
+    try:
+        resubmitted_id, companion_id = new_job_id(), new_job_id()
+        # The first create runs alone; the other two share the next statement.
+        _, (resubmitted, created), (companion, companion_created) = await asyncio.gather(
+            _new_job(store),
+            store.create(
+                job_id=resubmitted_id,
+                operation=Operation.SQUARE_SUM,
+                numbers=numbers,
+                request_id=key,
+            ),
+            store.create(
+                job_id=companion_id,
+                operation=Operation.SQUARE_SUM,
+                numbers=numbers,
+                request_id=companion_key,
+            ),
+        )
+    finally:
+        await admin.execute(f"DROP TRIGGER {trigger} ON jobs; DROP FUNCTION {trigger}()")
+        await admin.close()
+
+    assert (resubmitted.id, resubmitted.status, created) == (
+        resubmitted_id,
+        JobStatus.PENDING,
+        True,
+    )
+    assert (companion.id, companion_created) == (companion_id, True)
+    with pytest.raises(JobNotFoundError):
+        await store.get(old.id)
+    again, created_again = await store.create(
+        job_id=new_job_id(), operation=Operation.SQUARE_SUM, numbers=numbers, request_id=key
+    )
+    assert (again.id, created_again) == (resubmitted_id, False)
 
 
 async def test_concurrent_submissions_with_one_key_make_one_job(store: JobStore) -> None:
