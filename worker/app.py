@@ -11,6 +11,7 @@ from jobcore.gc_tuning import tune_for_long_running_process
 from jobcore.logs import configure_logging
 from jobcore.queue import create_celery_app
 from jobcore.settings import get_settings
+from jobcore.supervision import enable_fault_injection
 from jobcore.tracing import configure_tracing
 from worker.runtime import running_runtime
 
@@ -18,6 +19,8 @@ from worker.runtime import running_runtime
 CLAIMING_THREADS = 4
 
 settings = get_settings()
+# Before Celery starts: a production worker with the test hook set refuses to start.
+enable_fault_injection(settings, process="worker")
 app = create_celery_app(settings)
 app.conf.update(
     # A task only claims its jobs and hands them to the process's asyncio loop, which

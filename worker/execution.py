@@ -15,13 +15,14 @@ from typing import TypeVar
 from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind
 
-from jobcore.errors import ComputationError, StoreUnavailableError
+from jobcore.errors import ComputationError, TransientError
 from jobcore.events import RESYNC, InboxItem
 from jobcore.logs import current_job_id
 from jobcore.models import Claim, JobEvent, JobStatus, Outcome
 from jobcore.operations import compute, unpack_numbers
 from jobcore.queue import Wakeup
 from jobcore.store import JobStore
+from jobcore.supervision import Backoff, TransientEpisode
 from jobcore.tracing import context_from, tracer
 from worker.metrics import JOBS_IN_FLIGHT, JOBS_PROCESSED, PROCESSING_SECONDS
 from worker.runtime import WorkerServices
@@ -36,22 +37,31 @@ _RETRY_FIRST_DELAY_SECONDS = 0.2
 _RETRY_MAX_DELAY_SECONDS = 5.0
 
 
-async def _retry_while_store_unavailable(
-    operation: Callable[[], Awaitable[T]], *, give_up_after: timedelta
+async def _retry_transient(
+    what: str, operation: Callable[[], Awaitable[T]], *, give_up_after: timedelta
 ) -> T:
-    """Retry a store call through a PostgreSQL outage, with backoff, for at most `give_up_after`."""
+    """Retry a store call through a transient failure, with backoff, for at most `give_up_after`.
+
+    Safe because claims are compare-and-set and finishes are fenced by the attempt.
+    """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + give_up_after.total_seconds()
-    delay = _RETRY_FIRST_DELAY_SECONDS
+    backoff = Backoff(
+        first_seconds=_RETRY_FIRST_DELAY_SECONDS, cap_seconds=_RETRY_MAX_DELAY_SECONDS
+    )
+    episode = TransientEpisode(what)
     while True:
         try:
-            return await operation()
-        except StoreUnavailableError:
+            result = await operation()
+        except TransientError as error:
+            delay = backoff.next_delay()
             if loop.time() + delay > deadline:
                 raise
-            logger.warning("store unavailable; retrying in %.1f s", delay)
+            episode.failed(error)
             await asyncio.sleep(delay)
-            delay = min(delay * 2, _RETRY_MAX_DELAY_SECONDS)
+            continue
+        episode.recovered()
+        return result
 
 
 def _outcome_of(claim: Claim) -> Outcome:
@@ -84,8 +94,10 @@ async def _until_taken_away(inbox: asyncio.Queue[InboxItem], store: JobStore, cl
         elif item is RESYNC:
             try:
                 job = await store.get(claim.job_id)
-            except StoreUnavailableError:
-                continue  # the listener reconnects and sends RESYNC again
+            except TransientError as error:
+                # The listener reconnects and sends RESYNC again.
+                logger.warning("job %s: re-reading after RESYNC failed (%s)", claim.job_id, error)
+                continue
             if job.status != JobStatus.IN_PROGRESS or job.attempts != claim.attempt:
                 return job.status.value
 
@@ -163,8 +175,8 @@ async def _execute(
     store, lease = services.store, services.leases.lease
     # Subscribe first: a cancellation right after the claim must not be missed.
     with services.hub.subscribe(job_id) as inbox:
-        claim = await _retry_while_store_unavailable(
-            lambda: store.claim(job_id, lease=lease), give_up_after=lease
+        claim = await _retry_transient(
+            f"job {job_id}: claim", lambda: store.claim(job_id, lease=lease), give_up_after=lease
         )
         if claimed is not None:
             claimed.set_result(None)
@@ -215,8 +227,10 @@ async def _attempt(
 
 async def _record(store: JobStore, claim: Claim, outcome: Outcome, *, lease: timedelta) -> str:
     """Store the outcome (fenced by the attempt); the metrics label of how the attempt ended."""
-    recorded = await _retry_while_store_unavailable(
-        lambda: store.finish(claim, outcome), give_up_after=lease
+    recorded = await _retry_transient(
+        f"job {claim.job_id}: recording attempt {claim.attempt}",
+        lambda: store.finish(claim, outcome),
+        give_up_after=lease,
     )
     if not recorded:
         logger.warning(

@@ -3,11 +3,20 @@
 Celery's task threads only wait for the claims; the jobs then run on the loop, so
 the simulated delay, the database and the event listener cost coroutines, not
 threads, and WORKER_CONCURRENCY jobs can be in flight per process.
+
+The loop's background tasks (lease renewal, the LISTEN connection) are supervised: if
+one fails, the whole worker process exits non-zero at once, to be restarted. Its
+running jobs are recovered by their leases and its unstarted wake-ups by the
+server's maintenance; a worker that took jobs without renewing their leases would
+only make them run twice.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
+import sys
 import threading
 from collections.abc import Coroutine
 from dataclasses import dataclass
@@ -17,12 +26,12 @@ from typing import Any, TypeVar
 from jobcore.events import JobEventHub
 from jobcore.settings import Settings
 from jobcore.store import JobStore
-from worker.leases import LeaseKeeper
+from jobcore.supervision import FAILED_TASK_EXIT_STATUS, Supervisor, TaskFailure
+from worker.leases import LEASE_TASK, LeaseKeeper
 
 T = TypeVar("T")
 
-# Strong references to the process's background tasks, so they are never garbage-collected.
-_background: set[asyncio.Task[None]] = set()
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -39,13 +48,13 @@ class WorkerServices:
     running: set[asyncio.Task[None]]
 
     @classmethod
-    async def start(cls, settings: Settings) -> WorkerServices:
-        """Connect, listen for job events and renew leases, on the running loop."""
+    async def start(cls, settings: Settings, *, supervisor: Supervisor) -> WorkerServices:
+        """Connect, listen for job events and renew leases (under `supervisor`), on the running loop."""
         store = await JobStore.connect(settings.database_url, pool_size=settings.db_pool_size)
         hub = JobEventHub(settings.database_url)
-        await hub.start(timeout_seconds=5)
+        await hub.start(timeout_seconds=5, supervisor=supervisor)
         leases = LeaseKeeper(store, lease=timedelta(seconds=settings.job_lease_seconds))
-        _background.add(asyncio.create_task(leases.run(), name="lease-renewal"))
+        supervisor.start(LEASE_TASK, leases.run())
         return cls(
             store=store,
             hub=hub,
@@ -60,8 +69,24 @@ class WorkerServices:
             await asyncio.wait(set(self.running), timeout=timeout_seconds)
 
 
+def end_worker_process(failure: TaskFailure) -> None:
+    """Exit the whole process now, non-zero: a worker with a dead background task must not go on.
+
+    Not Celery's warm shutdown: it would wait for running jobs whose leases may no longer be
+    renewed, and Celery would then exit 0, so the process manager would not see a failure.
+    """
+    logger.critical(
+        "background task %s failed; ending the worker process (status %d) to be restarted",
+        failure.name,
+        FAILED_TASK_EXIT_STATUS,
+    )
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(FAILED_TASK_EXIT_STATUS)
+
+
 class AsyncRuntime:
-    """A background event loop with the process's WorkerServices."""
+    """A background event loop with the process's WorkerServices and their supervisor."""
 
     def __init__(self, settings: Settings) -> None:
         self._loop = asyncio.new_event_loop()
@@ -69,7 +94,8 @@ class AsyncRuntime:
             target=self._loop.run_forever, name="jobs-loop", daemon=True
         )
         self._thread.start()
-        self.services = self.run(WorkerServices.start(settings))
+        self.supervisor = Supervisor(on_failure=end_worker_process)
+        self.services = self.run(WorkerServices.start(settings, supervisor=self.supervisor))
 
     def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         """Run a coroutine on the loop and wait for its result from the calling thread."""
