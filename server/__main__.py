@@ -7,6 +7,7 @@ them): one Python process uses one core, whatever the machine has.
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import multiprocessing.connection
 import signal
@@ -16,6 +17,8 @@ from multiprocessing.process import BaseProcess
 from jobcore.logs import configure_logging
 from jobcore.settings import Settings, get_settings
 from server.app import run_server_process
+
+logger = logging.getLogger(__name__)
 
 
 def _supervise(settings: Settings) -> int:
@@ -41,11 +44,19 @@ def _supervise(settings: Settings) -> int:
     signal.signal(signal.SIGTERM, drain_all)
     signal.signal(signal.SIGINT, drain_all)
     multiprocessing.connection.wait([process.sentinel for process in processes])
+    # The status of the first to fail is the server's, not that of the others stopped after it.
+    failed = [process.exitcode for process in processes if process.exitcode]
+    for process in processes:
+        if process.exitcode:
+            logger.error(
+                "%s exited with status %d; stopping the others", process.name, process.exitcode
+            )
     # One ended (drained, or crashed): end the rest, so the whole server is restarted as one.
     drain_all()
     for process in processes:
         process.join()
-    return max(abs(process.exitcode or 0) for process in processes)
+    # Non-zero if any failed (a death by signal too), so the process manager sees it.
+    return abs(failed[0]) if failed else max(abs(process.exitcode or 0) for process in processes)
 
 
 def main() -> None:

@@ -1,4 +1,9 @@
-"""Builds and runs the gRPC server: JobService, health, reflection, and a graceful SIGTERM drain."""
+"""Builds and runs the gRPC server: JobService, health, reflection, and a graceful SIGTERM drain.
+
+Its background tasks (health monitor, dispatcher, maintenance, the LISTEN connection) are
+supervised: if one fails, the server turns NOT_SERVING, drains briefly and exits non-zero, so
+that its process manager starts a fresh one instead of it running on with part of its work dead.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ import contextlib
 import ctypes
 import logging
 import signal
+import sys
 from collections.abc import Awaitable
 from datetime import timedelta
 from typing import Any
@@ -25,16 +31,26 @@ from jobcore.logs import configure_logging
 from jobcore.queue import WakeupPublisher, create_celery_app
 from jobcore.settings import Settings, get_settings
 from jobcore.store import JobStore
+from jobcore.supervision import (
+    FAILED_TASK_EXIT_STATUS,
+    Supervisor,
+    TaskFailure,
+    enable_fault_injection,
+)
 from jobcore.tracing import configure_tracing
-from server.dispatcher import Dispatcher
-from server.health import HealthMonitor
+from server.dispatcher import DISPATCHER_TASK, Dispatcher
+from server.health import HEALTH_TASK, HealthMonitor
 from server.interceptor import JobServiceInterceptor
-from server.maintenance import MaintenancePolicy, run_maintenance
+from server.maintenance import MAINTENANCE_TASK, MaintenancePolicy, run_maintenance
 from server.servicer import JobServicer
 
 logger = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
+# After a background task failed, calls in flight get this long at most: the process is
+# broken, and a fresh one serves better than a patient drain.
+_FAILURE_GRACE_SECONDS = 1.0
+_FAILURE_FLUSH_SECONDS = 1.0
 
 
 def _server_options(settings: Settings) -> list[tuple[str, Any]]:
@@ -54,12 +70,17 @@ def _server_options(settings: Settings) -> list[tuple[str, Any]]:
     ]
 
 
-async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> None:
-    """Run until SIGTERM or SIGINT, then drain: stop accepting, finish calls, end streams."""
+async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> int:
+    """Run until SIGTERM or SIGINT, or until a background task fails; then drain: stop
+    accepting, finish calls, end streams.
+
+    Returns the process's exit status: 0 after a signal, non-zero after a failure.
+    """
+    supervisor = Supervisor()
     store = await JobStore.connect(settings.database_url, pool_size=settings.db_pool_size)
     celery_app = create_celery_app(settings)
     hub = JobEventHub(settings.database_url)
-    await hub.start(timeout_seconds=5)
+    await hub.start(timeout_seconds=5, supervisor=supervisor)
 
     publisher = WakeupPublisher(celery_app, settings.broker_url)
     dispatcher = Dispatcher(publisher, store)
@@ -101,49 +122,73 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
         interval_seconds=settings.health_check_interval_seconds,
     )
     await monitor.check_once()
-    background = [
-        asyncio.create_task(monitor.run(), name="health-monitor"),
-        asyncio.create_task(dispatcher.run(), name="dispatcher"),
-        asyncio.create_task(
-            run_maintenance(
-                store,
-                dispatcher,
-                MaintenancePolicy(
-                    interval=timedelta(seconds=settings.maintenance_interval_seconds),
-                    redispatch_after=timedelta(seconds=settings.redispatch_after_seconds),
-                    max_attempts=settings.max_attempts,
-                    retention=timedelta(days=settings.job_retention_days),
-                ),
+    supervisor.start(HEALTH_TASK, monitor.run())
+    supervisor.start(DISPATCHER_TASK, dispatcher.run())
+    supervisor.start(
+        MAINTENANCE_TASK,
+        run_maintenance(
+            store,
+            dispatcher,
+            MaintenancePolicy(
+                interval=timedelta(seconds=settings.maintenance_interval_seconds),
+                redispatch_after=timedelta(seconds=settings.redispatch_after_seconds),
+                max_attempts=settings.max_attempts,
+                retention=timedelta(days=settings.job_retention_days),
             ),
-            name="maintenance",
         ),
-    ]
+    )
     logger.info("gRPC server listening on %s", address)
     if ready is not None:
         ready.set()
 
+    failure = await _until_signal_or_failure(supervisor)
+    grace, flush = settings.shutdown_grace_seconds, 5.0
+    if failure is None:
+        logger.info("draining: health NOT_SERVING, ending watch streams, finishing calls")
+    else:
+        grace, flush = min(grace, _FAILURE_GRACE_SECONDS), _FAILURE_FLUSH_SECONDS
+        logger.critical(
+            "background task %s failed: health NOT_SERVING, draining for %g s, then exiting "
+            "with status %d to be restarted",
+            failure.name,
+            grace,
+            FAILED_TASK_EXIT_STATUS,
+        )
+    # First, so load balancers and clients move away while the rest happens.
+    await health.enter_graceful_shutdown()
+    await hub.stop()
+    await server.stop(grace)
+    # Jobs accepted during the drain still get their wake-up (else maintenance sends it).
+    if supervisor.is_running(DISPATCHER_TASK):
+        await dispatcher.flush(timeout_seconds=flush)
+    await supervisor.stop()
+    await publisher.close()
+    await store.close()
+    # A task that failed during a signalled drain fails the process too.
+    if supervisor.failure is not None:
+        logger.critical("stopped after the failure of %s", supervisor.failure.name)
+        return FAILED_TASK_EXIT_STATUS
+    logger.info("stopped")
+    return 0
+
+
+async def _until_signal_or_failure(supervisor: Supervisor) -> TaskFailure | None:
+    """Wait for SIGTERM/SIGINT (None) or the first failure of a supervised task."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    await stop.wait()
-
-    logger.info("draining: health NOT_SERVING, ending watch streams, finishing calls")
-    await health.enter_graceful_shutdown()
-    await hub.stop()
-    await server.stop(settings.shutdown_grace_seconds)
-    # Jobs accepted during the drain still get their wake-up (else maintenance sends it).
-    await dispatcher.flush(timeout_seconds=5)
-    for task in background:
-        task.cancel()
-    await _quietly(asyncio.gather(*background, return_exceptions=True))
-    await publisher.close()
-    await store.close()
-    logger.info("stopped")
+    signalled = asyncio.create_task(stop.wait(), name="wait-for-signal")
+    failed = asyncio.create_task(supervisor.wait_for_failure(), name="wait-for-failure")
+    await asyncio.wait({signalled, failed}, return_when=asyncio.FIRST_COMPLETED)
+    for waiter in (signalled, failed):
+        waiter.cancel()
+    await _quietly(asyncio.gather(signalled, failed, return_exceptions=True))
+    return supervisor.failure
 
 
 def run_server_process(index: int = 0, *, supervised: bool = False) -> None:
-    """Run one server process until SIGTERM.
+    """Run one server process until SIGTERM (or exit non-zero when a background task fails).
 
     Under the SERVER_PROCESSES supervisor the index-th serves metrics on METRICS_PORT + index.
     """
@@ -155,9 +200,14 @@ def run_server_process(index: int = 0, *, supervised: bool = False) -> None:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     configure_logging(settings.log_level)
+    # Before serving: a production server with the test hook set refuses to start.
+    enable_fault_injection(settings, process="server")
     configure_tracing("jobs-server")
     tune_for_long_running_process()
-    asyncio.run(serve(settings))
+    status = asyncio.run(serve(settings))
+    if status:
+        # Also the exit status of a process of the SERVER_PROCESSES supervisor.
+        sys.exit(status)
 
 
 async def _quietly(awaitable: Awaitable[object]) -> None:

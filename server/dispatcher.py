@@ -14,9 +14,12 @@ import contextlib
 import logging
 import uuid
 
-from jobcore.errors import StoreUnavailableError
+import redis.exceptions
+
+from jobcore.errors import TransientError
 from jobcore.queue import Wakeup, WakeupPublisher
 from jobcore.store import JobStore
+from jobcore.supervision import TransientEpisode, inject_fault
 from jobcore.tracing import trace_headers
 from server.metrics import DISPATCH_BATCH_SIZE
 
@@ -28,6 +31,11 @@ MAX_JOBS_PER_MESSAGE = 100
 # server about 0.1 ms to build and a worker about a millisecond to take, and a worker
 # still hears of a job a few milliseconds after it was stored.
 LINGER_SECONDS = 0.01
+# The supervised task (and the name of its fault file).
+DISPATCHER_TASK = "dispatcher"
+# What a broker that is down, full or slow raises: the jobs go back to maintenance. Anything
+# else is a bug and ends the task, and with it the process.
+_BROKER_ERRORS = (redis.exceptions.RedisError, OSError, TimeoutError, TransientError)
 
 
 class Dispatcher:
@@ -40,6 +48,9 @@ class Dispatcher:
         self._more = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
+        self._broker_trouble = TransientEpisode(
+            "publishing wake-ups to the broker", meanwhile="maintenance sends those jobs again"
+        )
 
     def dispatch(self, job_id: uuid.UUID) -> None:
         """Queue a wake-up for a committed job (with the caller's trace context); never blocks."""
@@ -51,6 +62,7 @@ class Dispatcher:
         """Publish until cancelled."""
         while True:
             await self._more.wait()
+            inject_fault(DISPATCHER_TASK)
             if len(self._waiting) < MAX_JOBS_PER_MESSAGE:
                 await asyncio.sleep(LINGER_SECONDS)
             self._more.clear()
@@ -68,17 +80,18 @@ class Dispatcher:
     async def _publish(self, batch: list[Wakeup]) -> None:
         try:
             await self._publisher.publish(batch)
-            DISPATCH_BATCH_SIZE.observe(len(batch))
-        except Exception as error:
-            # The jobs are stored, so their clients were right to get OK: maintenance sends them.
-            logger.warning(
-                "publishing %d jobs to the broker failed (%s); maintenance will retry",
-                len(batch),
-                error,
-            )
+        except _BROKER_ERRORS as error:
+            # The jobs are stored, so their clients were right to get OK: maintenance sends them
+            # (the episode's warning says so once, not once per message).
+            self._broker_trouble.failed(error)
             job_ids = [wakeup.job_id for wakeup in batch]
             try:
                 await self._store.mark_undispatched(job_ids)
-            except StoreUnavailableError:
+            except TransientError as store_error:
                 # Their dispatched_at stays set: the sweep resends them once it is stale.
-                logger.warning("could not mark %d jobs undispatched", len(job_ids))
+                logger.warning(
+                    "could not mark %d jobs undispatched (%s)", len(job_ids), store_error
+                )
+            return
+        self._broker_trouble.recovered()
+        DISPATCH_BATCH_SIZE.observe(len(batch))

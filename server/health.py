@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import timedelta
 
 from grpc_health.v1 import health_pb2
 from grpc_health.v1._async import HealthServicer
@@ -11,10 +12,13 @@ from grpc_health.v1._async import HealthServicer
 from jobcore.events import JobEventHub
 from jobcore.queue import WakeupPublisher
 from jobcore.store import JobStore
+from jobcore.supervision import run_periodically
 
 logger = logging.getLogger(__name__)
 
 SERVICE_NAME = "jobs.v1.JobService"
+# The supervised task (and the name of its fault file).
+HEALTH_TASK = "health-monitor"
 # Reported for the whole server ("") and for JobService alike.
 _SERVICES = ("", SERVICE_NAME)
 
@@ -81,7 +85,7 @@ class HealthMonitor:
         return serving
 
     async def run(self) -> None:
-        """Check forever; cancelled at shutdown."""
-        while True:
-            await self.check_once()
-            await asyncio.sleep(self._interval)
+        """Check forever (a failed probe is NOT_SERVING, not an error); cancelled at shutdown."""
+        await run_periodically(
+            HEALTH_TASK, self.check_once, interval=timedelta(seconds=self._interval)
+        )
