@@ -7,20 +7,21 @@ and a duplicate delivery is harmless because claiming a job is a compare-and-set
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import timedelta
 
 import redis
 
-from jobcore.errors import StoreUnavailableError
 from jobcore.store import JobStore
+from jobcore.supervision import run_periodically
 from server.dispatcher import Dispatcher
 
 logger = logging.getLogger(__name__)
 
 _BATCH = 500
+# The supervised task (and the name of its fault file).
+MAINTENANCE_TASK = "maintenance"
 # An age no published job reaches: with it, take_undispatched returns only jobs never published.
 _UNPUBLISHED_ONLY = timedelta(days=36_500)
 
@@ -81,14 +82,13 @@ async def _broker_queue_empty(dispatcher: Dispatcher) -> bool:
 async def run_maintenance(
     store: JobStore, dispatcher: Dispatcher, policy: MaintenancePolicy
 ) -> None:
-    """One round every interval until cancelled."""
-    while True:
-        try:
-            await requeue_expired_leases(store, max_attempts=policy.max_attempts)
-            await redispatch(store, dispatcher, older_than=policy.redispatch_after)
-            purged = await store.purge_finished(older_than=policy.retention, limit=_BATCH)
-            if purged:
-                logger.info("retention: deleted %d finished jobs", purged)
-        except StoreUnavailableError:
-            logger.warning("maintenance skipped: PostgreSQL unavailable")
-        await asyncio.sleep(policy.interval.total_seconds())
+    """One round every interval until cancelled; a transient store error is retried with backoff."""
+
+    async def one_round() -> None:
+        await requeue_expired_leases(store, max_attempts=policy.max_attempts)
+        await redispatch(store, dispatcher, older_than=policy.redispatch_after)
+        purged = await store.purge_finished(older_than=policy.retention, limit=_BATCH)
+        if purged:
+            logger.info("retention: deleted %d finished jobs", purged)
+
+    await run_periodically(MAINTENANCE_TASK, one_round, interval=policy.interval)
