@@ -52,8 +52,7 @@ logger = logging.getLogger(__name__)
 # Most changes in one statement, and statements of one kind running at once, per process:
 # commits of notifying transactions are serialised, so a few large batches go furthest.
 # One at a time keeps calls committing in the order they were made: with two, a later
-# batch could take a row's lock first (a duplicate finish overtaking the original one,
-# seen as a flaky test), and with the interval below a second one bought no throughput.
+# batch could take a row's lock first (a duplicate finish overtaking the original one).
 _MAX_BATCH = 100
 _BATCHES_IN_FLIGHT = 1
 # While callers come together, a statement of a kind every 20 ms at most (see
