@@ -103,6 +103,9 @@ class ManagedProcess:
         self._log: IO[bytes] | None = None
         self._wanted = False
         self._started_at = 0.0
+        # The exit status of each run that revive() replaced, oldest first: what a process
+        # manager's restart history shows, and what tests read to see a crash happen.
+        self.revived_exits: list[int] = []
         # start/stop/revive may be called from the supervisor thread and the main thread.
         self._lock = threading.RLock()
 
@@ -166,6 +169,7 @@ class ManagedProcess:
             logger.warning(
                 "%s exited with status %s; restarting it", self.name, self._popen.returncode
             )
+            self.revived_exits.append(self._popen.returncode)
             self._spawn()
             return True
 
