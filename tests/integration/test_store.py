@@ -12,7 +12,12 @@ from datetime import timedelta
 import asyncpg
 import pytest
 
-from jobcore.errors import IdempotencyKeyReusedError, JobAlreadyFinishedError, JobNotFoundError
+from jobcore.errors import (
+    IdempotencyKeyReusedError,
+    JobAlreadyFinishedError,
+    JobNotFoundError,
+    StoreConflictError,
+)
 from jobcore.ids import new_job_id
 from jobcore.models import Claim, Job, JobStatus, Outcome
 from jobcore.operations import Operation, pack_numbers
@@ -381,6 +386,71 @@ async def test_a_key_whose_job_is_purged_during_a_submit_is_used_anew_and_fails_
         job_id=new_job_id(), operation=Operation.SQUARE_SUM, numbers=numbers, request_id=key
     )
     assert (again.id, created_again) == (resubmitted_id, False)
+
+
+async def test_a_key_freed_again_after_every_insert_fails_only_its_own_submit(
+    store: JobStore, isolated_database_url: str
+) -> None:
+    key = f"always-purged-{new_job_id()}"
+    numbers = pack_numbers([2.0])
+    # Every insert of the key meets a finished job holding it, which retention purges
+    # before the lookup: the submit is retried a bounded number of times, then refused.
+    trigger = f"purge_every_time_{uuid.uuid4().hex}"
+    admin = await asyncpg.connect(asyncpg_dsn(isolated_database_url))
+    await admin.execute(
+        f"""
+        CREATE FUNCTION {trigger}_take() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF NEW.request_id = '{key}' AND NEW.status = 'PENDING' THEN
+                INSERT INTO jobs (id, operation, status, numbers, number_count, last_sequence,
+                                  created_at, updated_at, request_id, request_hash)
+                VALUES (gen_random_uuid(), NEW.operation, 'CANCELLED', NEW.numbers,
+                        NEW.number_count, 1, now(), now(), NEW.request_id, NEW.request_hash);
+            END IF;
+            RETURN NEW;
+        END $$;
+        CREATE FUNCTION {trigger}_purge() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF pg_trigger_depth() = 1 THEN
+                DELETE FROM jobs WHERE request_id = '{key}' AND status = 'CANCELLED';
+            END IF;
+            RETURN NULL;
+        END $$;
+        CREATE TRIGGER {trigger}_take BEFORE INSERT ON jobs
+            FOR EACH ROW EXECUTE FUNCTION {trigger}_take();
+        CREATE TRIGGER {trigger}_purge AFTER INSERT ON jobs
+            FOR EACH STATEMENT EXECUTE FUNCTION {trigger}_purge();
+        """
+    )
+    try:
+        companion_id = new_job_id()
+        # The first create runs alone; the other two share the next statement.
+        _, refused, companion = await asyncio.gather(
+            _new_job(store),
+            store.create(
+                job_id=new_job_id(),
+                operation=Operation.SQUARE_SUM,
+                numbers=numbers,
+                request_id=key,
+            ),
+            store.create(
+                job_id=companion_id,
+                operation=Operation.SQUARE_SUM,
+                numbers=numbers,
+                request_id=f"{key}-companion",
+            ),
+            return_exceptions=True,
+        )
+    finally:
+        await admin.execute(
+            f"DROP TRIGGER {trigger}_take ON jobs; DROP TRIGGER {trigger}_purge ON jobs;"
+            f"DROP FUNCTION {trigger}_take(); DROP FUNCTION {trigger}_purge()"
+        )
+        await admin.close()
+
+    assert isinstance(refused, StoreConflictError)
+    assert not isinstance(companion, BaseException)
+    assert (companion[0].id, companion[1]) == (companion_id, True)
 
 
 async def test_concurrent_submissions_with_one_key_make_one_job(store: JobStore) -> None:
