@@ -59,6 +59,10 @@ bench: $(GENERATED) $(NODE_INSTALLED) ## Benchmark the real stack against its re
 bench-quick: $(GENERATED) $(NODE_INSTALLED) ## The same benchmark code paths at small sizes (about 2-5 minutes; CI runs it).
 	$(BIN)/python -m benchmarks --quick
 
+.PHONY: soak
+soak: $(GENERATED) ## Soak the real stack 30 minutes (SOAK_MINUTES) at half capacity, killing a worker every 5; audit, RSS, DB size, logs (not in CI).
+	$(BIN)/python -m tests.soak
+
 .PHONY: lint
 lint: $(GENERATED) $(NODE_INSTALLED) breaking ## buf lint and breaking, ruff and mypy.
 	npx --no-install buf lint
