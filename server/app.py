@@ -88,16 +88,14 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> in
     server = grpc.aio.server(
         interceptors=[JobServiceInterceptor()], options=_server_options(settings)
     )
-    pb_grpc.add_JobServiceServicer_to_server(
-        JobServicer(
-            store=store,
-            dispatcher=dispatcher,
-            hub=hub,
-            max_job_numbers=settings.max_job_numbers,
-            watch_heartbeat=timedelta(seconds=settings.watch_heartbeat_seconds),
-        ),
-        server,
+    servicer = JobServicer(
+        store=store,
+        dispatcher=dispatcher,
+        hub=hub,
+        max_job_numbers=settings.max_job_numbers,
+        watch_heartbeat=timedelta(seconds=settings.watch_heartbeat_seconds),
     )
+    pb_grpc.add_JobServiceServicer_to_server(servicer, server)
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(
@@ -158,7 +156,9 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> in
     await health.enter_graceful_shutdown()
     await hub.stop()
     await server.stop(grace)
-    # Jobs accepted during the drain still get their wake-up (else maintenance sends it).
+    # Jobs accepted during the drain still get their wake-up (else maintenance sends it),
+    # those whose callers hung up before they were stored included.
+    await servicer.finish_submits(timeout_seconds=flush)
     if supervisor.is_running(DISPATCHER_TASK):
         await dispatcher.flush(timeout_seconds=flush)
     await supervisor.stop()

@@ -168,6 +168,11 @@ class JobServicer(pb_grpc.JobServiceServicer):
         trace.get_current_span().set_attribute("job.id", str(job.id))
         return job_to_proto(job, with_result=False)
 
+    async def finish_submits(self, *, timeout_seconds: float) -> None:
+        """Wait (at most `timeout_seconds`) for submits whose callers went away to store and dispatch."""
+        if self._submitting:
+            await asyncio.wait(set(self._submitting), timeout=timeout_seconds)
+
     async def _store_and_dispatch(
         self, *, operation: Operation, numbers: bytes | memoryview, request_id: str | None
     ) -> tuple[Job, bool]:
