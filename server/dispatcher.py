@@ -52,6 +52,10 @@ class Dispatcher:
             "publishing wake-ups to the broker", meanwhile="maintenance sends those jobs again"
         )
 
+    async def waiting_in_broker(self) -> int:
+        """How many wake-up messages wait in the broker's queue (redis errors propagate)."""
+        return await self._publisher.waiting()
+
     def dispatch(self, job_id: uuid.UUID) -> None:
         """Queue a wake-up for a committed job (with the caller's trace context); never blocks."""
         self._waiting.append(Wakeup(job_id, trace_headers().get("traceparent")))

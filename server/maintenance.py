@@ -68,8 +68,7 @@ async def redispatch(store: JobStore, dispatcher: Dispatcher, *, older_than: tim
 async def _broker_queue_empty(dispatcher: Dispatcher) -> bool:
     """Whether no wake-up waits in the broker; False (resend nothing stale) if Redis cannot tell."""
     try:
-        # The dispatcher's publisher: its Redis pool is the one that publishes.
-        waiting = await dispatcher._publisher.waiting()
+        waiting = await dispatcher.waiting_in_broker()
     except (redis.RedisError, OSError, TimeoutError) as error:
         logger.warning(
             "reading the broker's queue length failed (%s); re-sending only unpublished jobs",
