@@ -102,31 +102,50 @@ def _peek_job_id(payload: str) -> uuid.UUID | None:
         return None
 
 
+class LoopClock:
+    """What heartbeats are timed by: now() and sleep(), on the event loop's clock.
+
+    The hub's default. A test passes a subclass whose time moves only when the test says, so
+    heartbeat timing is checked exactly instead of against a loaded host's scheduling.
+    """
+
+    # asyncio's loops read time.monotonic() (BaseEventLoop.time); it is read directly because
+    # every event put into an inbox reads the clock, and looking up the running loop first
+    # would cost that hot path more than the read itself.
+    now = staticmethod(time.monotonic)
+
+    async def sleep(self, seconds: float) -> None:
+        """Return after `seconds` on this clock."""
+        await asyncio.sleep(seconds)
+
+
 class Inbox(asyncio.Queue[InboxItem]):
     """One subscriber's queue; it notes when it last received anything, for heartbeats."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: LoopClock) -> None:
         super().__init__()
-        self.quiet_since = time.monotonic()  # the event loop's clock
+        self._now = clock.now
+        self.quiet_since = self._now()
         self.closed = False
 
     def put_nowait(self, item: InboxItem) -> None:
         """Queue the item; the quiet interval starts again."""
-        self.quiet_since = time.monotonic()
+        self.quiet_since = self._now()
         super().put_nowait(item)
 
 
 class _HeartbeatClock:
     """Puts HEARTBEAT into every inbox that stayed quiet for the interval, from one timer.
 
-    A timer per stream (asyncio.wait_for around each read) cost a Task, a timer handle and
-    their garbage per message; with 10,000 streams that garbage, promoted to the oldest
-    generation, made the collector stop the server for up to a second. Here an inbox is filed
-    under the tick its heartbeat falls due; a change only moves its quiet_since, and the tick
-    files it again if it turns out not to have been quiet.
+    A timer per stream (asyncio.wait_for around each read) costs a Task, a timer handle and
+    their garbage per message, and with many streams that garbage reaches the oldest
+    generation, whose full collections stop the whole server (BENCHMARKS.md, item 5). Here an
+    inbox is filed under the tick its heartbeat falls due; a change only moves its
+    quiet_since, and the tick files it again if it turns out not to have been quiet.
     """
 
-    def __init__(self, interval: timedelta) -> None:
+    def __init__(self, interval: timedelta, *, clock: LoopClock) -> None:
+        self._clock = clock
         self._interval_seconds = interval.total_seconds()
         self._tick_seconds = self._interval_seconds / _HEARTBEAT_TICKS_PER_INTERVAL
         self._due: dict[int, list[Inbox]] = {}
@@ -137,15 +156,15 @@ class _HeartbeatClock:
         """Send this inbox heartbeats until it is closed.
 
         Streams opened together (a burst of clients, all of them reconnecting after a
-        restart) would beat together every interval for as long as they stay open. The
-        first heartbeat comes at a random point of the first interval instead, which
-        spreads them for good: 10,000 streams opened at once then cost a steady 667
-        heartbeats a second, not 10,000 every 15 s.
+        restart) would beat together every interval for as long as they stay open, and
+        events would wait behind each burst. The first heartbeat comes at a random point of
+        the first interval instead, which spreads them for good: their heartbeats come at an
+        even rate through every interval, never all at once (BENCHMARKS.md, item 8).
         """
         inbox.quiet_since -= self._interval_seconds * random.random()  # noqa: S311
         self._file(inbox, inbox.quiet_since + self._interval_seconds)
         if self._task is None or self._task.done():
-            self._next_tick = math.floor(time.monotonic() / self._tick_seconds)
+            self._next_tick = math.floor(self._clock.now() / self._tick_seconds)
             self._task = asyncio.create_task(self._run(), name="watch-heartbeats")
 
     async def stop(self) -> None:
@@ -161,8 +180,8 @@ class _HeartbeatClock:
 
     async def _run(self) -> None:
         while self._due:
-            await asyncio.sleep(self._tick_seconds)
-            now = time.monotonic()
+            await self._clock.sleep(self._tick_seconds)
+            now = self._clock.now()
             last = math.floor(now / self._tick_seconds)
             for tick in range(self._next_tick, last + 1):
                 inboxes = self._due.pop(tick, [])
@@ -188,8 +207,9 @@ class _HeartbeatClock:
 class JobEventHub:
     """Owns the LISTEN connection (reconnecting as needed) and the inboxes of open streams."""
 
-    def __init__(self, database_url: str) -> None:
+    def __init__(self, database_url: str, *, clock: LoopClock | None = None) -> None:
         self._dsn = asyncpg_dsn(database_url)
+        self._clock = clock or LoopClock()
         self._inboxes: defaultdict[uuid.UUID, set[Inbox]] = defaultdict(set)
         self._clocks: dict[timedelta, _HeartbeatClock] = {}
         self._connected = asyncio.Event()
@@ -249,12 +269,12 @@ class JobEventHub:
         """
         if self._closing:
             raise ServiceShuttingDownError("the server is shutting down")
-        inbox = Inbox()
+        inbox = Inbox(self._clock)
         self._inboxes[job_id].add(inbox)
         if heartbeat is not None:
             clock = self._clocks.get(heartbeat)
             if clock is None:
-                clock = self._clocks[heartbeat] = _HeartbeatClock(heartbeat)
+                clock = self._clocks[heartbeat] = _HeartbeatClock(heartbeat, clock=self._clock)
             clock.add(inbox)
         try:
             yield inbox

@@ -1,33 +1,136 @@
-"""WatchJob without a database: heartbeats from the hub's one clock, notifications routed by job id."""
+"""WatchJob without a database: heartbeats from the hub's one clock, notifications routed by job id.
+
+Heartbeats are timed by a fake clock that moves only when a test advances it, so every
+timing below is exact and the same on a loaded host as on an idle one.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import itertools
 import json
 import logging
-import time
 import uuid
 from collections.abc import AsyncGenerator
 from datetime import UTC, datetime, timedelta
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import pytest
 
 from jobcore.errors import ServiceShuttingDownError
-from jobcore.events import HEARTBEAT, JobEventHub
+from jobcore.events import (
+    _HEARTBEAT_TICKS_PER_INTERVAL,
+    _HEARTBEATS_PER_STEP,
+    HEARTBEAT,
+    Inbox,
+    JobEventHub,
+    LoopClock,
+)
 from jobcore.models import Job, JobEvent, JobStatus, Outcome
 from jobcore.operations import Operation
 from jobcore.store import JobStore
 from server.watch import WatchUpdate, follow_job
 
-BEAT = timedelta(milliseconds=200)
+# A power of two, so fake times stay exact binary fractions however the interval is divided.
+BEAT = timedelta(seconds=16)
+BEAT_SECONDS = BEAT.total_seconds()
+# How late a heartbeat may come: the clock files beats under ticks this far apart.
+TICK_SECONDS = BEAT_SECONDS / _HEARTBEAT_TICKS_PER_INTERVAL
 START = datetime(2026, 1, 1, tzinfo=UTC)
 
 
-def _hub() -> JobEventHub:
-    """A hub that is never started: tests feed it notifications as asyncpg would."""
-    return JobEventHub("postgresql+asyncpg://nobody@localhost/none")
+class _Sleeper(NamedTuple):
+    deadline: float
+    order: int
+    wake: asyncio.Future[None]
+    task: asyncio.Task[Any] | None
+
+
+class FakeClock(LoopClock):
+    """Time that moves only when the test says.
+
+    Each sleeper wakes at its own deadline, in order, and the task it belongs to runs until it
+    sleeps again or ends before time moves on, so a run takes the same steps every time.
+    """
+
+    def __init__(self, start: float = 1024.0) -> None:
+        self.time = start
+        self._sleepers: list[_Sleeper] = []
+        self._order = itertools.count()
+
+    def now(self) -> float:
+        """The fake time."""
+        return self.time
+
+    async def sleep(self, seconds: float) -> None:
+        """Wait until the test advances the clock past now + `seconds`."""
+        wake = asyncio.get_running_loop().create_future()
+        sleeper = _Sleeper(self.time + seconds, next(self._order), wake, asyncio.current_task())
+        heapq.heappush(self._sleepers, sleeper)
+        await wake
+
+    @property
+    def sleeping(self) -> int:
+        """How many tasks wait on this clock (a cancelled wait does not count)."""
+        return sum(not sleeper.wake.done() for sleeper in self._sleepers)
+
+    async def advance(self, by: timedelta) -> None:
+        """Move time on by `by`, waking every sleeper due on the way at its own deadline."""
+        end = self.time + by.total_seconds()
+        while await self._wake_next(until=end):
+            pass
+        self.time = end
+
+    async def next(self) -> None:
+        """Wake the earliest sleeper, at its deadline or now if that has passed."""
+        assert await self._wake_next(until=float("inf")), "nothing sleeps on the clock"
+
+    def stall(self, by: timedelta) -> None:
+        """Move time on without waking anyone, as when the loop was busy elsewhere."""
+        self.time += by.total_seconds()
+
+    async def _wake_next(self, *, until: float) -> bool:
+        # Tasks created or woken before this call get to run up to their next await first.
+        await asyncio.sleep(0)
+        while self._sleepers and self._sleepers[0].wake.done():
+            heapq.heappop(self._sleepers)  # its task was cancelled
+        if not self._sleepers or self._sleepers[0].deadline > until:
+            return False
+        sleeper = heapq.heappop(self._sleepers)
+        self.time = max(self.time, sleeper.deadline)
+        sleeper.wake.set_result(None)
+        await self._until_blocked(sleeper.task)
+        return True
+
+    async def _until_blocked(self, task: asyncio.Task[Any] | None) -> None:
+        """Let the woken task, and whatever it wakes, run until it sleeps again or ends."""
+        for _ in range(1_000):
+            await asyncio.sleep(0)
+            if task is None or task.done():
+                return
+            if any(s.task is task and not s.wake.done() for s in self._sleepers):
+                return
+        raise AssertionError("a woken task neither slept again nor ended")
+
+
+def _hub(clock: FakeClock | None = None) -> JobEventHub:
+    """A hub that is never started: tests feed it notifications as asyncpg would.
+
+    Its heartbeats follow a fake clock, so they come only when a test advances it.
+    """
+    return JobEventHub("postgresql+asyncpg://nobody@localhost/none", clock=clock or FakeClock())
+
+
+async def _next_beat(clock: FakeClock, inbox: Inbox, *, within: timedelta) -> float:
+    """Wake the clock tick by tick until the inbox gets a heartbeat; when it was queued."""
+    deadline = clock.now() + within.total_seconds()
+    while inbox.empty():
+        assert clock.now() < deadline, f"no heartbeat within {within}"
+        await clock.next()
+    assert inbox.get_nowait() is HEARTBEAT
+    return inbox.quiet_since  # queueing it started the quiet interval again
 
 
 def _payload(job_id: uuid.UUID, sequence: int, status: JobStatus) -> str:
@@ -92,76 +195,186 @@ def _follow(hub: JobEventHub, store: _Store, job_id: uuid.UUID) -> AsyncGenerato
     return follow_job(hub, cast(JobStore, store), job_id, heartbeat=BEAT)
 
 
-async def test_an_idle_inbox_gets_heartbeats_every_interval_the_first_one_sooner() -> None:
-    hub = _hub()
+async def test_a_quiet_inbox_beats_first_within_the_interval_then_once_per_interval() -> None:
+    clock = FakeClock()
+    hub = _hub(clock)
     with hub.subscribe(uuid.uuid4(), heartbeat=BEAT) as inbox:
-        started = time.monotonic()
-        first = await asyncio.wait_for(inbox.get(), 5)
-        first_after = time.monotonic() - started
-        second = await asyncio.wait_for(inbox.get(), 5)
-        second_after = time.monotonic() - started - first_after
+        opened = clock.now()
+        beats = [await _next_beat(clock, inbox, within=BEAT) for _ in range(4)]
     await hub.stop()
 
-    assert first is HEARTBEAT
-    assert second is HEARTBEAT
-    # The first within the interval, then one per interval; late by a tick plus scheduling.
-    assert first_after < 1.5 * BEAT.total_seconds()
-    assert BEAT.total_seconds() <= second_after < 1.5 * BEAT.total_seconds()
+    assert opened < beats[0] <= opened + BEAT_SECONDS
+    assert [later - earlier for earlier, later in itertools.pairwise(beats)] == [BEAT_SECONDS] * 3
 
 
-async def test_streams_opened_together_do_not_beat_together() -> None:
-    hub = _hub()
+async def test_streams_opened_together_beat_at_random_points_of_their_first_interval() -> None:
+    clock = FakeClock()
+    hub = _hub(clock)
     with contextlib.ExitStack() as subscriptions:
-        started = time.monotonic()
+        opened = clock.now()
         inboxes = [
             subscriptions.enter_context(hub.subscribe(uuid.uuid4(), heartbeat=BEAT))
             for _ in range(200)
         ]
-        beats: list[float] = []
-        for inbox in inboxes:
-            assert await asyncio.wait_for(inbox.get(), 5) is HEARTBEAT
-            beats.append(inbox.quiet_since - started)  # when the heartbeat was queued
+        await clock.advance(BEAT)
+        items = [inbox.get_nowait() for inbox in inboxes]
+        firsts = [inbox.quiet_since - opened for inbox in inboxes]  # when each was queued
+        left = sum(inbox.qsize() for inbox in inboxes)
     await hub.stop()
 
+    assert items == [HEARTBEAT] * len(inboxes)
+    assert left == 0
+    assert all(0 < first <= BEAT_SECONDS for first in firsts)
     # Spread over the interval (200 uniform draws all within half of it: never).
-    assert max(beats) - min(beats) > BEAT.total_seconds() / 2
+    assert max(firsts) - min(firsts) > BEAT_SECONDS / 2
 
 
 async def test_every_change_restarts_the_quiet_interval() -> None:
-    hub = _hub()
+    clock = FakeClock()
+    hub = _hub(clock)
     job_id = uuid.uuid4()
     with hub.subscribe(job_id, heartbeat=BEAT) as inbox:
-        assert await asyncio.wait_for(inbox.get(), 5) is HEARTBEAT  # the first comes sooner
+        await _next_beat(clock, inbox, within=BEAT)  # the first comes sooner
+        got = []
         for sequence in (2, 3, 4, 5):
-            await asyncio.sleep(BEAT.total_seconds() * 0.6)
+            await clock.advance(BEAT * 0.625)
             _notify(hub, _payload(job_id, sequence, JobStatus.IN_PROGRESS))
-        last_change = time.monotonic()
-        items = [await asyncio.wait_for(inbox.get(), 5) for _ in range(5)]
-        quiet = time.monotonic() - last_change
+            got.append(inbox.get_nowait())  # a reader that keeps up: the inbox is empty again
+        last_change = clock.now()
+        beat = await _next_beat(clock, inbox, within=2 * BEAT)
     await hub.stop()
 
-    assert [getattr(item, "sequence", item) for item in items] == [2, 3, 4, 5, HEARTBEAT]
-    assert quiet >= BEAT.total_seconds()
+    # Each change came within the interval of the one before, so no heartbeat in between.
+    assert [getattr(item, "sequence", item) for item in got] == [2, 3, 4, 5]
+    # The heartbeat comes once the inbox was quiet for the interval, at most a tick late.
+    assert last_change + BEAT_SECONDS <= beat < last_change + BEAT_SECONDS + TICK_SECONDS
+
+
+async def test_events_a_reader_has_not_read_get_no_heartbeat_behind_them() -> None:
+    clock = FakeClock()
+    hub = _hub(clock)
+    job_id = uuid.uuid4()
+    with hub.subscribe(job_id, heartbeat=BEAT) as inbox:
+        _notify(hub, _payload(job_id, 2, JobStatus.IN_PROGRESS))
+        await clock.advance(3 * BEAT)
+        items = [inbox.get_nowait() for _ in range(inbox.qsize())]
+    await hub.stop()
+
+    assert [getattr(item, "sequence", item) for item in items] == [2]
 
 
 async def test_a_reader_that_falls_behind_gets_one_heartbeat_not_a_pile() -> None:
-    hub = _hub()
+    clock = FakeClock()
+    hub = _hub(clock)
     with hub.subscribe(uuid.uuid4(), heartbeat=BEAT) as inbox:
-        await asyncio.sleep(BEAT.total_seconds() * 3.5)
+        await clock.advance(BEAT * 3.5)
         queued = inbox.qsize()
+        assert inbox.get_nowait() is HEARTBEAT
+        caught_up = clock.now()
+        beat = await _next_beat(clock, inbox, within=BEAT)  # and beats go on once it reads
     await hub.stop()
 
     assert queued == 1
+    assert caught_up < beat <= caught_up + BEAT_SECONDS
+
+
+async def test_a_stalled_loop_catches_up_with_one_heartbeat_per_quiet_inbox() -> None:
+    clock = FakeClock()
+    hub = _hub(clock)
+    with contextlib.ExitStack() as subscriptions:
+        inboxes = [
+            subscriptions.enter_context(hub.subscribe(uuid.uuid4(), heartbeat=BEAT))
+            for _ in range(50)
+        ]
+        await clock.advance(timedelta())  # the timer starts and sleeps for its first tick
+        clock.stall(3.5 * BEAT)
+        await clock.next()  # the timer wakes, late
+        queued = [inbox.qsize() for inbox in inboxes]
+        items = [inbox.get_nowait() for inbox in inboxes]
+    await hub.stop()
+
+    assert queued == [1] * len(inboxes)
+    assert items == [HEARTBEAT] * len(inboxes)
+
+
+async def test_a_crowded_tick_lets_woken_readers_run_between_steps() -> None:
+    clock = FakeClock()
+    hub = _hub(clock)
+    crowd = 2 * _HEARTBEATS_PER_STEP + _HEARTBEATS_PER_STEP // 2
+    seen: list[int] = []
+
+    async def read(inbox: Inbox) -> None:
+        """A stream's reader: on waking, note how many of the crowd have their beat."""
+        assert await inbox.get() is HEARTBEAT
+        seen.append(sum(other.quiet_since == clock.now() for other in inboxes))
+
+    with contextlib.ExitStack() as subscriptions:
+        inboxes = [
+            subscriptions.enter_context(hub.subscribe(uuid.uuid4(), heartbeat=BEAT))
+            for _ in range(crowd)
+        ]
+        # A stall makes every stream due at once; from then on they all share one tick.
+        await clock.advance(timedelta())
+        clock.stall(BEAT)
+        await clock.next()
+        assert [inbox.get_nowait() for inbox in inboxes] == [HEARTBEAT] * crowd
+        readers = [asyncio.create_task(read(inbox)) for inbox in inboxes]
+        await clock.advance(BEAT)
+        await asyncio.gather(*readers)
+    await hub.stop()
+
+    # The readers woken by each step ran before the next step's heartbeats were queued.
+    last = crowd - 2 * _HEARTBEATS_PER_STEP
+    assert seen == (
+        [_HEARTBEATS_PER_STEP] * _HEARTBEATS_PER_STEP
+        + [2 * _HEARTBEATS_PER_STEP] * _HEARTBEATS_PER_STEP
+        + [crowd] * last
+    )
+
+
+async def test_a_closed_inbox_gets_no_heartbeats() -> None:
+    clock = FakeClock()
+    hub = _hub(clock)
+    with hub.subscribe(uuid.uuid4(), heartbeat=BEAT) as closed:
+        pass
+    with hub.subscribe(uuid.uuid4(), heartbeat=BEAT) as still_open:
+        await clock.advance(3 * BEAT)
+        queued = (closed.qsize(), still_open.qsize())
+    await hub.stop()
+
+    assert queued == (0, 1)
+
+
+async def test_the_timer_sleeps_only_while_streams_want_heartbeats() -> None:
+    clock = FakeClock()
+    hub = _hub(clock)
+    with hub.subscribe(uuid.uuid4(), heartbeat=BEAT) as inbox:
+        await _next_beat(clock, inbox, within=BEAT)
+        timing_while_open = clock.sleeping
+    await clock.advance(2 * BEAT)
+    timing_after_close = clock.sleeping
+    with hub.subscribe(uuid.uuid4(), heartbeat=BEAT) as inbox:
+        reopened = clock.now()
+        beat = await _next_beat(clock, inbox, within=BEAT)  # a new stream starts it again
+    await hub.stop()
+    timing_after_stop = clock.sleeping
+
+    assert (timing_while_open, timing_after_close, timing_after_stop) == (1, 0, 0)
+    assert reopened < beat <= reopened + BEAT_SECONDS
 
 
 async def test_an_inbox_without_heartbeat_gets_none() -> None:
-    hub = _hub()
-    with hub.subscribe(uuid.uuid4()) as inbox:
-        await asyncio.sleep(BEAT.total_seconds() * 1.5)
-        queued = inbox.qsize()
+    clock = FakeClock()
+    hub = _hub(clock)
+    with (
+        hub.subscribe(uuid.uuid4()) as without,
+        hub.subscribe(uuid.uuid4(), heartbeat=BEAT) as beating,
+    ):
+        await clock.advance(3 * BEAT)
+        queued = (without.qsize(), beating.qsize())
     await hub.stop()
 
-    assert queued == 0
+    assert queued == (0, 1)
 
 
 async def test_notifications_reach_only_the_watchers_of_their_job() -> None:
@@ -211,12 +424,14 @@ async def test_a_notification_without_the_expected_layout_is_still_delivered() -
 
 
 async def test_follow_job_sends_the_snapshot_heartbeats_then_each_change_once() -> None:
-    hub = _hub()
+    clock = FakeClock()
+    hub = _hub(clock)
     job_id = uuid.uuid4()
     store = _Store(_job(job_id))
     updates = _follow(hub, store, job_id)
     snapshot = await anext(updates)
-    beat = await asyncio.wait_for(anext(updates), 5)
+    await clock.advance(BEAT)
+    beat = await asyncio.wait_for(anext(updates), 5)  # already queued; the timeout only guards
     _notify(hub, _payload(job_id, 2, JobStatus.IN_PROGRESS))
     _notify(hub, _payload(job_id, 2, JobStatus.IN_PROGRESS))  # at least once: a repeat
     _notify(hub, _payload(job_id, 3, JobStatus.SUCCESS))
