@@ -12,7 +12,7 @@ import struct
 
 import asyncpg
 
-from jobcore.store import asyncpg_dsn
+from jobcore.database import asyncpg_dsn
 
 # Matches the load generator's job: square_sum of [1, 2, 3, 4, 5] = 55.
 NUMBERS = (1.0, 2.0, 3.0, 4.0, 5.0)

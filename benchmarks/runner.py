@@ -27,7 +27,7 @@ from benchmarks.pinned import Samples, SpecT, run_pinned
 from benchmarks.sizes import Sizes
 from devstack.processes import child_env, free_port, python_module
 from devstack.stack import MALLOC_ENV, Stack
-from jobcore.store import asyncpg_dsn
+from jobcore.database import asyncpg_dsn
 
 logger = logging.getLogger(__name__)
 

@@ -23,10 +23,11 @@ from typing import Any, Final, NoReturn
 
 import asyncpg
 
+from jobcore.database import asyncpg_dsn
 from jobcore.errors import ServiceShuttingDownError, TransientError
 from jobcore.models import JobEvent
+from jobcore.rows import event_from_row
 from jobcore.schema import JOB_EVENTS_CHANNEL
-from jobcore.store import asyncpg_dsn, event_from_row
 from jobcore.supervision import Backoff, Supervisor, TransientEpisode, inject_fault
 
 logger = logging.getLogger(__name__)

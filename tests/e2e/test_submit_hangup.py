@@ -10,7 +10,7 @@ from datetime import timedelta
 import asyncpg
 
 from devstack.stack import Stack
-from jobcore.store import asyncpg_dsn
+from jobcore.database import asyncpg_dsn
 from tests.eventually import eventually
 from tests.redispatch import START_WITHIN, redispatch_after
 

@@ -23,7 +23,7 @@ import httpx
 from jobs.v1 import jobs_service_pb2 as pb
 from jobs.v1 import jobs_service_pb2_grpc as pb_grpc
 
-from jobcore.store import asyncpg_dsn
+from jobcore.database import asyncpg_dsn
 
 # What a careful client retries: UNAVAILABLE (an outage or a draining server), DEADLINE_EXCEEDED,
 # and CANCELLED that the client did not ask for (a server stopping mid-call). Retrying a

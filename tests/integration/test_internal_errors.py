@@ -17,7 +17,7 @@ from jobs.v1 import jobs_service_pb2_grpc as pb_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from devstack.stack import Stack
-from jobcore.store import asyncpg_dsn
+from jobcore.database import asyncpg_dsn
 
 FAILING_KEY_PREFIX = "failing-insert-"
 # What PostgreSQL's error says; none of it may reach a client.

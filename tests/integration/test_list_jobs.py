@@ -12,7 +12,7 @@ import pytest
 from jobs.v1 import jobs_service_pb2 as pb
 from jobs.v1 import jobs_service_pb2_grpc as pb_grpc
 
-from jobcore.store import asyncpg_dsn
+from jobcore.database import asyncpg_dsn
 
 
 async def _jobs_since(

@@ -12,6 +12,7 @@ from datetime import timedelta
 import asyncpg
 import pytest
 
+from jobcore.database import asyncpg_dsn
 from jobcore.errors import (
     IdempotencyKeyReusedError,
     JobAlreadyFinishedError,
@@ -22,7 +23,7 @@ from jobcore.ids import new_job_id
 from jobcore.models import Claim, Job, JobStatus, Outcome
 from jobcore.operations import Operation, pack_numbers
 from jobcore.schema import JOB_EVENTS_CHANNEL
-from jobcore.store import CANCELLED_ERROR, JobStore, asyncpg_dsn
+from jobcore.store import CANCELLED_ERROR, JobStore
 
 LEASE = timedelta(minutes=5)
 

@@ -21,11 +21,12 @@ import asyncpg
 import pytest
 
 from devstack.stack import Stack
+from jobcore.database import asyncpg_dsn
 from jobcore.errors import JobAlreadyFinishedError, StoreConflictError
 from jobcore.ids import new_job_id
 from jobcore.models import Claim, Outcome
 from jobcore.operations import Operation, pack_numbers
-from jobcore.store import JobStore, asyncpg_dsn
+from jobcore.store import JobStore
 
 T = TypeVar("T")
 

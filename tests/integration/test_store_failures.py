@@ -11,6 +11,7 @@ import asyncpg
 import pytest
 from sqlalchemy.engine import make_url
 
+from jobcore.database import asyncpg_dsn
 from jobcore.errors import (
     StoreConflictError,
     StoreOverloadedError,
@@ -20,7 +21,7 @@ from jobcore.errors import (
 from jobcore.ids import new_job_id
 from jobcore.models import Job, JobStatus
 from jobcore.operations import Operation, pack_numbers
-from jobcore.store import JobStore, asyncpg_dsn
+from jobcore.store import JobStore
 from tests.eventually import eventually
 
 LEASE = timedelta(minutes=5)

@@ -39,7 +39,7 @@ from jobs.v1 import jobs_service_pb2_grpc as pb_grpc
 
 from devstack.processes import ManagedProcess, free_port, wait_for
 from devstack.stack import ROOT, Stack, StackConfig, StackPorts
-from jobcore.store import asyncpg_dsn
+from jobcore.database import asyncpg_dsn
 from tests.faults.harness import FINAL, Audit, LoadRecord, Submitted, audit, run_load, submit_grpc
 
 logger = logging.getLogger("soak")

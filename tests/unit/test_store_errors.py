@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncpg
 import pytest
 
+from jobcore.database import translate_driver_error
 from jobcore.errors import (
     StoreConflictError,
     StoreOverloadedError,
@@ -12,7 +13,6 @@ from jobcore.errors import (
     StoreUnavailableError,
     TransientError,
 )
-from jobcore.store import translate_driver_error
 
 
 @pytest.mark.parametrize(

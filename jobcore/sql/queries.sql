@@ -1,0 +1,330 @@
+-- Every statement the job service runs against PostgreSQL (jobcore.store.JobStore runs them).
+--
+-- Format: a block starts with `-- name: <name>`; the comment lines right under it say what
+-- the statement does and the rule it keeps; the statement follows, up to the next block.
+-- jobcore.queries reads this file once at import. Each block can be pasted into psql
+-- (with values in place of $1, $2 ...).
+--
+-- Rules every statement keeps:
+-- * One statement is one implicit transaction and one round trip; asyncpg prepares it once
+--   per connection and reuses it, so parameters are $n with the casts asyncpg needs to know
+--   their types (arrays of values for the batch statements, zipped back into rows by unnest).
+-- * Statuses are written into the SQL as literals, never passed as parameters: the generic
+--   plan of a prepared statement can then still use the partial indexes the sweeps rely on
+--   (WHERE status = 'PENDING', 'IN_PROGRESS', or one of the final statuses).
+-- * A state change updates the job row and appends its numbered job_events row in the same
+--   statement (the `changed` and `recorded` CTEs), so the two commit together; the event's
+--   insert trigger notifies listeners when, and only if, it commits. The event records the
+--   trace context of the change, so whoever delivers it can join the trace.
+-- * A statement that changes several jobs first locks their rows in id order (the `locked`
+--   CTE, FOR NO KEY UPDATE: the lock UPDATE itself takes, so foreign-key checks of new
+--   events are not held up). Concurrent statements may then wait for each other but never
+--   deadlock; a row that changed while it was waited for is checked against its status again.
+
+
+-- name: ping
+-- Answers if PostgreSQL answers: the store's health check.
+SELECT 1;
+
+
+-- name: get_job
+-- A job's current state by id ($1).
+SELECT id, status, operation, created_at, updated_at, last_sequence, result, error, attempt
+  FROM jobs
+ WHERE id = $1::uuid;
+
+
+-- name: get_job_by_request_id
+-- The job a SubmitJob idempotency key ($1) was first used for, with the digest of that
+-- request, so a retry of the same request gets the same job and a different one is refused.
+SELECT id, status, operation, created_at, updated_at, last_sequence, result, error, attempt,
+       request_hash
+  FROM jobs
+ WHERE request_id = $1::text;
+
+
+-- name: list_jobs
+-- One page of ListJobs: jobs newest first, at most $1 rows (the page size plus one, to learn
+-- whether another page follows). As written it lists every job. The store inserts the
+-- filter's conditions and the cursor of the previous page at the `-- conditions` line, each
+-- as `AND <fragment>` from a fixed set (jobcore.store), with parameters numbered from $2; no
+-- text of the request ever enters the SQL. The order (created_at, id), both descending, is
+-- that of the jobs_by_*creation indexes, so a page reads about page-size rows.
+SELECT id, status, operation, created_at, updated_at, last_sequence, result, error, attempt
+  FROM jobs
+ WHERE true
+   -- conditions
+ ORDER BY created_at DESC, id DESC
+ LIMIT $1::integer;
+
+
+-- name: events_after
+-- A job's ($1) events numbered above $2, oldest first: what a watcher may have missed.
+SELECT job_id, sequence, status, occurred_at, result, error, attempt, traceparent
+  FROM job_events
+ WHERE job_id = $1::uuid
+   AND sequence > $2::integer
+ ORDER BY sequence;
+
+
+-- name: create_jobs
+-- Store new PENDING jobs and their first events. One row per job, zipped from one array per
+-- column: ids $1, operations $2, numbers $3 (little-endian float64s), number counts $4,
+-- idempotency keys $5 and request digests $6 (NULL without a key), trace contexts $7.
+-- A job whose key is already taken is not inserted and not returned; the store then looks
+-- the key up. Keys are inserted in one order (the unique index makes a second insert of a
+-- key wait for the first), so concurrent batches never deadlock. dispatched_at is set
+-- optimistically: the server publishes right after commit, and clears it if that fails.
+WITH new_jobs AS (
+    SELECT *
+      FROM unnest($1::uuid[], $2::text[], $3::bytea[], $4::integer[], $5::text[],
+                  $6::bytea[], $7::text[])
+           AS new_jobs (id, operation, numbers, number_count, request_id, request_hash,
+                        traceparent)
+),
+changed AS (
+    INSERT INTO jobs (id, operation, status, numbers, number_count, last_sequence,
+                      dispatched_at, created_at, updated_at, request_id, request_hash)
+    SELECT id, operation, 'PENDING', numbers, number_count, 1,
+           now(), now(), now(), request_id, request_hash
+      FROM new_jobs
+     ORDER BY request_id
+        ON CONFLICT (request_id) WHERE request_id IS NOT NULL DO NOTHING
+    RETURNING jobs.id, jobs.status, jobs.operation, jobs.created_at, jobs.updated_at,
+              jobs.last_sequence, jobs.result, jobs.error, jobs.attempt
+),
+recorded AS (
+    INSERT INTO job_events (job_id, sequence, status, occurred_at, result, error, attempt,
+                            traceparent)
+    SELECT changed.id, changed.last_sequence, changed.status, changed.updated_at,
+           changed.result, changed.error, changed.attempt, new_jobs.traceparent
+      FROM changed
+      JOIN new_jobs ON new_jobs.id = changed.id
+)
+SELECT id, status, operation, created_at, updated_at, last_sequence, result, error, attempt
+  FROM changed;
+
+
+-- name: claim_jobs
+-- Move PENDING jobs to IN_PROGRESS for a new attempt, each with its own lease: ids $1,
+-- leases $2, trace contexts $3 (one row per job; each id once). The compare-and-set on
+-- PENDING makes duplicate deliveries harmless: a job not PENDING any more is not returned.
+-- The claim's numbers come back with it, so the worker needs no second read.
+WITH locked AS (
+    SELECT id
+      FROM jobs
+     WHERE id = ANY ($1::uuid[])
+       AND status = 'PENDING'
+     ORDER BY id
+       FOR NO KEY UPDATE
+),
+wanted AS (
+    SELECT *
+      FROM unnest($1::uuid[], $2::interval[], $3::text[]) AS wanted (id, lease, traceparent)
+),
+changed AS (
+    UPDATE jobs
+       SET status = 'IN_PROGRESS',
+           attempt = jobs.attempt + 1,
+           lease_expires_at = now() + wanted.lease,
+           last_sequence = jobs.last_sequence + 1,
+           updated_at = now()
+      FROM locked, wanted
+     WHERE jobs.id = locked.id
+       AND jobs.id = wanted.id
+       AND jobs.status = 'PENDING'
+    RETURNING jobs.id, jobs.status, jobs.operation, jobs.created_at, jobs.updated_at,
+              jobs.last_sequence, jobs.result, jobs.error, jobs.attempt, jobs.numbers,
+              wanted.traceparent
+),
+recorded AS (
+    INSERT INTO job_events (job_id, sequence, status, occurred_at, result, error, attempt,
+                            traceparent)
+    SELECT id, last_sequence, status, updated_at, result, error, attempt, traceparent
+      FROM changed
+)
+SELECT id, status, operation, created_at, updated_at, last_sequence, result, error, attempt,
+       numbers
+  FROM changed;
+
+
+-- name: renew_leases
+-- Extend the leases of running attempts to $3 from now: job ids $1 with the attempt numbers
+-- $2 that hold them. Fenced on the attempt, so a lost attempt cannot keep alive the attempt
+-- that replaced it; returns the ids of the jobs still held.
+WITH locked AS (
+    SELECT id
+      FROM jobs
+     WHERE id = ANY ($1::uuid[])
+       AND status = 'IN_PROGRESS'
+     ORDER BY id
+       FOR NO KEY UPDATE
+)
+UPDATE jobs
+   SET lease_expires_at = now() + $3::interval
+  FROM locked, unnest($1::uuid[], $2::integer[]) AS held (id, attempt)
+ WHERE jobs.id = locked.id
+   AND jobs.id = held.id
+   AND jobs.attempt = held.attempt
+   AND jobs.status = 'IN_PROGRESS'
+RETURNING jobs.id;
+
+
+-- name: finish_jobs
+-- Record the outcomes of running attempts: job ids $1, attempt numbers $2, final statuses $3
+-- (SUCCESS or FAILED), results $4, errors $5, trace contexts $6 (one row per attempt).
+-- Fenced on the attempt number, so a stale or duplicate worker can never overwrite a result,
+-- nor finish a job that was cancelled or handed to another attempt.
+WITH locked AS (
+    SELECT id
+      FROM jobs
+     WHERE id = ANY ($1::uuid[])
+       AND status = 'IN_PROGRESS'
+     ORDER BY id
+       FOR NO KEY UPDATE
+),
+outcomes AS (
+    SELECT *
+      FROM unnest($1::uuid[], $2::integer[], $3::text[], $4::double precision[], $5::text[],
+                  $6::text[])
+           AS outcomes (id, attempt, status, result, error, traceparent)
+),
+changed AS (
+    UPDATE jobs
+       SET status = outcomes.status,
+           result = outcomes.result,
+           error = outcomes.error,
+           lease_expires_at = NULL,
+           last_sequence = jobs.last_sequence + 1,
+           updated_at = now()
+      FROM locked, outcomes
+     WHERE jobs.id = locked.id
+       AND jobs.id = outcomes.id
+       AND jobs.attempt = outcomes.attempt
+       AND jobs.status = 'IN_PROGRESS'
+    RETURNING jobs.id, jobs.status, jobs.operation, jobs.created_at, jobs.updated_at,
+              jobs.last_sequence, jobs.result, jobs.error, jobs.attempt, outcomes.traceparent
+),
+recorded AS (
+    INSERT INTO job_events (job_id, sequence, status, occurred_at, result, error, attempt,
+                            traceparent)
+    SELECT id, last_sequence, status, updated_at, result, error, attempt, traceparent
+      FROM changed
+)
+SELECT id, status, operation, created_at, updated_at, last_sequence, result, error, attempt
+  FROM changed;
+
+
+-- name: cancel_job
+-- Move a PENDING or IN_PROGRESS job ($1) to CANCELLED with the error $2, recording the trace
+-- context $3 with its event. Returns nothing if the job is not there or already final (the
+-- store then reads it to tell which).
+WITH changed AS (
+    UPDATE jobs
+       SET status = 'CANCELLED',
+           error = $2::text,
+           lease_expires_at = NULL,
+           last_sequence = last_sequence + 1,
+           updated_at = now()
+     WHERE id = $1::uuid
+       AND status IN ('PENDING', 'IN_PROGRESS')
+    RETURNING id, status, operation, created_at, updated_at, last_sequence, result, error,
+              attempt
+),
+recorded AS (
+    INSERT INTO job_events (job_id, sequence, status, occurred_at, result, error, attempt,
+                            traceparent)
+    SELECT id, last_sequence, status, updated_at, result, error, attempt, $3::text
+      FROM changed
+)
+SELECT id, status, operation, created_at, updated_at, last_sequence, result, error, attempt
+  FROM changed;
+
+
+-- name: requeue_expired
+-- Take back up to $2 running jobs whose lease ran out (their worker was lost): PENDING again,
+-- or FAILED once they reached $1 attempts; the trace context $3 goes with their events.
+-- dispatched_at becomes NULL, so the re-dispatch sweep publishes them again at once.
+-- SKIP LOCKED lets every server run this at once without taking a job twice.
+WITH expired AS (
+    SELECT id
+      FROM jobs
+     WHERE status = 'IN_PROGRESS'
+       AND lease_expires_at < now()
+     ORDER BY lease_expires_at
+     LIMIT $2::integer
+       FOR UPDATE SKIP LOCKED
+),
+changed AS (
+    UPDATE jobs
+       SET status = CASE WHEN jobs.attempt >= $1::integer THEN 'FAILED' ELSE 'PENDING' END,
+           error = CASE WHEN jobs.attempt >= $1::integer
+                        THEN format('abandoned: the worker running it was lost %s times in a row',
+                                    jobs.attempt)
+                   END,
+           lease_expires_at = NULL,
+           dispatched_at = NULL,
+           last_sequence = jobs.last_sequence + 1,
+           updated_at = now()
+      FROM expired
+     WHERE jobs.id = expired.id
+    RETURNING jobs.id, jobs.status, jobs.operation, jobs.created_at, jobs.updated_at,
+              jobs.last_sequence, jobs.result, jobs.error, jobs.attempt
+),
+recorded AS (
+    INSERT INTO job_events (job_id, sequence, status, occurred_at, result, error, attempt,
+                            traceparent)
+    SELECT id, last_sequence, status, updated_at, result, error, attempt, $3::text
+      FROM changed
+)
+SELECT id, status, operation, created_at, updated_at, last_sequence, result, error, attempt
+  FROM changed;
+
+
+-- name: mark_undispatched
+-- Record that publishing these jobs' ($1) broker messages failed (dispatched_at NULL), so
+-- the re-dispatch sweep sends them soon.
+WITH locked AS (
+    SELECT id
+      FROM jobs
+     WHERE id = ANY ($1::uuid[])
+     ORDER BY id
+       FOR NO KEY UPDATE
+)
+UPDATE jobs
+   SET dispatched_at = NULL
+  FROM locked
+ WHERE jobs.id = locked.id;
+
+
+-- name: take_undispatched
+-- Take up to $2 PENDING jobs whose message failed (dispatched_at NULL, those first) or was
+-- published more than $1 ago and may be lost, marking them dispatched now; their ids.
+-- SKIP LOCKED lets several servers sweep at once without sending a job twice.
+UPDATE jobs
+   SET dispatched_at = now()
+ WHERE id IN (
+        SELECT id
+          FROM jobs
+         WHERE status = 'PENDING'
+           AND (dispatched_at IS NULL OR dispatched_at < now() - $1::interval)
+         ORDER BY dispatched_at NULLS FIRST
+         LIMIT $2::integer
+           FOR UPDATE SKIP LOCKED
+       )
+RETURNING id;
+
+
+-- name: purge_finished
+-- Retention: delete up to $2 finished jobs last changed more than $1 ago (their events go by
+-- cascade); their ids. SKIP LOCKED lets every server run this at once.
+DELETE FROM jobs
+ WHERE id IN (
+        SELECT id
+          FROM jobs
+         WHERE status IN ('SUCCESS', 'FAILED', 'CANCELLED')
+           AND updated_at < now() - $1::interval
+         LIMIT $2::integer
+           FOR UPDATE SKIP LOCKED
+       )
+RETURNING id;
