@@ -20,6 +20,7 @@ from jobcore.errors import (
     StoreConflictError,
 )
 from jobcore.ids import new_job_id
+from jobcore.listing import Condition, PageCursor
 from jobcore.models import Claim, Job, JobStatus, Outcome
 from jobcore.operations import Operation, pack_numbers
 from jobcore.schema import JOB_EVENTS_CHANNEL
@@ -496,3 +497,34 @@ async def test_retention_deletes_finished_jobs_with_their_events(store: JobStore
         await store.get(finished.id)
     assert await store.events_after(finished.id, 0) == []
     assert (await store.get(pending.id)).status == JobStatus.PENDING
+
+
+async def test_a_filtered_listing_pages_through_its_jobs_newest_first(store: JobStore) -> None:
+    first = await _new_job(store)
+    created = [first, *[await _new_job(store) for _ in range(3)]]
+    await store.cancel(created[1].id)
+    conditions = [
+        Condition("create_time", ">=", first.created_at),
+        Condition("status", "!=", "CANCELLED"),
+        Condition("operation", "=", Operation.SQUARE_SUM.value),
+    ]
+
+    listed: list[Job] = []
+    cursor: PageCursor | None = None
+    while True:
+        page, cursor = await store.list_jobs(conditions, page_size=1, after=cursor)
+        listed += page
+        if cursor is None:
+            break
+
+    assert [job.id for job in listed] == [job.id for job in reversed(created) if job != created[1]]
+
+
+async def test_a_filter_value_is_compared_as_a_value_never_run_as_sql(store: JobStore) -> None:
+    await _new_job(store)
+
+    page, cursor = await store.list_jobs(
+        [Condition("operation", "=", "square_sum' OR 'x' = 'x")], page_size=10, after=None
+    )
+
+    assert (page, cursor) == ([], None)
