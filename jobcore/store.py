@@ -385,9 +385,12 @@ class JobStore:
         """Record that publishing these jobs' broker messages failed, so the sweep sends them soon."""
         await self._fetch("mark_undispatched", list(job_ids))
 
-    async def take_undispatched(self, *, older_than: timedelta, limit: int) -> list[uuid.UUID]:
+    async def take_undispatched(
+        self, *, older_than: timedelta | None, limit: int
+    ) -> list[uuid.UUID]:
         """Claim PENDING jobs whose message failed or may be lost, marking them dispatched now.
 
+        Published jobs count as lost once `older_than` has passed; with None, never.
         SKIP LOCKED lets several servers sweep at once without sending a job twice.
         """
         rows = await self._fetch("take_undispatched", older_than, limit)

@@ -22,8 +22,6 @@ logger = logging.getLogger(__name__)
 _BATCH = 500
 # The supervised task (and the name of its fault file).
 MAINTENANCE_TASK = "maintenance"
-# An age no published job reaches: with it, take_undispatched returns only jobs never published.
-_UNPUBLISHED_ONLY = timedelta(days=36_500)
 
 
 @dataclass(frozen=True)
@@ -56,7 +54,7 @@ async def redispatch(store: JobStore, dispatcher: Dispatcher, *, older_than: tim
     means their messages were lost (Redis restarted empty) or sit with a busy worker,
     where a duplicate is harmless.
     """
-    stale_after = older_than if await _broker_queue_empty(dispatcher) else _UNPUBLISHED_ONLY
+    stale_after = older_than if await _broker_queue_empty(dispatcher) else None
     job_ids = await store.take_undispatched(older_than=stale_after, limit=_BATCH)
     for job_id in job_ids:
         dispatcher.dispatch(job_id)

@@ -299,7 +299,8 @@ UPDATE jobs
 
 -- name: take_undispatched
 -- Take up to $2 PENDING jobs whose message failed (dispatched_at NULL, those first) or was
--- published more than $1 ago and may be lost, marking them dispatched now; their ids.
+-- published more than $1 ago and may be lost (with $1 NULL, only the former), marking them
+-- dispatched now; their ids.
 -- SKIP LOCKED lets several servers sweep at once without sending a job twice.
 UPDATE jobs
    SET dispatched_at = now()
