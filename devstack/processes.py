@@ -1,11 +1,18 @@
-"""Child processes that never outlive their supervisor, and port helpers."""
+"""devstack's child processes, and port helpers.
+
+A ManagedProcess is one program `make run` or a test stack starts: its output goes to a log
+file, it is stopped politely then firmly, it dies with devstack even when devstack is killed
+outright (jobcore.parent_death), and revive() starts it again when it exits on its own.
+Restarting what exits is devstack's job alone, as Compose or Kubernetes restart policies are in
+production: the processes themselves exit when broken (crash-only) and never restart
+themselves, and the Stack's supervisor thread calls revive().
+"""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -16,19 +23,9 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
+from jobcore.parent_death import argv_dying_with_parent
+
 logger = logging.getLogger(__name__)
-
-# setpriv (util-linux) sets the parent-death signal and then execs the command: if the
-# supervisor dies, even by SIGKILL, its children get SIGTERM, so nothing is left behind.
-# This is done by a separate program because subprocess's preexec_fn is unsafe in a
-# process with threads (a forked child can crash or deadlock before exec).
-_SETPRIV = shutil.which("setpriv")
-
-
-def _dying_with_parent(argv: Sequence[str], signum: signal.Signals) -> list[str]:
-    if _SETPRIV is None or sys.platform != "linux":
-        return list(argv)
-    return [_SETPRIV, "--pdeathsig", signum.name.removeprefix("SIG"), "--", *argv]
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -126,7 +123,7 @@ class ManagedProcess:
         self._log = self.log_path.open("ab")
         self._started_at = time.monotonic()
         self._popen = subprocess.Popen(
-            _dying_with_parent(self.argv, self._orphan_signal),
+            argv_dying_with_parent(self.argv, self._orphan_signal),
             stdout=self._log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

@@ -3,6 +3,13 @@
 PostgreSQL and Redis are embedded (from wheels) unless DATABASE_URL / REDIS_URL
 point elsewhere; then migrations, the worker(s), the gRPC server, Envoy and
 optionally Flower, each a supervised child process on loopback.
+
+Who supervises what: the Stack restarts any of its processes that exits on its own (its
+supervisor thread calls ManagedProcess.revive), the job Compose or Kubernetes restart
+policies do in production, and every process dies with it (jobcore.parent_death). The
+processes it starts restart nothing: a broken server or worker exits non-zero, and
+`python -m server` with SERVER_PROCESSES above 1 only runs its processes together and ends
+them together, so a failure of one shows here as the server exiting, and it is started again.
 """
 
 from __future__ import annotations

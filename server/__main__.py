@@ -1,8 +1,14 @@
 """`python -m server`: run the gRPC server with settings from the environment.
 
-With SERVER_PROCESSES above 1 this process supervises that many server processes on
-the same port (gRPC sets SO_REUSEPORT on Linux, so the kernel spreads connections over
-them): one Python process uses one core, whatever the machine has.
+With SERVER_PROCESSES above 1 this process runs that many server processes on the same
+port (gRPC sets SO_REUSEPORT on Linux, so the kernel spreads connections over them): one
+Python process uses one core, whatever the machine has.
+
+That is all it owns: start N, pass SIGTERM/SIGINT on, and end them all together, with the
+first failure's exit status, as soon as one ends; each also dies with it if it is killed
+outright (jobcore.parent_death). It never restarts one: restarting belongs to the process
+manager (Compose, Kubernetes, devstack for `make run` and the tests), which sees the server
+fail as one process and starts it again whole.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import sys
 from multiprocessing.process import BaseProcess
 
 from jobcore.logs import configure_logging
+from jobcore.parent_death import run_dying_with_parent
 from jobcore.settings import Settings, get_settings
 from server.app import run_server_process
 
@@ -26,9 +33,9 @@ def _supervise(settings: Settings) -> int:
     context = multiprocessing.get_context("spawn")
     processes: list[BaseProcess] = [
         context.Process(
-            target=run_server_process,
-            args=(index,),
-            kwargs={"supervised": True},
+            # Killed with this process (by SIGTERM, so it drains): none is left holding the port.
+            target=run_dying_with_parent,
+            args=(signal.SIGTERM, run_server_process, index),
             name=f"server-{index}",
         )
         for index in range(settings.server_processes)

@@ -3,13 +3,14 @@
 Its background tasks (health monitor, dispatcher, maintenance, the LISTEN connection) are
 supervised: if one fails, the server turns NOT_SERVING, drains briefly and exits non-zero, so
 that its process manager starts a fresh one instead of it running on with part of its work dead.
+This module runs one process; how many run is server/__main__'s concern, restarting them the
+process manager's.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import signal
 import sys
@@ -46,7 +47,6 @@ from server.servicer import JobServicer
 
 logger = logging.getLogger(__name__)
 
-_PR_SET_PDEATHSIG = 1
 # After a background task failed, calls in flight get this long at most: the process is
 # broken, and a fresh one serves better than a patient drain.
 _FAILURE_GRACE_SECONDS = 1.0
@@ -187,18 +187,15 @@ async def _until_signal_or_failure(supervisor: Supervisor) -> TaskFailure | None
     return supervisor.failure
 
 
-def run_server_process(index: int = 0, *, supervised: bool = False) -> None:
+def run_server_process(index: int = 0) -> None:
     """Run one server process until SIGTERM (or exit non-zero when a background task fails).
 
-    Under the SERVER_PROCESSES supervisor the index-th serves metrics on METRICS_PORT + index.
+    Of SERVER_PROCESSES processes (server/__main__), the index-th serves metrics on
+    METRICS_PORT + index.
     """
     settings = get_settings()
     if index and settings.metrics_port:
         settings = settings.model_copy(update={"metrics_port": settings.metrics_port + index})
-    if supervised:
-        # Die with the supervisor, so a killed supervisor leaves no server holding the port.
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     configure_logging(settings.log_level)
     # Before serving: a production server with the test hook set refuses to start.
     enable_fault_injection(settings, process="server")
