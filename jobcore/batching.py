@@ -1,13 +1,13 @@
 """Many concurrent single-item calls, run as few batch calls: what keeps PostgreSQL commits rare.
 
 Every job event is NOTIFYed on commit, and PostgreSQL serialises the commits of
-notifying transactions, so one statement per job caps a process near a thousand
-changes a second however many connections it has. Callers keep their one-item
+notifying transactions, so one statement per job caps a process's changes a second
+however many connections it has (BENCHMARKS.md, item 1). Callers keep their one-item
 API; while a batch is in flight, the next calls queue and go together.
 
-A statement also costs the calling process about a millisecond of CPU whatever its
-size (loopback syscalls, event-loop wake-ups, the driver), so a saturated process
-would otherwise spend most of its time on statements of one or two items. While
+A statement also costs the calling process a fixed amount of CPU whatever its size
+(loopback syscalls, event-loop wake-ups, the driver; BENCHMARKS.md, item 9), so a saturated
+process would otherwise spend most of its time on statements of one or two items. While
 callers keep coming together, batches therefore start at most every `min_interval`.
 """
 

@@ -80,8 +80,9 @@ class WakeupPublisher:
     """Publishes wake-up messages from the event loop: one LPUSH onto the broker's Redis list.
 
     The message is the one `send_task` would send (Celery itself builds it), wrapped as
-    kombu's Redis transport wraps messages. kombu's own publish blocks, so it needed a
-    thread and cost about a millisecond of the server's CPU per message.
+    kombu's Redis transport wraps messages. kombu's own publish blocks, so it would need a
+    thread, whose CPU and GIL contention slow every call the server's loop serves
+    (BENCHMARKS.md, item 3).
     """
 
     def __init__(self, app: Celery, broker_url: str) -> None:

@@ -27,9 +27,9 @@ logger = logging.getLogger(__name__)
 
 # Jobs per message at most: a worker claims a message's jobs before acking it.
 MAX_JOBS_PER_MESSAGE = 100
-# How long a wake-up may wait for others to share its message: each message costs the
-# server about 0.1 ms to build and a worker about a millisecond to take, and a worker
-# still hears of a job a few milliseconds after it was stored.
+# How long a wake-up may wait for others to share its message: a message costs the server
+# and the worker that takes it far more than one more job in it does (BENCHMARKS.md, item
+# 3), and a worker still hears of a job within this long of its being stored.
 LINGER_SECONDS = 0.01
 # The supervised task (and the name of its fault file).
 DISPATCHER_TASK = "dispatcher"

@@ -1,7 +1,7 @@
 """SubmitJob's request read from the wire with its numbers left where they arrived.
 
-Protobuf parses a 1,000,000-number request into an 8 MB repeated field that then has to be
-copied again into the array the job is validated and stored from. A `repeated double` sent
+Protobuf parses a request's numbers into a repeated field that then has to be copied
+again into the array the job is validated and stored from: a big job is held twice over. A `repeated double` sent
 packed (proto3 encoders do by default) is already that array: little-endian float64, 8
 bytes a number. So the one `data` field is taken as a read-only view of the received bytes
 and only the few other fields go through protobuf. Envoy's JSON transcoder sends `data`

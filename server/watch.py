@@ -2,8 +2,9 @@
 
 Each stream subscribes before it reads the job, so a change committed in
 between is never missed; sequence numbers drop what it has already sent.
-Heartbeats come from the hub's one clock, not a timer per stream: with
-thousands of idle streams, a timer per read was most of the server's garbage.
+Heartbeats come from the hub's one clock, not a timer per stream: a timer per
+read is garbage per message, which many long-lived streams cannot afford
+(BENCHMARKS.md, item 5).
 """
 
 from __future__ import annotations

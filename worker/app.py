@@ -28,7 +28,7 @@ app.conf.update(
     worker_pool="threads",
     worker_concurrency=CLAIMING_THREADS,
     # No task events unless a monitor asks: Flower switches them on while it runs (every 5 s);
-    # always on, publishing them took about 14% of a busy worker's time.
+    # always on, publishing them takes a sizeable share of a busy worker (BENCHMARKS.md, item 8).
     worker_send_task_events=False,
 )
 app.autodiscover_tasks(["worker"], related_name="tasks", force=True)

@@ -79,7 +79,7 @@ def _outcome_of(claim: Claim) -> Outcome:
 async def _compute_after_delay(claim: Claim, delay: timedelta) -> Outcome:
     await asyncio.sleep(delay.total_seconds())
     if len(claim.numbers) <= _COMPUTE_INLINE_BYTES:
-        return _outcome_of(claim)  # well under a millisecond: a thread hop would cost more
+        return _outcome_of(claim)  # a small job: a thread hop would cost more than computing it
     # Large jobs take real CPU; keep the loop free for the other jobs in flight.
     return await asyncio.to_thread(_outcome_of, claim)
 
