@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import ssl
 import subprocess
 import sys
 import threading
@@ -29,7 +30,6 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from devstack.processes import ManagedProcess, child_env, python_module, tcp_accepts, wait_for
 from devstack.services import EmbeddedPostgres, EmbeddedRedis
-from gateway.config import GatewayOptions, write_config
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +66,9 @@ class StackConfig:
     env: dict[str, str] = field(default_factory=dict)  # settings for server and worker
     workers: int = 1
     flower: bool = True
+    # The CA that signed the certificates named in `env` (GATEWAY_TLS_CERT_FILE,
+    # GRPC_TLS_CERT_FILE), for the stack's own readiness probes over TLS.
+    ca_file: Path | None = None
 
 
 class Stack:
@@ -162,8 +165,9 @@ class Stack:
 
     @property
     def http_base(self) -> str:
-        """Base URL of the REST API."""
-        return f"http://{self.gateway_target}"
+        """Base URL of the REST API (https when the gateway has a certificate)."""
+        scheme = "https" if self.env.get("GATEWAY_TLS_CERT_FILE") else "http"
+        return f"{scheme}://{self.gateway_target}"
 
     def _launch(self, process: ManagedProcess) -> None:
         process.start()
@@ -216,21 +220,19 @@ class Stack:
         for worker in self.workers:
             self._launch(worker)
         self.start_server()
-        write_config(
-            GatewayOptions(
-                listen_host="127.0.0.1",
-                listen_port=self.config.ports.http,
-                admin_host="127.0.0.1",
-                admin_port=self.config.ports.envoy_admin,
-                upstream_host="127.0.0.1",
-                upstream_port=self.config.ports.grpc,
-                upstream_dns=False,
-                descriptor_path=DESCRIPTOR,
-                max_request_bytes=int(
-                    self.env.get("GATEWAY_MAX_REQUEST_BYTES", GatewayOptions.max_request_bytes)
-                ),
+        # The gateway's settings (TLS, limits, origins, hosts) come from the same environment.
+        subprocess.run(
+            python_module(
+                "gateway",
+                f"--out={self.envoy_config}",
+                f"--listen-port={self.config.ports.http}",
+                f"--admin-port={self.config.ports.envoy_admin}",
+                f"--upstream=127.0.0.1:{self.config.ports.grpc}",
+                f"--descriptor={DESCRIPTOR}",
             ),
-            self.envoy_config,
+            env=self.env,
+            cwd=ROOT,
+            check=True,
         )
         self.start_envoy()
         for worker in self.workers:
@@ -270,7 +272,12 @@ class Stack:
 
     def server_serving(self) -> bool:
         """Whether the gRPC server's standard health service says SERVING."""
-        with grpc.insecure_channel(self.grpc_target) as channel:
+        if self.env.get("GRPC_TLS_CERT_FILE"):
+            ca = self.config.ca_file.read_bytes() if self.config.ca_file else None
+            channel = grpc.secure_channel(self.grpc_target, grpc.ssl_channel_credentials(ca))
+        else:
+            channel = grpc.insecure_channel(self.grpc_target)
+        with channel:
             reply = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service="jobs.v1.JobService"), timeout=2
             )
@@ -278,7 +285,10 @@ class Stack:
 
     def gateway_healthy(self) -> bool:
         """Whether Envoy answers GET /health with 200."""
-        with urllib.request.urlopen(f"{self.http_base}/health", timeout=2) as response:  # noqa: S310
+        context = ssl.create_default_context(cafile=self.config.ca_file)
+        with urllib.request.urlopen(  # noqa: S310
+            f"{self.http_base}/health", timeout=2, context=context
+        ) as response:
             return bool(response.status == 200)
 
     def stop(self) -> None:

@@ -1,17 +1,22 @@
 """Write the Envoy bootstrap (gateway/envoy.yaml filled in): `python -m gateway --out FILE ...`.
 
 The defaults are the local layout: everything on loopback, gRPC server on 127.0.0.1:50051.
-Containers pass `--listen-host 0.0.0.0 --upstream server:50051 --dns`.
+Containers pass `--listen-host 0.0.0.0 --upstream server:50051 --dns`. TLS, the edge limits and
+the accepted origins and hosts default to the GATEWAY_* environment variables (.env.example).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from gateway.config import GatewayOptions, write_config
+from gateway.config import GatewayOptions, submit_body_limit, write_config
+
+# The server's heartbeat default (jobcore.settings): a watch idle timeout must exceed it.
+DEFAULT_WATCH_HEARTBEAT_SECONDS = 15.0
+DEFAULT_MAX_JOB_NUMBERS = 100_000
 
 
 def _host_port(value: str) -> tuple[str, int]:
@@ -21,8 +26,20 @@ def _host_port(value: str) -> tuple[str, int]:
     return host.removeprefix("[").removesuffix("]"), int(port)
 
 
-def parse_args(argv: Sequence[str] | None = None) -> tuple[GatewayOptions, Path]:
-    """Turn command line arguments into gateway options and the output path."""
+def _names(text: str) -> tuple[str, ...]:
+    """A comma-separated list, blanks dropped."""
+    return tuple(name.strip() for name in text.split(",") if name.strip())
+
+
+def _path_or_none(text: str) -> Path | None:
+    return Path(text).absolute() if text else None
+
+
+def parse_args(
+    argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
+) -> tuple[GatewayOptions, Path]:
+    """Turn command line arguments (defaults from `environ`) into gateway options and the path."""
+    env = os.environ if environ is None else environ
     defaults = GatewayOptions(
         listen_host="127.0.0.1",
         listen_port=8000,
@@ -61,11 +78,85 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[GatewayOptions, Path]
         default=defaults.descriptor_path,
         help="descriptor set of the contract (made by `make proto`)",
     )
+    max_job_numbers = int(env.get("MAX_JOB_NUMBERS", DEFAULT_MAX_JOB_NUMBERS))
     parser.add_argument(
         "--max-request-bytes",
         type=int,
-        default=int(os.environ.get("GATEWAY_MAX_REQUEST_BYTES", defaults.max_request_bytes)),
-        help="larger REST bodies are answered with 413 (default: GATEWAY_MAX_REQUEST_BYTES or 16 MiB)",
+        default=int(env.get("GATEWAY_MAX_REQUEST_BYTES") or submit_body_limit(max_job_numbers)),
+        help="larger submit bodies are answered with 413 (default: GATEWAY_MAX_REQUEST_BYTES, "
+        "else derived from MAX_JOB_NUMBERS: 32 bytes per number plus 64 KiB)",
+    )
+    parser.add_argument(
+        "--max-other-request-bytes",
+        type=int,
+        default=int(env.get("GATEWAY_MAX_OTHER_REQUEST_BYTES") or defaults.max_other_request_bytes),
+        help="the same for every other REST body (default: GATEWAY_MAX_OTHER_REQUEST_BYTES "
+        "or 64 KiB)",
+    )
+    parser.add_argument(
+        "--tls-cert-file",
+        default=env.get("GATEWAY_TLS_CERT_FILE", ""),
+        help="serve TLS with this certificate chain, PEM (default: GATEWAY_TLS_CERT_FILE)",
+    )
+    parser.add_argument(
+        "--tls-key-file",
+        default=env.get("GATEWAY_TLS_KEY_FILE", ""),
+        help="the certificate's private key, PEM (default: GATEWAY_TLS_KEY_FILE)",
+    )
+    parser.add_argument(
+        "--upstream-tls-ca-file",
+        default=env.get("GATEWAY_UPSTREAM_TLS_CA_FILE", ""),
+        help="talk TLS to the gRPC servers, trusting this CA (default: "
+        "GATEWAY_UPSTREAM_TLS_CA_FILE; unset: plaintext)",
+    )
+    for option, variable, default, what in (
+        ("request-headers-timeout", "REQUEST_HEADERS", 10.0, "to send the request headers"),
+        ("request-timeout", "REQUEST", 60.0, "to send the whole request"),
+        ("unary-timeout", "UNARY", 30.0, "for the answer of a unary call"),
+        ("stream-idle-timeout", "STREAM_IDLE", 300.0, "of silence on a stream"),
+        ("idle-timeout", "IDLE", 300.0, "of a connection without streams"),
+    ):
+        parser.add_argument(
+            f"--{option}-seconds",
+            type=float,
+            default=float(env.get(f"GATEWAY_{variable}_TIMEOUT_SECONDS") or default),
+            help=f"longest wait {what} (default: GATEWAY_{variable}_TIMEOUT_SECONDS or {default:g})",
+        )
+    heartbeat = float(env.get("WATCH_HEARTBEAT_SECONDS") or DEFAULT_WATCH_HEARTBEAT_SECONDS)
+    parser.add_argument(
+        "--watch-idle-timeout-seconds",
+        type=float,
+        default=float(env.get("GATEWAY_WATCH_IDLE_TIMEOUT_SECONDS") or max(60.0, 4 * heartbeat)),
+        help="a watch stream silent this long is reset; must exceed WATCH_HEARTBEAT_SECONDS "
+        "(default: GATEWAY_WATCH_IDLE_TIMEOUT_SECONDS, else the larger of 60 and 4 heartbeats)",
+    )
+    parser.add_argument(
+        "--max-connections",
+        type=int,
+        default=int(env.get("GATEWAY_MAX_CONNECTIONS") or defaults.max_connections),
+        help="downstream connections beyond this are refused (default: GATEWAY_MAX_CONNECTIONS "
+        "or 50000)",
+    )
+    parser.add_argument(
+        "--max-heap-bytes",
+        type=int,
+        default=int(env.get("GATEWAY_MAX_HEAP_BYTES") or defaults.max_heap_bytes),
+        help="Envoy's heap limit: at 95%% new requests get 503 (default: GATEWAY_MAX_HEAP_BYTES "
+        "or 1 GiB)",
+    )
+    parser.add_argument(
+        "--cors-origins",
+        type=_names,
+        default=_names(env.get("GATEWAY_CORS_ORIGINS", "")),
+        help="comma-separated origins (scheme://host[:port]) whose pages may read the API "
+        "(default: GATEWAY_CORS_ORIGINS; none: same-origin only)",
+    )
+    parser.add_argument(
+        "--allowed-hosts",
+        type=_names,
+        default=_names(env.get("GATEWAY_ALLOWED_HOSTS", "")) or defaults.allowed_hosts,
+        help='comma-separated Host names served, any port; "*" for any (default: '
+        "GATEWAY_ALLOWED_HOSTS or localhost,127.0.0.1,[::1])",
     )
     parser.add_argument(
         "--health-check-interval-seconds",
@@ -86,8 +177,27 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[GatewayOptions, Path]
             # Envoy resolves a relative path against its own working directory, not ours.
             descriptor_path=args.descriptor.absolute(),
             max_request_bytes=args.max_request_bytes,
+            max_other_request_bytes=args.max_other_request_bytes,
             health_check_interval_seconds=args.health_check_interval_seconds,
+            tls_cert_file=_path_or_none(args.tls_cert_file),
+            tls_key_file=_path_or_none(args.tls_key_file),
+            upstream_tls_ca_file=_path_or_none(args.upstream_tls_ca_file),
+            request_headers_timeout_seconds=args.request_headers_timeout_seconds,
+            request_timeout_seconds=args.request_timeout_seconds,
+            unary_timeout_seconds=args.unary_timeout_seconds,
+            stream_idle_timeout_seconds=args.stream_idle_timeout_seconds,
+            watch_idle_timeout_seconds=args.watch_idle_timeout_seconds,
+            idle_timeout_seconds=args.idle_timeout_seconds,
+            max_connections=args.max_connections,
+            max_heap_bytes=args.max_heap_bytes,
+            cors_origins=args.cors_origins,
+            allowed_hosts=args.allowed_hosts,
         )
+        if options.watch_idle_timeout_seconds <= heartbeat:
+            raise ValueError(
+                f"the watch idle timeout ({options.watch_idle_timeout_seconds:g} s) must exceed "
+                f"WATCH_HEARTBEAT_SECONDS ({heartbeat:g} s), or idle watches are cut"
+            )
     except ValueError as error:
         parser.error(str(error))
     return options, args.out

@@ -2,8 +2,11 @@
 
 envoy.yaml is the whole configuration as an Envoy user reads it, and submit.lua the submit route's
 script. Python holds only what differs between a local run, the tests and the container image
-(addresses, whether the upstream is a DNS name, the body limit, the health check interval, file
-paths), and the few names the OpenAPI generator shares with the routes.
+(addresses, whether the upstream is a DNS name, TLS files, the edge limits, the accepted origins
+and hosts, file paths), and the few names the OpenAPI generator shares with the routes.
+
+Besides `${name}` placeholders, envoy.yaml has optional blocks: the lines between `#if name` and
+`#endif` (each alone on its line) are kept only when `name` is on (see `template_switches`).
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ TEMPLATE = Path(__file__).resolve().with_name("envoy.yaml")
 SUBMIT_LUA = Path(__file__).resolve().with_name("submit.lua")
 # `${name}` only: a bare `$` is common in the template's regexes.
 PLACEHOLDER = re.compile(r"\$\{(\w+)\}")
+BLOCK_START = re.compile(r"^\s*#if (\w+)\s*$")
+BLOCK_END = re.compile(r"^\s*#endif\s*$")
 
 # What envoy.yaml's routes also spell out, for the OpenAPI document and docs page (openapi.py).
 SERVICE = "jobs.v1.JobService"
@@ -28,6 +33,21 @@ SUBMIT_PATH_REGEX = "^/api/v1/jobs/*$"
 # What the docs page loads from the `swagger-ui-dist` package: only these are served.
 SWAGGER_UI_FILES = ("swagger-ui-bundle.js", "swagger-ui.css", "favicon-32x32.png")
 SWAGGER_UI_PACKAGE = Path("node_modules") / "swagger-ui-dist"
+
+# The longest JSON text of one number a valid submit can carry, with its separator and room for
+# pretty-printing: the shortest round-trip form of any double is at most 24 characters
+# ("-2.2250738585072014e-308").
+SUBMIT_BYTES_PER_NUMBER = 32
+# Room for the other fields of a submit (operation, request_id) and the JSON around them.
+SUBMIT_BYTES_SLACK = 64 * 1024
+# Hosts accepted by default: the names a browser or client on this machine uses. A DNS name an
+# attacker controls that resolves to 127.0.0.1 (DNS rebinding) is refused.
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+
+
+def submit_body_limit(max_job_numbers: int) -> int:
+    """The largest REST submit body worth reading when a job may carry `max_job_numbers` numbers."""
+    return max_job_numbers * SUBMIT_BYTES_PER_NUMBER + SUBMIT_BYTES_SLACK
 
 
 @dataclass(frozen=True)
@@ -43,8 +63,30 @@ class GatewayOptions:
     # True: resolve upstream_host and balance over every address behind it (compose replicas).
     upstream_dns: bool
     descriptor_path: Path
-    max_request_bytes: int = 16 * 1024 * 1024
+    # The submit route's body cap (its body is buffered for submit.lua): the largest valid submit.
+    max_request_bytes: int = submit_body_limit(100_000)
+    # Every other REST body (cancel) is small.
+    max_other_request_bytes: int = 64 * 1024
     health_check_interval_seconds: float = 1.0
+    # TLS at the listener (both files, or neither: plaintext).
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    # TLS to the gRPC servers, verified against this CA and the upstream host's name or address.
+    upstream_tls_ca_file: Path | None = None
+    # Edge limits (Envoy's edge best practices), in seconds and bytes.
+    request_headers_timeout_seconds: float = 10.0
+    request_timeout_seconds: float = 60.0
+    unary_timeout_seconds: float = 30.0
+    stream_idle_timeout_seconds: float = 300.0
+    # Watch streams (REST SSE and gRPC) have no overall timeout; this must exceed the heartbeat.
+    watch_idle_timeout_seconds: float = 60.0
+    idle_timeout_seconds: float = 300.0
+    max_connections: int = 50_000
+    max_heap_bytes: int = 1024 * 1024 * 1024
+    # Origins allowed to read responses cross-origin (CORS); none: same-origin only.
+    cors_origins: tuple[str, ...] = ()
+    # Host header values served (any port); "*" alone accepts every host.
+    allowed_hosts: tuple[str, ...] = LOCAL_HOSTS
     # None: the layout of a checkout and of the gateway image, <root>/gen/envoy/jobs.binpb, where
     # `make proto` writes openapi.json and docs/ beside the descriptor and npm installs Swagger UI
     # into <root>/node_modules/swagger-ui-dist.
@@ -61,10 +103,36 @@ class GatewayOptions:
                     f"upstream host {self.upstream_host!r} is not an IP address: "
                     "a host name needs upstream_dns=True"
                 ) from None
-        if not 0 < self.max_request_bytes < 2**32:
-            raise ValueError("max_request_bytes must be between 1 and 2**32 - 1")
+        for name in ("max_request_bytes", "max_other_request_bytes"):
+            if not 0 < getattr(self, name) < 2**32:
+                raise ValueError(f"{name} must be between 1 and 2**32 - 1")
         if self.health_check_interval_seconds < 0.001:
             raise ValueError("health_check_interval_seconds must be at least 0.001")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together: set both or neither")
+        for name in (
+            "request_headers_timeout_seconds",
+            "request_timeout_seconds",
+            "unary_timeout_seconds",
+            "stream_idle_timeout_seconds",
+            "watch_idle_timeout_seconds",
+            "idle_timeout_seconds",
+        ):
+            # 0 would switch the limit off in Envoy; an edge keeps every one.
+            if getattr(self, name) < 0.001:
+                raise ValueError(f"{name} must be at least 0.001")
+        if self.max_connections < 1 or self.max_heap_bytes < 1:
+            raise ValueError("max_connections and max_heap_bytes must be positive")
+        for origin in self.cors_origins:
+            if not re.fullmatch(r"https?://[^/\s*]+", origin):
+                raise ValueError(f"cors_origins: {origin!r} is not scheme://host[:port]")
+        if not self.allowed_hosts or ("*" in self.allowed_hosts and len(self.allowed_hosts) > 1):
+            raise ValueError('allowed_hosts is a list of host names, or "*" alone for any host')
+
+    @property
+    def tls(self) -> bool:
+        """Whether the listener terminates TLS."""
+        return self.tls_cert_file is not None
 
     @property
     def web_root(self) -> Path:
@@ -84,8 +152,18 @@ class GatewayOptions:
             *(self.swagger_ui_root / name for name in SWAGGER_UI_FILES),
         ]
 
+    def tls_files(self) -> list[Path]:
+        """The certificate, key and CA files Envoy reads at start (and refuses to start without)."""
+        files = (self.tls_cert_file, self.tls_key_file, self.upstream_tls_ca_file)
+        return [file for file in files if file is not None]
 
-def template_values(options: GatewayOptions) -> dict[str, str | int]:
+
+def _seconds(value: float) -> str:
+    """A protobuf JSON duration; `:g` could produce an exponent."""
+    return f"{value:.3f}s"
+
+
+def template_values(options: GatewayOptions) -> dict[str, object]:
     """The value of each placeholder in envoy.yaml."""
     return {
         "admin_host": options.admin_host,
@@ -100,9 +178,64 @@ def template_values(options: GatewayOptions) -> dict[str, str | int]:
         "swagger_ui_root": str(options.swagger_ui_root),
         "submit_lua": str(SUBMIT_LUA),
         "max_request_bytes": options.max_request_bytes,
-        # Protobuf JSON durations take decimal seconds; `:g` could produce an exponent.
-        "health_check_interval": f"{options.health_check_interval_seconds:.3f}s",
+        "max_other_request_bytes": options.max_other_request_bytes,
+        "health_check_interval": _seconds(options.health_check_interval_seconds),
+        "tls_cert_file": str(options.tls_cert_file or ""),
+        "tls_key_file": str(options.tls_key_file or ""),
+        "upstream_tls_ca_file": str(options.upstream_tls_ca_file or ""),
+        # SNI needs a name; an address is checked against the certificate's IP addresses.
+        "upstream_sni": "" if _is_address(options.upstream_host) else options.upstream_host,
+        "upstream_san_type": "IP_ADDRESS" if _is_address(options.upstream_host) else "DNS",
+        "request_headers_timeout": _seconds(options.request_headers_timeout_seconds),
+        "request_timeout": _seconds(options.request_timeout_seconds),
+        "unary_timeout": _seconds(options.unary_timeout_seconds),
+        "stream_idle_timeout": _seconds(options.stream_idle_timeout_seconds),
+        "watch_idle_timeout": _seconds(options.watch_idle_timeout_seconds),
+        "idle_timeout": _seconds(options.idle_timeout_seconds),
+        "max_connections": options.max_connections,
+        "max_heap_bytes": options.max_heap_bytes,
+        "cors_origins": [{"exact": origin} for origin in options.cors_origins],
+        "allowed_hosts": list(options.allowed_hosts),
     }
+
+
+def template_switches(options: GatewayOptions) -> dict[str, bool]:
+    """Whether each `#if name` block of envoy.yaml is kept."""
+    return {
+        "tls": options.tls,
+        "upstream_tls": options.upstream_tls_ca_file is not None,
+        # With a list, hosts not on it reach a virtual host of their own that refuses them.
+        "host_allowlist": options.allowed_hosts != ("*",),
+    }
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _keep_switched_on(template: str, switches: dict[str, bool]) -> str:
+    """The template without its switched-off blocks and without any `#if`/`#endif` line."""
+    kept: list[str] = []
+    current: str | None = None
+    for number, line in enumerate(template.splitlines(keepends=True), start=1):
+        start, end = BLOCK_START.match(line), BLOCK_END.match(line)
+        if start:
+            if current is not None or start[1] not in switches:
+                raise ValueError(f"{TEMPLATE.name}:{number}: nested or unknown block {start[1]!r}")
+            current = start[1]
+        elif end:
+            if current is None:
+                raise ValueError(f"{TEMPLATE.name}:{number}: #endif without #if")
+            current = None
+        elif current is None or switches[current]:
+            kept.append(line)
+    if current is not None:
+        raise ValueError(f"{TEMPLATE.name}: block {current!r} is never closed")
+    return "".join(kept)
 
 
 def render_config(options: GatewayOptions) -> str:
@@ -119,6 +252,7 @@ def render_config(options: GatewayOptions) -> str:
             f"{TEMPLATE.name} and template_values() disagree on "
             f"{sorted(placeholders.symmetric_difference(values))}"
         )
+    template = _keep_switched_on(template, template_switches(options))
     return PLACEHOLDER.sub(lambda match: values[match[1]], template)
 
 
@@ -133,5 +267,8 @@ def write_config(options: GatewayOptions, path: Path) -> None:
             "the gateway's static files are missing (`make proto` generates openapi.json and "
             "docs/; `npm ci` installs swagger-ui-dist): " + ", ".join(missing)
         )
+    unreadable = [str(file) for file in options.tls_files() if not file.is_file()]
+    if unreadable:
+        raise FileNotFoundError("TLS files are missing: " + ", ".join(unreadable))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(render_config(options), encoding="utf-8")

@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     health_check_interval_seconds: float = Field(default=2.0, gt=0)
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
     log_level: str = "INFO"
+    # TLS on the gRPC port with this certificate chain and key (PEM files); empty: plaintext.
+    grpc_tls_cert_file: str = ""
+    grpc_tls_key_file: str = ""
     # Prometheus metrics of this process at http://METRICS_HOST:METRICS_PORT/metrics; 0: off.
     metrics_host: str = "0.0.0.0"  # noqa: S104 - scraped from outside the container
     metrics_port: int = Field(default=0, ge=0, le=65535)
@@ -78,6 +81,12 @@ class Settings(BaseSettings):
         compare-and-set) but wasteful; lost jobs are recovered by the lease instead.
         """
         return self.job_timeout_seconds + self.job_lease_seconds + 60
+
+    @model_validator(mode="after")
+    def _tls_files_together(self) -> Settings:
+        if bool(self.grpc_tls_cert_file) != bool(self.grpc_tls_key_file):
+            raise ValueError("GRPC_TLS_CERT_FILE and GRPC_TLS_KEY_FILE go together: set both")
+        return self
 
     @model_validator(mode="after")
     def _no_development_secrets_in_production(self) -> Settings:

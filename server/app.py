@@ -70,6 +70,15 @@ def _server_options(settings: Settings) -> list[tuple[str, Any]]:
     ]
 
 
+def _server_credentials(settings: Settings) -> grpc.ServerCredentials:
+    """TLS with the configured certificate chain and key (GRPC_TLS_CERT_FILE / _KEY_FILE)."""
+    with (
+        open(settings.grpc_tls_key_file, "rb") as key,
+        open(settings.grpc_tls_cert_file, "rb") as cert,
+    ):
+        return grpc.ssl_server_credentials([(key.read(), cert.read())])
+
+
 async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> int:
     """Run until SIGTERM or SIGINT, or until a background task fails; then drain: stop
     accepting, finish calls, end streams.
@@ -109,7 +118,10 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> in
     if settings.metrics_port:
         prometheus_client.start_http_server(settings.metrics_port, addr=settings.metrics_host)
     address = f"{settings.grpc_host}:{settings.grpc_port}"
-    server.add_insecure_port(address)
+    if settings.grpc_tls_cert_file:
+        server.add_secure_port(address, _server_credentials(settings))
+    else:
+        server.add_insecure_port(address)
     await server.start()
 
     monitor = HealthMonitor(

@@ -62,6 +62,8 @@ def stack() -> Iterator[Stack]:
                     # Small size limits, so the tests can cross them cheaply.
                     "GRPC_MAX_MESSAGE_BYTES": str(TEST_MAX_MESSAGE_BYTES),
                     "GATEWAY_MAX_REQUEST_BYTES": str(TEST_MAX_MESSAGE_BYTES),
+                    # The one origin whose pages may call the API cross-origin (CORS).
+                    "GATEWAY_CORS_ORIGINS": "http://app.example.test",
                     "HEALTH_CHECK_INTERVAL_SECONDS": "0.5",
                     "WORKER_CONCURRENCY": "50",
                     # Fast recovery and keep-alives, so the tests see them happen.

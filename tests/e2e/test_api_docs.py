@@ -30,6 +30,7 @@ from gateway.config import SWAGGER_UI_FILES
 from gateway.openapi import build_openapi
 from tests.eventually import eventually
 
+# Listed in GATEWAY_CORS_ORIGINS by the session stack (tests/conftest.py); no other origin is.
 FOREIGN_ORIGIN = "http://app.example.test"
 SERVICE_PATH = "/jobs.v1.JobService"
 CHROMIUM = "/usr/bin/chromium"
@@ -462,7 +463,7 @@ async def test_grpc_web_errors_carry_status_details(http: httpx.AsyncClient) -> 
         ("/api/v1/jobs/abc/watch", "GET", "last-event-id"),
     ],
 )
-async def test_cors_preflight_allows_any_origin(
+async def test_cors_preflight_allows_a_listed_origin(
     http: httpx.AsyncClient, path: str, method: str, headers: str
 ) -> None:
     response = await http.options(

@@ -7,6 +7,7 @@ the Lua script without serving).
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -19,6 +20,8 @@ import gateway.config
 from devstack.stack import DESCRIPTOR
 from gateway import GatewayOptions, render_config
 from gateway.__main__ import parse_args
+from gateway.config import submit_body_limit
+from tests.tls import ThrowawayCa
 
 ENVOY = str(Path(sys.executable).parent / "envoy")
 
@@ -79,6 +82,48 @@ def test_every_configuration_the_gateway_renders_is_valid(
     assert validated.returncode == 0, validated.stdout + validated.stderr
 
 
+@pytest.mark.parametrize("tls", [False, True], ids=["plaintext", "tls"])
+@pytest.mark.parametrize("upstream_tls", [False, True], ids=["upstream-plaintext", "upstream-tls"])
+@pytest.mark.parametrize("upstream_dns", [False, True], ids=["static", "dns"])
+@pytest.mark.parametrize(
+    ("cors_origins", "allowed_hosts"),
+    [
+        ((), ("localhost", "127.0.0.1", "[::1]")),
+        (("https://app.example", "http://localhost:3000"), ("*",)),
+        (("https://app.example",), ("jobs.example", "*.jobs.example")),
+    ],
+    ids=["defaults", "origins-any-host", "origins-host-list"],
+)
+def test_every_tls_cors_and_host_combination_is_valid(  # noqa: PLR0917 - pytest parameters
+    tmp_path: Path,
+    tls: bool,
+    upstream_tls: bool,
+    upstream_dns: bool,
+    cors_origins: tuple[str, ...],
+    allowed_hosts: tuple[str, ...],
+) -> None:
+    ca = ThrowawayCa.create(tmp_path / "tls")
+    gateway_files = ca.issue(tmp_path / "tls", "gateway", dns_names=("localhost",), addresses=())
+    config = render_config(
+        options(
+            upstream_host="server" if upstream_dns else "10.0.0.7",
+            upstream_dns=upstream_dns,
+            tls_cert_file=gateway_files.cert_file if tls else None,
+            tls_key_file=gateway_files.key_file if tls else None,
+            upstream_tls_ca_file=ca.ca_file if upstream_tls else None,
+            cors_origins=cors_origins,
+            allowed_hosts=allowed_hosts,
+        )
+    )
+
+    assert ("DownstreamTlsContext" in config) == tls
+    assert ("UpstreamTlsContext" in config) == upstream_tls
+    assert ("refused_hosts" in config) == (allowed_hosts != ("*",))
+    assert not [line for line in config.splitlines() if line.strip().startswith(("#if ", "#endif"))]
+    validated = envoy_validate(config, tmp_path)
+    assert validated.returncode == 0, validated.stdout + validated.stderr
+
+
 def test_paths_with_yaml_syntax_in_them_reach_envoy_intact(tmp_path: Path) -> None:
     folder = tmp_path / 'a "folder": #1, {with} [yaml] \\ syntax'
     folder.mkdir()
@@ -111,7 +156,17 @@ def test_a_host_name_without_dns_is_refused() -> None:
 
 @pytest.mark.parametrize(
     "overrides",
-    [{"max_request_bytes": 0}, {"max_request_bytes": 2**32}, {"health_check_interval_seconds": 0}],
+    [
+        {"max_request_bytes": 0},
+        {"max_request_bytes": 2**32},
+        {"max_other_request_bytes": 0},
+        {"health_check_interval_seconds": 0},
+        {"request_headers_timeout_seconds": 0},
+        {"watch_idle_timeout_seconds": 0},
+        {"tls_cert_file": Path("/tls/cert.pem")},
+        {"cors_origins": ("*",)},
+        {"allowed_hosts": ("*", "localhost")},
+    ],
 )
 def test_values_envoy_would_refuse_are_refused_early(overrides: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match=next(iter(overrides))):
@@ -119,7 +174,7 @@ def test_values_envoy_would_refuse_are_refused_early(overrides: dict[str, Any]) 
 
 
 def test_the_cli_defaults_match_a_local_run() -> None:
-    parsed, out = parse_args(["--out", "/tmp/envoy.yaml"])
+    parsed, out = parse_args(["--out", "/tmp/envoy.yaml"], environ={})
 
     assert out == Path("/tmp/envoy.yaml")
     assert (parsed.listen_host, parsed.listen_port) == ("127.0.0.1", 8000)
@@ -130,7 +185,58 @@ def test_the_cli_defaults_match_a_local_run() -> None:
         False,
     )
     assert parsed.descriptor_path.is_absolute()
-    assert parsed.max_request_bytes == 16 * 1024 * 1024
+    # The largest valid submit of the default MAX_JOB_NUMBERS; far less for anything else.
+    assert parsed.max_request_bytes == submit_body_limit(100_000)
+    assert parsed.max_other_request_bytes == 64 * 1024
+    assert parsed.tls_cert_file is None
+    assert parsed.upstream_tls_ca_file is None
+    assert parsed.cors_origins == ()
+    assert parsed.allowed_hosts == ("localhost", "127.0.0.1", "[::1]")
+    assert parsed.watch_idle_timeout_seconds == 60
+
+
+def test_the_cli_reads_the_gateway_environment() -> None:
+    parsed, _ = parse_args(
+        ["--out", "/tmp/envoy.yaml"],
+        environ={
+            "MAX_JOB_NUMBERS": "1000",
+            "WATCH_HEARTBEAT_SECONDS": "30",
+            "GATEWAY_TLS_CERT_FILE": "/tls/gateway.pem",
+            "GATEWAY_TLS_KEY_FILE": "/tls/gateway.key",
+            "GATEWAY_UPSTREAM_TLS_CA_FILE": "/tls/ca.pem",
+            "GATEWAY_CORS_ORIGINS": "https://a.example, https://b.example",
+            "GATEWAY_ALLOWED_HOSTS": "jobs.example",
+            "GATEWAY_REQUEST_HEADERS_TIMEOUT_SECONDS": "5",
+        },
+    )
+
+    assert parsed.max_request_bytes == submit_body_limit(1000)
+    assert parsed.tls_cert_file == Path("/tls/gateway.pem")
+    assert parsed.tls_key_file == Path("/tls/gateway.key")
+    assert parsed.upstream_tls_ca_file == Path("/tls/ca.pem")
+    assert parsed.cors_origins == ("https://a.example", "https://b.example")
+    assert parsed.allowed_hosts == ("jobs.example",)
+    assert parsed.request_headers_timeout_seconds == 5
+    # Four heartbeats.
+    assert parsed.watch_idle_timeout_seconds == 120
+
+
+def test_a_watch_idle_timeout_within_the_heartbeat_is_refused() -> None:
+    with pytest.raises(SystemExit):
+        parse_args(
+            ["--out", "/tmp/envoy.yaml", "--watch-idle-timeout-seconds", "10"],
+            environ={"WATCH_HEARTBEAT_SECONDS": "15"},
+        )
+
+
+def test_a_valid_submit_of_max_job_numbers_fits_its_limit() -> None:
+    # The longest shortest-round-trip doubles, pretty-printed with a 4-space indent.
+    numbers = [-2.2250738585072014e-308] * 1000
+    body = json.dumps(
+        {"data": numbers, "operation": "square_sum", "request_id": "x" * 200}, indent=4
+    )
+
+    assert len(body.encode()) <= submit_body_limit(1000)
 
 
 def test_the_cli_takes_the_container_layout() -> None:
