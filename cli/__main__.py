@@ -7,6 +7,7 @@ import asyncio
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import grpc
 from jobs.v1 import jobs_service_pb2 as pb
@@ -37,7 +38,7 @@ def _positive(text: str) -> int:
 
 
 def _add_common_options(parser: argparse.ArgumentParser, *, top_level: bool) -> None:
-    """--target and --json, accepted before the command and after it.
+    """--target, --cacert and --json, accepted before the command and after it.
 
     Each parser gets its own option objects (argparse's `parents` would share them); a
     subcommand's are SUPPRESSed so that, when not repeated, the value given before stays.
@@ -45,7 +46,16 @@ def _add_common_options(parser: argparse.ArgumentParser, *, top_level: bool) -> 
     parser.add_argument(
         "--target",
         default=None if top_level else argparse.SUPPRESS,
-        help=f"server HOST:PORT (default: $JOBS_TARGET or {client.DEFAULT_TARGET})",
+        help="server HOST:PORT, or https://HOST:PORT for TLS "
+        f"(default: $JOBS_TARGET or {client.DEFAULT_TARGET})",
+    )
+    parser.add_argument(
+        "--cacert",
+        type=Path,
+        default=None if top_level else argparse.SUPPRESS,
+        metavar="FILE",
+        help="use TLS and trust the CA certificates in FILE, PEM (default: $JOBS_CA_FILE; "
+        "an https:// target without it trusts the system's CAs)",
     )
     parser.add_argument(
         "--json",
@@ -173,7 +183,7 @@ async def _list(stub: pb_grpc.JobServiceAsyncStub, args: argparse.Namespace, out
 
 async def run(args: argparse.Namespace, output: Output) -> int:
     """Open the channel, make the calls the command needs and render them."""
-    async with client.open_channel(args.target) as channel:
+    async with client.open_channel(args.target, ca_file=args.cacert) as channel:
         stub = pb_grpc.JobServiceStub(channel)
         timeout = client.UNARY_TIMEOUT_SECONDS
         match args.command:
@@ -199,6 +209,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `jobs` console script (and `python -m cli`)."""
     args = build_parser().parse_args(argv)
     args.target = args.target or os.environ.get("JOBS_TARGET") or client.DEFAULT_TARGET
+    if args.cacert is None and os.environ.get("JOBS_CA_FILE"):
+        args.cacert = Path(os.environ["JOBS_CA_FILE"])
     output = choose_output(json_lines=args.json)
     try:
         return asyncio.run(run(args, output))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
 
 import grpc
 from jobs.v1 import jobs_service_pb2 as pb
@@ -22,15 +23,30 @@ RECONNECT_TIMEOUT_SECONDS = 10.0
 SUBMIT_CONCURRENCY = 64
 
 
-def open_channel(target: str) -> grpc.aio.Channel:
-    """An insecure channel that reconnects within a second once a restarted server is back."""
-    return grpc.aio.insecure_channel(
-        target,
-        options=[
-            ("grpc.initial_reconnect_backoff_ms", 250),
-            ("grpc.max_reconnect_backoff_ms", 1000),
-        ],
-    )
+def open_channel(target: str, *, ca_file: Path | None = None) -> grpc.aio.Channel:
+    """A channel that reconnects within a second once a restarted server is back.
+
+    TLS for an `https://HOST:PORT` target or when a CA file is given (the server's certificate
+    is checked against that CA, else against the system's roots); plaintext otherwise.
+    """
+    options = [
+        ("grpc.initial_reconnect_backoff_ms", 250),
+        ("grpc.max_reconnect_backoff_ms", 1000),
+    ]
+    address, tls = parse_target(target)
+    if not tls and ca_file is None:
+        return grpc.aio.insecure_channel(address, options=options)
+    root_certificates = ca_file.read_bytes() if ca_file is not None else None
+    credentials = grpc.ssl_channel_credentials(root_certificates=root_certificates)
+    return grpc.aio.secure_channel(address, credentials, options=options)
+
+
+def parse_target(target: str) -> tuple[str, bool]:
+    """HOST:PORT and whether the target asks for TLS (`https://`); `http://` asks for none."""
+    for scheme, tls in (("https://", True), ("http://", False)):
+        if target.startswith(scheme):
+            return target.removeprefix(scheme).rstrip("/"), tls
+    return target, False
 
 
 async def watch_job(

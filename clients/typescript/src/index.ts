@@ -28,16 +28,35 @@ export interface JobServiceConnection {
   close(): void;
 }
 
+/** How to reach JobService. */
+export interface ConnectOptions {
+  /**
+   * CA certificates (PEM) that the server's certificate must chain to, for
+   * a gateway whose certificate is not signed by a CA Node already trusts.
+   * Giving one makes a "host:port" target use TLS (https).
+   */
+  readonly ca?: string | Buffer;
+}
+
 /**
  * Connects to JobService at `target`: "host:port" (plaintext HTTP/2, as Envoy
- * and the server listen locally) or a full "http://" / "https://" URL.
+ * and the server listen locally; TLS when `options.ca` is given) or a full
+ * "http://" / "https://" URL.
  */
-export function connectJobService(target: string): JobServiceConnection {
-  const baseUrl = /^https?:\/\//.test(target) ? target : `http://${target}`;
-  // The gRPC transport always speaks HTTP/2 (cleartext for http://). Our own
-  // session manager lets close() end the connection at once instead of
-  // waiting for the idle timeout.
-  const sessionManager = new Http2SessionManager(baseUrl);
+export function connectJobService(
+  target: string,
+  options: ConnectOptions = {},
+): JobServiceConnection {
+  const scheme = options.ca === undefined ? "http" : "https";
+  const baseUrl = /^https?:\/\//.test(target) ? target : `${scheme}://${target}`;
+  // The gRPC transport always speaks HTTP/2 (cleartext for http://, TLS with
+  // ALPN h2 for https://). Our own session manager lets close() end the
+  // connection at once instead of waiting for the idle timeout.
+  const sessionManager = new Http2SessionManager(
+    baseUrl,
+    undefined,
+    options.ca === undefined ? undefined : { ca: options.ca },
+  );
   const transport = createGrpcTransport({ baseUrl, sessionManager });
   return {
     client: createClient(JobService, transport),

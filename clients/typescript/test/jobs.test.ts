@@ -3,9 +3,11 @@
  * gRPC over HTTP/2 cleartext): submit, watch to SUCCESS, read error details.
  *
  * JOBS_GATEWAY_TARGET names Envoy's "host:port"; tests/e2e/test_typescript_client.py
- * sets it to the pytest session's stack.
+ * sets it to the pytest session's stack. With JOBS_CA_FILE (a PEM CA) the client
+ * talks TLS to it (tests/e2e/test_tls.py).
  */
 import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
 import { after, describe, it } from "node:test";
 import { Code, ConnectError } from "@connectrpc/connect";
 import {
@@ -27,7 +29,8 @@ const UNKNOWN_ID = "019a0000-0000-7000-8000-000000000000";
 // The states a successful job passes through; sequence N is the Nth of them.
 const LIFE = [JobStatus.PENDING, JobStatus.IN_PROGRESS, JobStatus.SUCCESS];
 
-const connection = connectJobService(target);
+const caFile = process.env.JOBS_CA_FILE;
+const connection = connectJobService(target, caFile ? { ca: readFileSync(caFile) } : {});
 const jobs = connection.client;
 after(() => connection.close());
 
