@@ -17,7 +17,7 @@ from benchmarks.machine import CpuPlan, pin_process_tree
 from devstack.processes import ManagedProcess, free_port, tcp_accepts, wait_for
 from devstack.services import EmbeddedPostgres, EmbeddedRedis
 from devstack.stack import ROOT, Stack, StackConfig, StackPorts
-from jobcore.queue import create_celery_app
+from jobcore.celery_app import create_celery_app
 from jobcore.settings import Settings
 
 logger = logging.getLogger(__name__)

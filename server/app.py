@@ -26,10 +26,10 @@ from grpc_reflection.v1alpha import reflection
 from jobs.v1 import jobs_service_pb2 as pb
 from jobs.v1 import jobs_service_pb2_grpc as pb_grpc
 
+from jobcore.celery_app import create_celery_app
 from jobcore.events import JobEventHub
 from jobcore.gc_tuning import tune_for_long_running_process
 from jobcore.logs import configure_logging
-from jobcore.queue import WakeupPublisher, create_celery_app
 from jobcore.settings import Settings, get_settings
 from jobcore.store import JobStore
 from jobcore.supervision import (
@@ -39,6 +39,7 @@ from jobcore.supervision import (
     enable_fault_injection,
 )
 from jobcore.tracing import configure_tracing
+from jobcore.wakeup_publisher import WakeupPublisher
 from server.dispatcher import DISPATCHER_TASK, Dispatcher
 from server.health import HEALTH_TASK, HealthMonitor
 from server.interceptor import JobServiceInterceptor

@@ -16,11 +16,12 @@ import uuid
 
 import redis.exceptions
 
+from jobcore.celery_app import Wakeup
 from jobcore.errors import TransientError
-from jobcore.queue import Wakeup, WakeupPublisher
 from jobcore.store import JobStore
 from jobcore.supervision import TransientEpisode, inject_fault
 from jobcore.tracing import trace_headers
+from jobcore.wakeup_publisher import WakeupPublisher
 from server.metrics import DISPATCH_BATCH_SIZE
 
 logger = logging.getLogger(__name__)

@@ -10,9 +10,9 @@ from grpc_health.v1 import health_pb2
 from grpc_health.v1._async import HealthServicer
 
 from jobcore.events import JobEventHub
-from jobcore.queue import WakeupPublisher
 from jobcore.store import JobStore
 from jobcore.supervision import run_periodically
+from jobcore.wakeup_publisher import WakeupPublisher
 
 logger = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from jobcore.queue import JOBS_QUEUE
+from jobcore.celery_app import JOBS_QUEUE
 from worker.app import app, settings
 
 

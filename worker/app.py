@@ -7,9 +7,9 @@ from typing import Any
 import prometheus_client
 from celery.signals import setup_logging, worker_init, worker_shutdown
 
+from jobcore.celery_app import create_celery_app
 from jobcore.gc_tuning import tune_for_long_running_process
 from jobcore.logs import configure_logging
-from jobcore.queue import create_celery_app
 from jobcore.settings import get_settings
 from jobcore.supervision import enable_fault_injection
 from jobcore.tracing import configure_tracing

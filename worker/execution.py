@@ -15,12 +15,12 @@ from typing import TypeVar
 from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind
 
+from jobcore.celery_app import Wakeup
 from jobcore.errors import ComputationError, TransientError
 from jobcore.events import RESYNC, InboxItem
 from jobcore.logs import current_job_id
 from jobcore.models import Claim, JobEvent, JobStatus, Outcome
 from jobcore.operations import compute, unpack_numbers
-from jobcore.queue import Wakeup
 from jobcore.store import JobStore
 from jobcore.supervision import Backoff, TransientEpisode
 from jobcore.tracing import context_from, tracer

@@ -6,7 +6,7 @@ import logging
 from datetime import timedelta
 from typing import Any
 
-from jobcore.queue import PROCESS_JOBS_TASK, Wakeup
+from jobcore.celery_app import PROCESS_JOBS_TASK, Wakeup
 from worker.app import app, settings
 from worker.execution import start_jobs
 from worker.runtime import get_runtime

@@ -19,7 +19,7 @@ import pytest
 
 from devstack.processes import free_port
 from devstack.stack import ROOT
-from jobcore.queue import PROCESS_JOBS_TASK
+from jobcore.celery_app import PROCESS_JOBS_TASK
 from jobcore.settings import DEVELOPMENT_FLOWER_BASIC_AUTH
 
 BANNER = "Press Ctrl-C to stop everything."

@@ -15,8 +15,9 @@ import pytest
 from jobs.v1 import jobs_service_pb2_grpc as pb_grpc
 
 from devstack.stack import Stack
-from jobcore.queue import Wakeup, WakeupPublisher, create_celery_app
+from jobcore.celery_app import Wakeup, create_celery_app
 from jobcore.settings import Settings
+from jobcore.wakeup_publisher import WakeupPublisher
 from tests.faults.harness import (
     Audit,
     LoadRecord,

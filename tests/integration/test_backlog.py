@@ -20,7 +20,7 @@ from jobs.v1 import jobs_service_pb2_grpc as pb_grpc
 
 from devstack.processes import free_port
 from devstack.stack import Stack, StackConfig, StackPorts
-from jobcore.queue import JOBS_QUEUE
+from jobcore.celery_app import JOBS_QUEUE
 from jobcore.store import JobStore
 from tests.conftest import stack_data_dir
 from tests.eventually import eventually

@@ -16,8 +16,8 @@ from jobs.v1 import jobs_service_pb2 as pb
 from jobs.v1 import jobs_service_pb2_grpc as pb_grpc
 
 from devstack.stack import Stack
+from jobcore.celery_app import JOBS_QUEUE
 from jobcore.database import asyncpg_dsn
-from jobcore.queue import JOBS_QUEUE
 from tests.eventually import eventually
 
 FILLER_PREFIX = "test-broker-full-filler:"

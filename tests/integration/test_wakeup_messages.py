@@ -11,8 +11,9 @@ from typing import Any
 import redis
 
 from devstack.stack import Stack
-from jobcore.queue import JOBS_QUEUE, PROCESS_JOBS_TASK, Wakeup, WakeupPublisher, create_celery_app
+from jobcore.celery_app import JOBS_QUEUE, PROCESS_JOBS_TASK, Wakeup, create_celery_app
 from jobcore.settings import Settings
+from jobcore.wakeup_publisher import WakeupPublisher
 
 # A database of the test Redis that no worker consumes from.
 _SPARE_DB = 15

@@ -9,11 +9,11 @@ from datetime import timedelta
 
 import pytest
 
+from jobcore.celery_app import Wakeup
 from jobcore.events import JobEventHub
 from jobcore.ids import new_job_id
 from jobcore.models import JobStatus
 from jobcore.operations import Operation, pack_numbers
-from jobcore.queue import Wakeup
 from jobcore.store import JobStore
 from tests.eventually import eventually
 from worker.execution import execute_job, start_jobs

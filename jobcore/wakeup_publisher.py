@@ -1,0 +1,84 @@
+"""Publishes wake-up messages from the server's event loop: one LPUSH onto the broker's list.
+
+The message is built by hand in the format of the pinned Celery and kombu (pyproject.toml:
+celery 5.7, kombu 5.7): Celery builds the task message itself (`create_task_message`), and
+this module wraps it as kombu's Redis transport does. kombu's own publish blocks, so it
+would need a thread, whose CPU and GIL contention slow every call the server's loop serves
+(BENCHMARKS.md, item 3). Upgrading either package means checking this envelope again:
+tests/integration/test_wakeup_messages.py compares it with what `send_task` pushes and has
+the real worker of the pinned version run a message built here.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from collections.abc import Sequence
+
+import redis.asyncio
+from celery import Celery
+from kombu import serialization
+
+from jobcore.celery_app import JOBS_QUEUE, PROCESS_JOBS_TASK, Wakeup
+
+
+class WakeupPublisher:
+    """One LPUSH per message, through its own asyncio Redis pool (also asked for health)."""
+
+    def __init__(self, app: Celery, broker_url: str) -> None:
+        self._app = app
+        self._redis = redis.asyncio.Redis.from_url(
+            broker_url, socket_timeout=5, socket_connect_timeout=2
+        )
+
+    async def publish(self, wakeups: Sequence[Wakeup]) -> None:
+        """Queue one message waking a worker for these jobs (redis errors propagate)."""
+        await self._redis.lpush(JOBS_QUEUE, self.message(wakeups))
+
+    async def waiting(self) -> int:
+        """How many wake-up messages wait in the broker for a worker (redis errors propagate)."""
+        return int(await self._redis.llen(JOBS_QUEUE))
+
+    async def ping(self) -> None:
+        """Raise (a redis error) unless the broker answers PING."""
+        await self._redis.ping()
+
+    async def close(self) -> None:
+        """Close the connection pool."""
+        await self._redis.aclose()
+
+    def message(self, wakeups: Sequence[Wakeup]) -> str:
+        """The JSON envelope kombu's Redis transport would push for this task message."""
+        task_id = str(uuid.uuid4())
+        headers, properties, body, _ = self._app.amqp.create_task_message(
+            task_id,
+            PROCESS_JOBS_TASK,
+            [[wakeup.to_message() for wakeup in wakeups]],
+            {},
+            # What monitors (Flower) show as the arguments: a count, not every id.
+            argsrepr=f"[{len(wakeups)} jobs]",
+            # The outcome lives in PostgreSQL; nobody waits for a Celery result.
+            ignore_result=True,
+        )
+        content_type, content_encoding, payload = serialization.dumps(  # type: ignore[no-untyped-call]
+            body, serializer="json"
+        )
+        encoded = payload if isinstance(payload, bytes) else payload.encode(content_encoding)
+        return json.dumps(
+            {
+                "body": base64.b64encode(encoded).decode("ascii"),
+                "content-encoding": content_encoding,
+                "content-type": content_type,
+                "headers": headers,
+                "properties": {
+                    **properties,
+                    "delivery_mode": 2,  # persistent
+                    "delivery_info": {"exchange": "", "routing_key": JOBS_QUEUE},
+                    "priority": 0,
+                    "body_encoding": "base64",
+                    # kombu acknowledges (and, unacknowledged, restores) a message by this tag.
+                    "delivery_tag": str(uuid.uuid4()),
+                },
+            }
+        )
