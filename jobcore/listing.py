@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import json
 import re
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Literal
 
 from jobcore.errors import FieldViolation, InvalidJobError
@@ -18,6 +17,14 @@ from jobcore.operations import Operation
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
+# A filter is a few conditions a person writes. These caps bound the work one request can make
+# the server do (parsing, the statement's shape, the query plan), and they are checked before
+# the text is parsed, so an oversized filter costs no more than its length.
+MAX_FILTER_BYTES = 1024
+MAX_FILTER_CLAUSES = 10
+# A token this server makes holds one time, one UUID and a short digest; anything longer was not
+# made here and is refused before it is decoded.
+MAX_PAGE_TOKEN_CHARS = 256
 
 Field = Literal["status", "operation", "create_time"]
 Operator = Literal["=", "!=", "<", "<=", ">", ">="]
@@ -29,12 +36,21 @@ _ALLOWED: dict[str, tuple[Operator, ...]] = {
     "operation": _EQUALITY,
     "create_time": _ALL_OPERATORS,
 }
-_CONDITION = re.compile(
-    r"""\s*(?P<field>[A-Za-z_]+)\s*(?P<op>!=|<=|>=|=|<|>)\s*
-        (?:"(?P<quoted>[^"]*)"|(?P<bare>[^\s"]+))\s*""",
-    re.VERBOSE,
+# One token after optional whitespace: a quoted value, an operator, or a word (a field, AND or a
+# bare value). Possessive quantifiers never backtrack, so a filter is scanned in linear time.
+_TOKEN = re.compile(
+    r"""\s*+(?:"(?P<quoted>[^"]*+)"|(?P<op>!=|<=|>=|=|<|>)|(?P<word>[^\s"!=<>]++))"""
 )
-_AND = re.compile(r"\s+AND\s+")
+_FIELD_NAME = re.compile(r"[A-Za-z_]+")
+_AND_WORD = re.compile(r"\bAND\b")
+_CLAUSE_SHAPES = {("word", "op", "word"), ("word", "op", "quoted")}
+_SYNTAX = 'expected `field operator "value"` clauses joined by AND'
+# RFC 3339 (section 5.6) with ASCII digits only; the zone is optional here so that a missing one
+# gets its own message.
+_RFC3339 = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]+)?"
+    r"(?P<zone>[Zz]|[+-][0-9]{2}:[0-9]{2})?"
+)
 
 
 @dataclass(frozen=True)
@@ -70,34 +86,86 @@ def _value(field: str, text: str) -> str | datetime:
             )
         return text
     try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        return utc_time(text)
+    except ValueError as error:
+        raise _invalid("filter", f"create_time {error}, got {_shown(text)}") from None
+
+
+def utc_time(text: str) -> datetime:
+    """An RFC 3339 time as a UTC datetime; ValueError saying what is wrong with it.
+
+    Converting to UTC here keeps every time the store receives within years 1 to 9999 UTC,
+    which both Python and PostgreSQL can hold (a year-1 time at +14:00 is not).
+    """
+    match = _RFC3339.fullmatch(text)
+    if match is None:
+        raise ValueError("needs an RFC 3339 time such as 2026-11-01T00:00:00Z")
+    if match["zone"] is None:
+        raise ValueError("needs a time zone (e.g. Z)")
+    try:
+        moment = datetime.fromisoformat(text.upper().replace("Z", "+00:00"))
     except ValueError:
-        raise _invalid("filter", f"create_time needs an RFC 3339 time, got {text!r}") from None
-    if moment.tzinfo is None:
-        raise _invalid("filter", f"create_time needs a time zone (e.g. Z), got {text!r}")
-    return moment
+        raise ValueError("needs a valid date, time and offset") from None
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("must lie within the years 1 to 9999 in UTC") from None
+
+
+def _shown(text: str) -> str:
+    """A value quoted in an error message, cut short: the message must stay small."""
+    return repr(text if len(text) <= 64 else text[:64] + "...")
+
+
+def _check_filter_size(text: str) -> None:
+    """InvalidJobError if the filter exceeds the caps; costs no more than the text's length."""
+    # Characters never outnumber UTF-8 bytes, so a long text is refused without encoding it.
+    if len(text) > MAX_FILTER_BYTES or len(text.encode()) > MAX_FILTER_BYTES:
+        raise _invalid("filter", f"must be at most {MAX_FILTER_BYTES} bytes (UTF-8)")
+    clauses = len(_AND_WORD.findall(text)) + 1
+    if clauses > MAX_FILTER_CLAUSES:
+        raise _invalid("filter", f"has {clauses} clauses; at most {MAX_FILTER_CLAUSES} are allowed")
+
+
+def _tokens(text: str) -> list[tuple[str, str, int]]:
+    """The filter's tokens as (kind, text, where it starts), in one linear pass."""
+    tokens = []
+    position = 0
+    while position < len(text):
+        match = _TOKEN.match(text, position)
+        if match is None or match.lastgroup is None:
+            raise _invalid("filter", f"cannot parse {_shown(text[position:].strip())}: {_SYNTAX}")
+        tokens.append((match.lastgroup, match[match.lastgroup], match.start(match.lastgroup)))
+        position = match.end()
+    return tokens
 
 
 def parse_filter(text: str) -> list[Condition]:
     """The conditions of a filter such as `status = "FAILED" AND create_time > "2026-11-01T00:00:00Z"`."""
-    if not text.strip():
+    _check_filter_size(text)
+    text = text.strip()
+    if not text:
         return []
+    tokens = _tokens(text)
     conditions = []
-    for clause in _AND.split(text.strip()):
-        match = _CONDITION.fullmatch(clause)
-        if match is None:
-            raise _invalid(
-                "filter",
-                f'cannot parse {clause!r}: expected `field operator "value"` clauses joined by AND',
-            )
-        field, operator = match["field"], match["op"]
+    # Each clause is three tokens (field, operator, value), and clauses are joined by AND.
+    for start in range(0, len(tokens), 4):
+        clause = tokens[start : start + 3]
+        joint = tokens[start + 3 : start + 4]
+        well_formed = (
+            tuple(kind for kind, _, _ in clause) in _CLAUSE_SHAPES
+            and _FIELD_NAME.fullmatch(clause[0][1]) is not None
+            and (not joint or (joint[0][:2] == ("word", "AND") and start + 4 < len(tokens)))
+        )
+        if not well_formed:
+            raise _invalid("filter", f"cannot parse {_shown(text[clause[0][2] :][:64])}: {_SYNTAX}")
+        (_, field, _), (_, operator, _), (_, raw, _) = clause
         if field not in _ALLOWED:
             raise _invalid(
                 "filter", f"unknown field {field!r}: filter on status, operation or create_time"
             )
         if operator not in _ALLOWED[field]:
             raise _invalid("filter", f"{field} supports {' and '.join(_ALLOWED[field])} only")
-        raw = match["quoted"] if match["quoted"] is not None else match["bare"]
         conditions.append(Condition(field, operator, _value(field, raw)))  # type: ignore[arg-type]
     return conditions
 
@@ -129,12 +197,18 @@ def decode_page_token(token: str, *, filter_text: str) -> PageCursor | None:
     """The cursor inside a token (None for the first page); InvalidJobError if it is not ours."""
     if not token:
         return None
+    if len(token) > MAX_PAGE_TOKEN_CHARS:
+        raise _invalid("page_token", "is not a token returned by ListJobs (too long)")
     try:
         padded = token + "=" * (-len(token) % 4)
-        payload = json.loads(base64.urlsafe_b64decode(padded.encode()))
-        cursor = PageCursor(datetime.fromisoformat(payload["t"]), uuid.UUID(payload["i"]))
-        digest = payload["f"]
-    except (ValueError, KeyError, TypeError, binascii.Error, UnicodeDecodeError):
+        payload = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
+        if not isinstance(payload, dict):
+            raise ValueError("not an object")
+        created_at, job_id, digest = payload["t"], payload["i"], payload["f"]
+        if not all(isinstance(value, str) for value in (created_at, job_id, digest)):
+            raise ValueError("not text")
+        cursor = PageCursor(utc_time(created_at), uuid.UUID(job_id))
+    except (ValueError, KeyError):
         raise _invalid("page_token", "is not a token returned by ListJobs") from None
     if digest != _filter_digest(filter_text):
         raise _invalid("page_token", "was made for a different filter; start again without it")

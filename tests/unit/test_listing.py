@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import uuid
 from datetime import UTC, datetime
 
@@ -9,8 +11,12 @@ import pytest
 
 from jobcore.errors import InvalidJobError
 from jobcore.listing import (
+    MAX_FILTER_BYTES,
+    MAX_FILTER_CLAUSES,
+    MAX_PAGE_TOKEN_CHARS,
     Condition,
     PageCursor,
+    _filter_digest,
     decode_page_token,
     encode_page_token,
     page_size_of,
@@ -77,3 +83,121 @@ def test_page_tokens_round_trip_and_are_bound_to_their_filter() -> None:
     for forged in ("garbage", token[:-3], "eyJ0IjogMX0"):
         with pytest.raises(InvalidJobError, match="page_token"):
             decode_page_token(forged, filter_text='status = "FAILED"')
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        'create_time > "0001-01-01T00:00:00+14:00"',
+        'create_time < "9999-12-31T23:59:59-14:00"',
+        'create_time > "10000-01-01T00:00:00Z"',
+        'create_time > "0000-01-01T00:00:00Z"',
+        'create_time > "2026-02-30T00:00:00Z"',
+        'create_time > "2026-11-01T24:00:00Z"',
+        'create_time > "2026-11-01T00:00:00+24:00"',
+        'create_time > "\uff12\uff10\uff12\uff16-11-01T00:00:00Z"',  # full-width digits
+        'create_time > "2026-11-01"',
+        'create_time > "2026-W44-1T00:00:00Z"',
+        'create_time > "20261101T000000Z"',
+    ],
+)
+def test_times_outside_rfc_3339_or_the_storable_range_are_refused(text: str) -> None:
+    with pytest.raises(InvalidJobError) as raised:
+        parse_filter(text)
+
+    [violation] = raised.value.violations
+    assert violation.field == "filter"
+    assert "create_time" in violation.description
+
+
+def test_times_become_utc_and_the_extremes_that_fit_are_kept() -> None:
+    [early] = parse_filter('create_time > "0001-01-01T00:00:00-14:00"')
+    [late] = parse_filter('create_time < "9999-12-31T23:59:59.123456789+14:00"')
+    [lower] = parse_filter("create_time >= 2026-11-01t00:00:00z")
+
+    assert early.value == datetime(1, 1, 1, 14, tzinfo=UTC)
+    assert late.value == datetime(9999, 12, 31, 9, 59, 59, 123456, tzinfo=UTC)
+    assert lower.value == datetime(2026, 11, 1, tzinfo=UTC)
+
+
+def test_filters_are_capped_in_bytes_and_clauses_before_parsing() -> None:
+    clause = 'status = "FAILED"'
+    at_the_cap = " AND ".join([clause] * MAX_FILTER_CLAUSES)
+    assert len(parse_filter(at_the_cap)) == MAX_FILTER_CLAUSES
+
+    over = {
+        "clauses": " AND ".join([clause] * (MAX_FILTER_CLAUSES + 1)),
+        # Unparseable as well as too long: the size is what is reported.
+        "bytes": "(" * (MAX_FILTER_BYTES + 1),
+        # Under the cap in characters, over it in UTF-8 bytes.
+        "multibyte": 'status = "' + "é" * (MAX_FILTER_BYTES // 2) + '"',
+        "huge": 'status = "FAILED" AND ' * 50_000,
+    }
+    for name, text in over.items():
+        with pytest.raises(InvalidJobError) as raised:
+            parse_filter(text)
+        [violation] = raised.value.violations
+        assert violation.field == "filter", name
+        assert "at most" in violation.description, name
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        'status = "FAILED" AND',
+        'AND status = "FAILED"',
+        'status = "FAILED" AND AND status = "FAILED"',
+        'status = "FAILED',
+        'status = "FAILED" "CANCELLED"',
+        "status",
+        "= FAILED",
+        'st@tus = "FAILED"',
+        " " * 1000 + "x",
+        "\u3000status\u3000=\u3000FAILED\u3000x",
+    ],
+)
+def test_malformed_filters_are_refused_naming_the_filter(text: str) -> None:
+    with pytest.raises(InvalidJobError) as raised:
+        parse_filter(text)
+
+    [violation] = raised.value.violations
+    assert violation.field == "filter"
+    assert len(violation.description) < 300
+
+
+def _token(payload: object) -> str:
+    return base64.urlsafe_b64encode(json.dumps(payload).encode()).decode().rstrip("=")
+
+
+def test_forged_page_tokens_are_refused_naming_the_token() -> None:
+    digest = _filter_digest("")
+    job_id = str(uuid.uuid4())
+    forged = {
+        "year 1 at +14:00": _token({"t": "0001-01-01T00:00:00+14:00", "i": job_id, "f": digest}),
+        "year 9999 at -14:00": _token({"t": "9999-12-31T23:59:59-14:00", "i": job_id, "f": digest}),
+        "no time zone": _token({"t": "2026-11-01T00:00:00", "i": job_id, "f": digest}),
+        "a number for a time": _token({"t": 5, "i": job_id, "f": digest}),
+        "a number for an id": _token({"t": "2026-11-01T00:00:00Z", "i": 5, "f": digest}),
+        "a list": _token(["2026-11-01T00:00:00Z", job_id, digest]),
+        "a string": _token("t"),
+        "nested": base64.urlsafe_b64encode(b"[" * 100 + b"]" * 100).decode(),
+        "not JSON": base64.urlsafe_b64encode(b"\xff\xfe{").decode(),
+        "not base64": "%%%%",
+        "not ASCII": "\uff45\uff59\uff2a\uff10",  # full-width "eyJ0"
+        "oversized": "A" * (MAX_PAGE_TOKEN_CHARS + 1),
+        "huge and nested": base64.urlsafe_b64encode(b"[" * 100_000 + b"]" * 100_000).decode(),
+    }
+    for name, token in forged.items():
+        with pytest.raises(InvalidJobError) as raised:
+            decode_page_token(token, filter_text="")
+        [violation] = raised.value.violations
+        assert violation.field == "page_token", name
+
+
+def test_a_genuine_token_is_well_under_the_cap() -> None:
+    cursor = PageCursor(datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC), uuid.uuid4())
+
+    token = encode_page_token(cursor, filter_text="x" * MAX_FILTER_BYTES)
+
+    assert len(token) <= MAX_PAGE_TOKEN_CHARS // 2 + 32
+    assert decode_page_token(token, filter_text="x" * MAX_FILTER_BYTES) == cursor
