@@ -20,6 +20,9 @@ _OPERATIONS: dict[int, Operation] = {
     pb.cube_sum: Operation.CUBE_SUM,
 }
 _KNOWN_OPERATIONS = ", ".join(operation.value for operation in Operation)
+# Listing unknown fields makes a Python object of each; a request with more than this many bytes
+# of them is refused without the list, so the check's work stays small.
+_MAX_UNKNOWN_BYTES_LISTED = 1024
 
 
 def _timestamp(moment: datetime) -> Timestamp:
@@ -32,16 +35,31 @@ def reject_unknown_fields(request: Message) -> None:
     """InvalidJobError if the request carries fields this server does not know.
 
     Protobuf would silently drop them; a client that sets a field we ignore deserves to know.
+    A known field sent with the wrong wire type arrives as an unknown one, and is named.
     """
+    known = type(request)()
+    known.CopyFrom(request)
+    known.DiscardUnknownFields()
+    unknown_bytes = request.ByteSize() - known.ByteSize()
+    if not unknown_bytes:
+        return
+    if unknown_bytes > _MAX_UNKNOWN_BYTES_LISTED:
+        raise InvalidJobError(
+            [FieldViolation("request", f"carries {unknown_bytes} bytes of unknown fields")]
+        )
     fields = UnknownFieldSet(request)
     unknown = sorted({fields[index].field_number for index in range(len(fields))})
-    if unknown:
-        raise InvalidJobError(
-            [
-                FieldViolation(f"#{number}", "unknown field (is the client newer than the server?)")
-                for number in unknown
-            ]
-        )
+    by_number = request.DESCRIPTOR.fields_by_number
+    raise InvalidJobError(
+        [
+            FieldViolation(by_number[number].name, "has the wrong wire type for its type")
+            if number in by_number
+            else FieldViolation(
+                f"#{number}", "unknown field (is the client newer than the server?)"
+            )
+            for number in unknown
+        ]
+    )
 
 
 def operation_from_proto(value: int) -> Operation:

@@ -1,5 +1,5 @@
-"""The one wrapper around every JobService call: job id for logs, unknown-field check,
-errors to gRPC statuses, and the RPC metrics.
+"""The one wrapper around every JobService call: job id for logs, malformed and unknown-field
+checks, errors to gRPC statuses, and the RPC metrics.
 
 A domain error becomes its documented status (server.errors). Anything else is a bug or a
 failure nobody mapped: the client gets INTERNAL with a correlation id and nothing of the
@@ -13,25 +13,30 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from google.protobuf.descriptor import Descriptor
+from google.protobuf.message import DecodeError
 from google.rpc import code_pb2, status_pb2
+from jobs.v1 import jobs_service_pb2
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind
 
-from jobcore.errors import JobError
+from jobcore.errors import FieldViolation, InvalidJobError, JobError
 from jobcore.logs import current_job_id
 from jobcore.tracing import tracer
 from server.conversions import reject_unknown_fields
 from server.errors import abort_with, internal_status, new_correlation_id, status_for
 from server.metrics import RPC_DURATION, RPC_REQUESTS, WATCH_STREAMS_OPEN
-from server.submit_wire import ReceivedSubmitJob
+from server.submit_wire import ReceivedSubmitJob, malformed_field
 
 # Requests read other than by protobuf's FromString (see server.submit_wire).
 _REQUEST_DESERIALIZERS: dict[str, Callable[[bytes], Any]] = {
     "SubmitJob": ReceivedSubmitJob.from_wire,
 }
+_SERVICE = jobs_service_pb2.DESCRIPTOR.services_by_name["JobService"]
 
 _SERVICE_PREFIX = "/jobs.v1.JobService/"
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -68,19 +73,61 @@ def _wrap(
     method: str, handler: grpc.RpcMethodHandler[Any, Any]
 ) -> grpc.RpcMethodHandler[Any, Any] | None:
     """The same handler with the per-call bookkeeping around its behaviour."""
+    deserializer = _tolerant(
+        _REQUEST_DESERIALIZERS.get(method, handler.request_deserializer),
+        _SERVICE.methods_by_name[method].input_type,
+    )
     if handler.unary_unary is not None:
         return grpc.unary_unary_rpc_method_handler(
             _wrap_unary(method, handler.unary_unary),
-            request_deserializer=_REQUEST_DESERIALIZERS.get(method, handler.request_deserializer),
+            request_deserializer=deserializer,
             response_serializer=handler.response_serializer,
         )
     if handler.unary_stream is not None:
         return grpc.unary_stream_rpc_method_handler(
             _wrap_stream(method, handler.unary_stream),
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=deserializer,
             response_serializer=handler.response_serializer,
         )
     return handler
+
+
+@dataclass(frozen=True, slots=True)
+class _Undecodable:
+    """A request the deserializer could not turn into a message, handed to the wrapper as is.
+
+    grpc.aio deserializes a request before any handler runs, and a deserializer that raises ends
+    the call UNKNOWN with the exception's text. So the deserializer never raises: the wrapper
+    answers INVALID_ARGUMENT for a malformed message, and INTERNAL for any other failure.
+    """
+
+    violation: FieldViolation | None = None
+    error: Exception | None = None
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None, message: Descriptor) -> Any:
+    """`deserializer`, returning an _Undecodable instead of raising."""
+    if deserializer is None:
+        return None
+
+    def deserialize(raw: bytes) -> Any:
+        try:
+            return deserializer(raw)
+        except DecodeError:
+            return _Undecodable(violation=malformed_field(raw, message))
+        except Exception as error:  # handed on, logged and answered by the wrapper
+            return _Undecodable(error=error)
+
+    return deserialize
+
+
+def _check_request(request: Any) -> None:
+    """InvalidJobError if the request could not be read or carries unknown fields."""
+    if isinstance(request, _Undecodable):
+        if request.violation is not None:
+            raise InvalidJobError([request.violation])
+        raise request.error or RuntimeError("undecodable request without a cause")
+    reject_unknown_fields(request.message if isinstance(request, ReceivedSubmitJob) else request)
 
 
 def _start_span(method: str, request: Any) -> Span:
@@ -144,9 +191,7 @@ def _wrap_unary(method: str, behaviour: Any) -> Any:
         with trace.use_span(_start_span(method, request), end_on_exit=True):
             call = _Call(method, request)
             try:
-                reject_unknown_fields(
-                    request.message if isinstance(request, ReceivedSubmitJob) else request
-                )
+                _check_request(request)
                 return await behaviour(request, context)
             except grpc.aio.AbortError as error:
                 call.interrupted(error, context)
@@ -178,7 +223,7 @@ def _wrap_stream(method: str, behaviour: Any) -> Any:
         WATCH_STREAMS_OPEN.inc()
         try:
             with trace.use_span(span):
-                reject_unknown_fields(request)
+                _check_request(request)
             # Closed here rather than at garbage collection, so the handler cleans up at once.
             async with contextlib.aclosing(behaviour(request, context)) as responses:
                 while True:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from typing import Any, TypeAlias, TypeVar
@@ -37,6 +38,9 @@ Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 T = TypeVar("T")
 
 _MAX_REQUEST_ID_CHARS = 128
+# Sequence numbers are int32 in the API and `integer` in PostgreSQL.
+_MAX_SEQUENCE = 2**31 - 1
+_SEQUENCE_DIGITS = re.compile(r"[0-9]{1,10}")
 
 
 def _metadata(context: Context, key: str) -> str | None:
@@ -85,9 +89,15 @@ def _after_sequence(request: pb.WatchJobRequest, context: Context) -> int:
     header = _metadata(context, "last-event-id")
     if header is None or header == "":
         return 0
-    if not header.isdigit():
+    # ASCII digits only: str.isdigit() and int() also take "²" or "٣", and int() signs and spaces.
+    if _SEQUENCE_DIGITS.fullmatch(header) is None or int(header) > _MAX_SEQUENCE:
         raise InvalidJobError(
-            [FieldViolation("Last-Event-ID", f"must be a sequence number, got {header[:32]!r}")]
+            [
+                FieldViolation(
+                    "Last-Event-ID",
+                    f"must be a sequence number from 0 to {_MAX_SEQUENCE}, got {header[:32]!r}",
+                )
+            ]
         )
     return int(header)
 
@@ -201,8 +211,15 @@ class JobServicer(pb_grpc.JobServiceServicer):
         violations: list[FieldViolation] = []
         page_size = _collect(violations, lambda: page_size_of(request.page_size))
         conditions = _collect(violations, lambda: parse_filter(request.filter))
-        after = _collect(
-            violations, lambda: decode_page_token(request.page_token, filter_text=request.filter)
+        # A token is bound to its filter, so it is checked against a valid one only (which also
+        # keeps an oversized filter from being hashed).
+        after = (
+            _collect(
+                violations,
+                lambda: decode_page_token(request.page_token, filter_text=request.filter),
+            )
+            if conditions is not None
+            else None
         )
         if violations or page_size is None or conditions is None:
             raise InvalidJobError(violations)

@@ -8,6 +8,9 @@ and only the few other fields go through protobuf. Envoy's JSON transcoder sends
 unpacked (a key byte before each number): that run is read as a strided view, copied once
 when stored. Anything else (split `data`, a malformed message) takes protobuf's own path,
 with its errors. BENCHMARKS.md has what each path costs.
+
+When protobuf refuses a request (of any JobService method), `malformed_field` walks its first
+fields to say which one is at fault, for the INVALID_ARGUMENT answer.
 """
 
 from __future__ import annotations
@@ -16,18 +19,27 @@ from dataclasses import dataclass
 from typing import Final
 
 import numpy as np
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from jobs.v1 import jobs_service_pb2 as pb
 from numpy.typing import NDArray
+
+from jobcore.errors import FieldViolation
 
 _DATA_FIELD: Final = pb.SubmitJobRequest.DESCRIPTOR.fields_by_name["data"].number
 _PACKED_DOUBLES: Final = np.dtype("<f8")
 
 # Protobuf wire types (https://protobuf.dev/programming-guides/encoding/#structure).
-_VARINT, _FIXED64, _LENGTH_DELIMITED, _FIXED32 = 0, 1, 2, 5
+_VARINT, _FIXED64, _LENGTH_DELIMITED, _START_GROUP, _END_GROUP, _FIXED32 = 0, 1, 2, 3, 4, 5
 
 # One unpacked number: the field's key (one byte for field 1), then the double.
 _UNPACKED_KEY: Final = _DATA_FIELD << 3 | _FIXED64
 _UNPACKED_DOUBLE: Final = np.dtype([("key", "u1"), ("value", "<f8")])
+# The fields besides `data` are walked here one by one in Python. A request has only a few of
+# them; one with more is left to protobuf, which walks fields in C, so no request makes this
+# loop long.
+_MAX_OTHER_FIELDS: Final = 16
+# How many fields the diagnosis of a malformed request looks at, which bounds its work too.
+_MAX_FIELDS_DIAGNOSED: Final = 64
 
 
 class _Unusual(Exception):
@@ -67,6 +79,7 @@ class ReceivedSubmitJob:
 def _split(raw: bytes) -> ReceivedSubmitJob:
     view = memoryview(raw)
     others = bytearray()  # the other fields, re-parsed by protobuf (they are small)
+    other_fields = 0
     numbers: NDArray[np.float64] | None = None
     position = 0
     while position < len(raw):
@@ -74,6 +87,9 @@ def _split(raw: bytes) -> ReceivedSubmitJob:
         key, position = _varint(view, position)
         field, wire_type = key >> 3, key & 7
         if field != _DATA_FIELD:
+            other_fields += 1
+            if other_fields > _MAX_OTHER_FIELDS:
+                raise _Unusual
             position = _skip(view, position, wire_type)
             others += view[start:position]
         elif numbers is not None:
@@ -140,3 +156,62 @@ def _skip(view: memoryview, position: int, wire_type: int) -> int:
         length, position = _varint(view, position)
         return position + length
     raise _Unusual  # groups: not in this message, and protobuf knows what to do with them
+
+
+def malformed_field(raw: bytes, descriptor: Descriptor) -> FieldViolation:
+    """What makes `raw`, which protobuf refused, not a `descriptor` message, naming the field.
+
+    Only the first few fields are looked at (_MAX_FIELDS_DIAGNOSED), so a large request costs
+    little; past them, or where the fault is not one this recognises, the whole request is named.
+    """
+    view = memoryview(raw)
+    position = 0
+    for _ in range(_MAX_FIELDS_DIAGNOSED):
+        if position >= len(raw):
+            break
+        try:
+            key, value_start = _varint(view, position)
+        except _Unusual:
+            return FieldViolation("request", f"has a malformed field key at byte {position}")
+        number, wire_type = key >> 3, key & 7
+        field = descriptor.fields_by_number.get(number)
+        if wire_type == _START_GROUP and field is None:
+            break  # legal for an unknown field: protobuf's own complaint lies elsewhere
+        fault, position = _fault(view, number, wire_type, value_start, field=field)
+        if fault is not None:
+            return FieldViolation(field.name if field is not None else f"#{number}", fault)
+    return FieldViolation("request", f"is not a valid {descriptor.full_name} message")
+
+
+def _fault(
+    view: memoryview,
+    number: int,
+    wire_type: int,
+    value_start: int,
+    *,
+    field: FieldDescriptor | None,
+) -> tuple[str | None, int]:
+    """What is wrong with the field whose value starts at `value_start`, and where it ends."""
+    if number == 0 or wire_type in (_START_GROUP, _END_GROUP) or wire_type > _FIXED32:
+        return f"has an invalid field key (field {number}, wire type {wire_type})", value_start
+    try:
+        end = _skip(view, value_start, wire_type)
+    except _Unusual:
+        end = len(view) + 1  # a varint that runs off the end or past 10 bytes
+    if end > len(view):
+        return "is truncated or malformed", end
+    if field is None or wire_type != _LENGTH_DELIMITED:
+        return None, end
+    return _content_fault(view[_varint(view, value_start)[1] : end], field), end
+
+
+def _content_fault(content: memoryview, field: FieldDescriptor) -> str | None:
+    """What is wrong with the bytes of a length-delimited field, if protobuf would mind."""
+    if field.type == FieldDescriptor.TYPE_STRING:
+        try:
+            str(content, "utf-8")
+        except UnicodeDecodeError:
+            return "is not valid UTF-8"
+    if field.type == FieldDescriptor.TYPE_DOUBLE and len(content) % _PACKED_DOUBLES.itemsize:
+        return "is truncated (packed numbers are 8 bytes each)"
+    return None

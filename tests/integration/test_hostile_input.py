@@ -6,9 +6,13 @@ problem; never a 5xx, a crash or a hang, and the service stays healthy.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import math
+import struct
 import urllib.parse
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -50,6 +54,13 @@ def channel(stack: Stack) -> Iterator[grpc.Channel]:
     with grpc.insecure_channel(
         stack.grpc_target, options=[("grpc.max_send_message_length", 64 * 1024 * 1024)]
     ) as opened:
+        yield opened
+
+
+@pytest.fixture(scope="module")
+def gateway(stack: Stack) -> Iterator[grpc.Channel]:
+    """Native gRPC through Envoy."""
+    with grpc.insecure_channel(stack.gateway_target) as opened:
         yield opened
 
 
@@ -188,3 +199,244 @@ def test_service_is_still_healthy_afterwards(channel: grpc.Channel, rest: httpx.
 
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
     assert rest.get("/health").status_code == 200
+
+
+# What a client must never see: the database driver's or Python's own words.
+DRIVER_TEXT = ("asyncpg", "SQLSTATE", "Traceback", "syntax error", "DataError", "Unexpected <class")
+JOB_SERVICE = "/jobs.v1.JobService/"
+INT32_MAX = 2**31 - 1
+
+
+def _token(payload: object) -> str:
+    """A page token as ListJobs encodes one, around any payload."""
+    return base64.urlsafe_b64encode(json.dumps(payload).encode()).decode().rstrip("=")
+
+
+def _forged(created_at: object) -> str:
+    """A token for the unfiltered listing holding `created_at` as the previous page's end."""
+    digest = hashlib.sha256(b"").hexdigest()[:16]
+    return _token({"t": created_at, "i": str(uuid.uuid4()), "f": digest})
+
+
+def _assert_invalid(error: grpc.RpcError, field: str) -> None:
+    """INVALID_ARGUMENT naming `field`, in the details and the message, with no internals."""
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error
+    assert field in _violated_fields(error), error
+    message = error.details() or ""
+    assert field in message
+    assert not any(text in message for text in DRIVER_TEXT), message
+
+
+def _assert_rest_invalid(response: httpx.Response, field: str) -> None:
+    """HTTP 400 with a JSON body whose message names `field`, with no internals."""
+    assert response.status_code == 400, response.text
+    message = response.json()["message"]
+    assert field in message, message
+    assert not any(text in response.text for text in DRIVER_TEXT), response.text
+
+
+@pytest.fixture(scope="module")
+def job_id(stub: pb_grpc.JobServiceStub) -> str:
+    """A job that exists, so that only the hostile part of a request is wrong."""
+    return str(stub.SubmitJob(pb.SubmitJobRequest(data=[1.0], operation=pb.square_sum)).id)
+
+
+HOSTILE_FILTERS = [
+    'create_time > "0001-01-01T00:00:00+14:00"',
+    'create_time < "0001-01-01T00:00:00+14:00"',
+    'create_time > "9999-12-31T23:59:59-14:00"',
+    'create_time <= "10000-01-01T00:00:00Z"',
+    'create_time >= "0000-01-01T00:00:00Z"',
+    'create_time = "2026-02-30T00:00:00Z"',
+    'create_time > "\u0662\u0660\u0662\u0666-01-01T00:00:00Z"',  # Arabic-Indic digits
+    " AND ".join(['status = "FAILED"'] * 11),
+    'status = "FAILED" AND ' * 60 + 'status = "FAILED"',
+    "(" * 2000,
+]
+
+
+@pytest.mark.parametrize("filter_text", HOSTILE_FILTERS)
+def test_hostile_filters_are_invalid_argument_naming_the_filter(
+    stub: pb_grpc.JobServiceStub, rest: httpx.Client, filter_text: str
+) -> None:
+    with pytest.raises(grpc.RpcError) as raised:
+        stub.ListJobs(pb.ListJobsRequest(filter=filter_text), timeout=30)
+    response = rest.get("/api/v1/jobs", params={"filter": filter_text})
+
+    _assert_invalid(raised.value, "filter")
+    _assert_rest_invalid(response, "filter")
+
+
+HOSTILE_TOKENS = {
+    "year 1 at +14:00": _forged("0001-01-01T00:00:00+14:00"),
+    "year 9999 at -14:00": _forged("9999-12-31T23:59:59-14:00"),
+    "year 10000": _forged("10000-01-01T00:00:00Z"),
+    "no time zone": _forged("2026-11-01T00:00:00"),
+    "a number for a time": _forged(5),
+    "nested": base64.urlsafe_b64encode(b"[" * 150 + b"]" * 150).decode(),
+    "deeply nested": base64.urlsafe_b64encode(b"[" * 20_000 + b"]" * 20_000).decode(),
+    "oversized": "A" * 10_000,
+    "not base64": "%%%%!!",
+    "not JSON": base64.urlsafe_b64encode(b"\xff\xfe not json").decode(),
+    "a list": _token(["2026-11-01T00:00:00Z", str(uuid.uuid4()), "0" * 16]),
+    "an object without keys": _token({}),
+    "not ASCII": "\u00e9\u00e9\u00e9\u00e9",
+}
+
+
+@pytest.mark.parametrize("token", HOSTILE_TOKENS.values(), ids=HOSTILE_TOKENS.keys())
+def test_hostile_page_tokens_are_invalid_argument_naming_the_token(
+    stub: pb_grpc.JobServiceStub, rest: httpx.Client, token: str
+) -> None:
+    with pytest.raises(grpc.RpcError) as raised:
+        stub.ListJobs(pb.ListJobsRequest(page_token=token), timeout=30)
+
+    _assert_invalid(raised.value, "page_token")
+    if len(token) < 4096:  # longer ones exceed the gateway's header limits
+        _assert_rest_invalid(rest.get("/api/v1/jobs", params={"page_token": token}), "page_token")
+
+
+def test_a_page_token_reused_with_another_filter_is_invalid_argument(
+    stub: pb_grpc.JobServiceStub,
+) -> None:
+    for _ in range(2):
+        stub.SubmitJob(pb.SubmitJobRequest(data=[1.0], operation=pb.square_sum), timeout=30)
+    first = stub.ListJobs(pb.ListJobsRequest(page_size=1), timeout=30)
+    assert first.next_page_token
+
+    with pytest.raises(grpc.RpcError) as raised:
+        stub.ListJobs(
+            pb.ListJobsRequest(page_size=1, page_token=first.next_page_token, filter="status = 0"),
+            timeout=30,
+        )
+    with pytest.raises(grpc.RpcError) as reused:
+        stub.ListJobs(
+            pb.ListJobsRequest(
+                page_size=1, page_token=first.next_page_token, filter='status = "FAILED"'
+            ),
+            timeout=30,
+        )
+
+    # With a malformed filter, the filter is what is reported.
+    _assert_invalid(raised.value, "filter")
+    _assert_invalid(reused.value, "page_token")
+
+
+HOSTILE_LAST_EVENT_IDS = [
+    "\u00b2",  # superscript two: str.isdigit() says yes
+    "\u0663",  # Arabic-Indic three
+    "\uff15",  # full-width five
+    str(INT32_MAX + 1),
+    "9" * 40,
+    "-1",
+    "+5",
+    " 5",
+    "5 ",
+    "1e3",
+    "0x10",
+    "1_000",
+]
+
+
+@pytest.mark.parametrize("header", HOSTILE_LAST_EVENT_IDS)
+def test_hostile_last_event_ids_are_invalid_argument(
+    channel: grpc.Channel, rest: httpx.Client, job_id: str, header: str
+) -> None:
+    watch = channel.unary_stream(JOB_SERVICE + "WatchJob")
+    request = pb.WatchJobRequest(job_id=job_id).SerializeToString()
+    with pytest.raises(grpc.RpcError) as raised:
+        list(watch(request, metadata=[("last-event-id", header)], timeout=30))
+
+    if header.isascii():
+        _assert_invalid(raised.value, "Last-Event-ID")
+    else:
+        # gRPC metadata is ASCII: the client library refuses to send such a value at all.
+        assert raised.value.code() == grpc.StatusCode.INTERNAL, raised.value
+        assert raised.value.details() == "Invalid metadata", raised.value
+    # HTTP trims whitespace around a header value: a REST client cannot send it.
+    if header == header.strip():
+        response = rest.get(
+            f"/api/v1/jobs/{job_id}/watch", headers={"last-event-id": header.encode()}
+        )
+        _assert_rest_invalid(response, "Last-Event-ID")
+
+
+def test_the_largest_last_event_id_is_accepted(
+    channel: grpc.Channel, rest: httpx.Client, job_id: str
+) -> None:
+    watch = channel.unary_stream(JOB_SERVICE + "WatchJob")
+    request = pb.WatchJobRequest(job_id=job_id).SerializeToString()
+    stream = watch(request, metadata=[("last-event-id", str(INT32_MAX))], timeout=2)
+
+    with pytest.raises(grpc.RpcError) as raised:
+        list(stream)  # nothing after that sequence: heartbeats until the deadline
+
+    assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+@pytest.mark.parametrize("value", [-1, -(2**31)])
+def test_negative_after_sequence_is_invalid_argument(
+    stub: pb_grpc.JobServiceStub, job_id: str, value: int
+) -> None:
+    with pytest.raises(grpc.RpcError) as raised:
+        list(stub.WatchJob(pb.WatchJobRequest(job_id=job_id, after_sequence=value), timeout=30))
+
+    _assert_invalid(raised.value, "after_sequence")
+
+
+@pytest.mark.parametrize("value", ["-1", str(INT32_MAX + 1), "9" * 30, "\u00b2", "1.5", "abc"])
+def test_out_of_range_after_sequence_over_rest_is_400(
+    rest: httpx.Client, job_id: str, value: str
+) -> None:
+    response = rest.get(f"/api/v1/jobs/{job_id}/watch", params={"after_sequence": value})
+
+    assert response.status_code == 400, response.text
+    assert response.json()["message"]
+    assert not any(text in response.text for text in DRIVER_TEXT), response.text
+
+
+_STRING_FIELD_1_BAD_UTF8 = b"\x0a\x02\xff\xfe"
+MALFORMED_REQUESTS = [
+    # (method, raw body, the field the answer must name)
+    ("SubmitJob", b"\x0a\x10" + struct.pack("<d", 1.0), "data"),  # truncated packed run
+    ("SubmitJob", b"\x0a\x03abc", "data"),  # not a whole number of doubles
+    ("SubmitJob", b"\x10", "operation"),  # a key without its value
+    ("SubmitJob", b"\x0a\x08" + struct.pack("<d", 1.0) + b"\x1a\x02\xc3\x28", "request_id"),
+    ("SubmitJob", b"\x0a\x08" + struct.pack("<d", 1.0) + b"\x10\x63", "operation"),  # enum 99
+    ("SubmitJob", b"\x0a\x08" + struct.pack("<d", 1.0) + b"\x12\x01\x01", "operation"),
+    ("GetStatus", _STRING_FIELD_1_BAD_UTF8, "job_id"),
+    ("GetStatus", b"\x0a\x05ab", "job_id"),
+    ("GetStatus", b"\x0f", "job_id"),  # wire type 7
+    ("GetResult", _STRING_FIELD_1_BAD_UTF8, "job_id"),
+    ("GetResult", b"\x0d\x00\x00\x00\x00", "job_id"),  # fixed32 where a string belongs
+    ("CancelJob", _STRING_FIELD_1_BAD_UTF8, "job_id"),
+    ("CancelJob", b"\x00\x00", "#0"),
+    ("ListJobs", b"\x1a\x01\xc3", "filter"),
+    ("ListJobs", b"\x12\x03\xed\xa0\x80", "page_token"),  # an encoded surrogate
+    ("ListJobs", b"\x08" + b"\xff" * 11, "page_size"),  # an overlong varint
+    ("ListJobs", b"\x78\x01" * 5000, "request"),  # many unknown fields
+    ("WatchJob", _STRING_FIELD_1_BAD_UTF8, "job_id"),
+    ("WatchJob", b"\x10\xff", "after_sequence"),
+    ("WatchJob", b"\x80", "request"),
+]
+
+
+def _call_raw(target: grpc.Channel, method: str, raw: bytes) -> None:
+    """Send `raw` as the request of `method`, reading a WatchJob stream to its end."""
+    if method == "WatchJob":
+        list(target.unary_stream(JOB_SERVICE + method)(raw, timeout=30))
+    else:
+        target.unary_unary(JOB_SERVICE + method)(raw, timeout=30)
+
+
+@pytest.mark.parametrize(("method", "raw", "field"), MALFORMED_REQUESTS)
+@pytest.mark.parametrize("through", ["channel", "gateway"])
+def test_malformed_protobuf_is_invalid_argument_naming_the_field(
+    request: pytest.FixtureRequest, method: str, raw: bytes, field: str, through: str
+) -> None:
+    target: grpc.Channel = request.getfixturevalue(through)
+
+    with pytest.raises(grpc.RpcError) as raised:
+        _call_raw(target, method, raw)
+
+    _assert_invalid(raised.value, field)

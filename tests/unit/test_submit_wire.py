@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import struct
+from unittest.mock import patch
 
 import numpy as np
 import pytest
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 from google.protobuf.unknown_fields import UnknownFieldSet
 from hypothesis import given
 from hypothesis import strategies as st
 from jobs.v1 import jobs_service_pb2 as pb
 
-from server.submit_wire import ReceivedSubmitJob
+from server import submit_wire
+from server.submit_wire import ReceivedSubmitJob, malformed_field
 
 requests = st.builds(
     pb.SubmitJobRequest,
@@ -127,3 +129,52 @@ def test_any_bytes_decode_as_protobuf_decodes_them(raw: bytes) -> None:
     assert received.data.tobytes() == np.asarray(request.data, dtype=np.float64).tobytes()
     assert received.message.operation == request.operation
     assert received.message.request_id == request.request_id
+
+
+def test_many_small_fields_are_left_to_protobuf_and_read_the_same() -> None:
+    # Every repeat of a field outside `data` is walked in Python unless there are many.
+    raw = pb.SubmitJobRequest(data=[1.0, 2.0]).SerializeToString() + b"\x10\x01" * 100_000
+    received = ReceivedSubmitJob.from_wire(raw)
+    assert received.data.tolist() == [1.0, 2.0]
+    assert received.message.operation == pb.square_sum
+    with patch("server.submit_wire._skip", wraps=submit_wire._skip) as skip:
+        ReceivedSubmitJob.from_wire(b"\x10\x01" * 100_000)
+    assert skip.call_count < 100
+
+
+@pytest.mark.parametrize(
+    ("message", "raw", "field", "fragment"),
+    [
+        (pb.GetStatusRequest, b"\x0a\x05ab", "job_id", "truncated"),
+        (pb.GetStatusRequest, b"\x0a\x02\xff\xfe", "job_id", "UTF-8"),
+        (pb.GetStatusRequest, b"\x0f", "job_id", "wire type 7"),
+        (pb.GetStatusRequest, b"\x0c", "job_id", "wire type 4"),
+        (pb.WatchJobRequest, b"\x10" + b"\xff" * 11, "after_sequence", "truncated"),
+        (pb.ListJobsRequest, b"\x1a\x01\xc3", "filter", "UTF-8"),
+        (pb.ListJobsRequest, b"\x12\x03\xed\xa0\x80", "page_token", "UTF-8"),
+        (pb.SubmitJobRequest, b"\x0a\x03abc", "data", "8 bytes each"),
+        (pb.SubmitJobRequest, b"\x1a\x01\x80", "request_id", "UTF-8"),
+        (pb.CancelJobRequest, b"\x00\x00", "#0", "field 0"),
+        (pb.CancelJobRequest, b"\x80", "request", "byte 0"),
+    ],
+)
+def test_the_field_that_makes_a_request_malformed_is_named(
+    message: type[Message], raw: bytes, field: str, fragment: str
+) -> None:
+    with pytest.raises(DecodeError):
+        message.FromString(raw)
+
+    violation = malformed_field(raw, message.DESCRIPTOR)
+
+    assert violation.field == field
+    assert fragment in violation.description
+
+
+@given(st.binary(max_size=60))
+def test_any_malformed_bytes_get_a_violation(raw: bytes) -> None:
+    try:
+        pb.ListJobsRequest.FromString(raw)
+    except DecodeError:
+        violation = malformed_field(raw, pb.ListJobsRequest.DESCRIPTOR)
+        assert violation.field
+        assert violation.description
