@@ -235,6 +235,17 @@ def _assert_rest_invalid(response: httpx.Response, field: str) -> None:
     assert not any(text in response.text for text in DRIVER_TEXT), response.text
 
 
+def _identity(raw: bytes) -> bytes:
+    return raw
+
+
+def _raw_watch(channel: grpc.Channel) -> grpc.UnaryStreamMultiCallable[bytes, bytes]:
+    """WatchJob taking the request as bytes, so that any bytes can be sent."""
+    return channel.unary_stream(
+        JOB_SERVICE + "WatchJob", request_serializer=_identity, response_deserializer=_identity
+    )
+
+
 @pytest.fixture(scope="module")
 def job_id(stub: pb_grpc.JobServiceStub) -> str:
     """A job that exists, so that only the hostile part of a request is wrong."""
@@ -342,10 +353,10 @@ HOSTILE_LAST_EVENT_IDS = [
 def test_hostile_last_event_ids_are_invalid_argument(
     channel: grpc.Channel, rest: httpx.Client, job_id: str, header: str
 ) -> None:
-    watch = channel.unary_stream(JOB_SERVICE + "WatchJob")
+    watch = _raw_watch(channel)
     request = pb.WatchJobRequest(job_id=job_id).SerializeToString()
     with pytest.raises(grpc.RpcError) as raised:
-        list(watch(request, metadata=[("last-event-id", header)], timeout=30))
+        list(watch(request, metadata=(("last-event-id", header),), timeout=30))
 
     if header.isascii():
         _assert_invalid(raised.value, "Last-Event-ID")
@@ -356,7 +367,7 @@ def test_hostile_last_event_ids_are_invalid_argument(
     # HTTP trims whitespace around a header value: a REST client cannot send it.
     if header == header.strip():
         response = rest.get(
-            f"/api/v1/jobs/{job_id}/watch", headers={"last-event-id": header.encode()}
+            f"/api/v1/jobs/{job_id}/watch", headers=[(b"last-event-id", header.encode())]
         )
         _assert_rest_invalid(response, "Last-Event-ID")
 
@@ -364,9 +375,9 @@ def test_hostile_last_event_ids_are_invalid_argument(
 def test_the_largest_last_event_id_is_accepted(
     channel: grpc.Channel, rest: httpx.Client, job_id: str
 ) -> None:
-    watch = channel.unary_stream(JOB_SERVICE + "WatchJob")
+    watch = _raw_watch(channel)
     request = pb.WatchJobRequest(job_id=job_id).SerializeToString()
-    stream = watch(request, metadata=[("last-event-id", str(INT32_MAX))], timeout=2)
+    stream = watch(request, metadata=(("last-event-id", str(INT32_MAX)),), timeout=2)
 
     with pytest.raises(grpc.RpcError) as raised:
         list(stream)  # nothing after that sequence: heartbeats until the deadline
@@ -424,9 +435,12 @@ MALFORMED_REQUESTS = [
 def _call_raw(target: grpc.Channel, method: str, raw: bytes) -> None:
     """Send `raw` as the request of `method`, reading a WatchJob stream to its end."""
     if method == "WatchJob":
-        list(target.unary_stream(JOB_SERVICE + method)(raw, timeout=30))
+        list(_raw_watch(target)(raw, timeout=30))
     else:
-        target.unary_unary(JOB_SERVICE + method)(raw, timeout=30)
+        call: grpc.UnaryUnaryMultiCallable[bytes, bytes] = target.unary_unary(
+            JOB_SERVICE + method, request_serializer=_identity, response_deserializer=_identity
+        )
+        call(raw, timeout=30)
 
 
 @pytest.mark.parametrize(("method", "raw", "field"), MALFORMED_REQUESTS)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import struct
+from typing import cast
 from unittest.mock import patch
 
 import numpy as np
 import pytest
+from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import DecodeError, Message
 from google.protobuf.unknown_fields import UnknownFieldSet
 from hypothesis import given
@@ -164,7 +166,7 @@ def test_the_field_that_makes_a_request_malformed_is_named(
     with pytest.raises(DecodeError):
         message.FromString(raw)
 
-    violation = malformed_field(raw, message.DESCRIPTOR)
+    violation = malformed_field(raw, cast(Descriptor, message.DESCRIPTOR))
 
     assert violation.field == field
     assert fragment in violation.description
