@@ -149,3 +149,16 @@ async def test_long_filters_over_rest_are_refused_naming_the_filter(roomy: Stack
     # Envoy's request-header limit answers: a client error with a JSON message, never a 5xx.
     assert head.startswith(b"HTTP/1.1 431 "), huge[:300]
     assert json.loads(body)["message"]
+
+
+@pytest.mark.parametrize("kib", [9, 20, 59])
+async def test_a_query_string_above_the_header_limit_is_431_not_a_server_error(
+    roomy: Stack, kib: int
+) -> None:
+    """Between the gateway's 8 KiB header limit and Envoy's default one, the gRPC server used
+    to refuse the metadata Envoy passed on, as RESOURCE_EXHAUSTED (429)."""
+    answer = await _raw_get(roomy, "/api/v1/jobs?filter=" + "a" * (kib * 1024))
+
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 431 "), answer[:300]
+    assert json.loads(body)["message"]
