@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEVELOPMENT_DATABASE_URL = "postgresql+asyncpg://postgres:postgres@localhost:5432/jobdb"
@@ -19,13 +19,17 @@ class Settings(BaseSettings):
 
     environment: Literal["development", "test", "production"] = "development"
     database_url: str = DEVELOPMENT_DATABASE_URL
+    # Migrations run as this role (the schema's owner); the application's DATABASE_URL role then
+    # gets only row access to the tables (jobcore.migrate). Empty: DATABASE_URL migrates too.
+    database_migration_url: str = ""
     redis_url: str = "redis://localhost:6379/0"
     # Empty means "same as REDIS_URL", as in the seed's defaults.
     celery_broker_url: str = ""
     celery_result_backend: str = ""
     flower_basic_auth: str = DEVELOPMENT_FLOWER_BASIC_AUTH
 
-    grpc_host: str = "0.0.0.0"  # noqa: S104 - a container must listen on all interfaces
+    # Loopback unless told otherwise: a container that must be reached sets 0.0.0.0 itself.
+    grpc_host: str = "127.0.0.1"
     grpc_port: int = Field(default=50051, ge=0, le=65535)
     # gRPC server processes sharing GRPC_PORT (one Python process uses one core).
     server_processes: int = Field(default=1, ge=1, le=64)
@@ -59,14 +63,28 @@ class Settings(BaseSettings):
     # TLS on the gRPC port with this certificate chain and key (PEM files); empty: plaintext.
     grpc_tls_cert_file: str = ""
     grpc_tls_key_file: str = ""
+    # Server reflection (grpcurl list/describe); unset: on, except in production.
+    grpc_reflection: bool | None = None
     # Prometheus metrics of this process at http://METRICS_HOST:METRICS_PORT/metrics; 0: off.
-    metrics_host: str = "0.0.0.0"  # noqa: S104 - scraped from outside the container
+    metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(default=0, ge=0, le=65535)
 
     @property
     def broker_url(self) -> str:
         """Where Celery messages go: CELERY_BROKER_URL, else REDIS_URL."""
         return self.celery_broker_url or self.redis_url
+
+    @property
+    def migration_database_url(self) -> str:
+        """Whom migrations connect as: DATABASE_MIGRATION_URL, else DATABASE_URL."""
+        return self.database_migration_url or self.database_url
+
+    @property
+    def reflection_enabled(self) -> bool:
+        """Whether the gRPC server offers reflection: GRPC_REFLECTION, else all but production."""
+        if self.grpc_reflection is not None:
+            return self.grpc_reflection
+        return self.environment != "production"
 
     @property
     def result_backend_url(self) -> str:
@@ -81,6 +99,12 @@ class Settings(BaseSettings):
         compare-and-set) but wasteful; lost jobs are recovered by the lease instead.
         """
         return self.job_timeout_seconds + self.job_lease_seconds + 60
+
+    @field_validator("grpc_reflection", mode="before")
+    @classmethod
+    def _empty_means_unset(cls, value: object) -> object:
+        # `GRPC_REFLECTION=` (as .env.example has it) means the environment's default.
+        return None if value == "" else value
 
     @model_validator(mode="after")
     def _tls_files_together(self) -> Settings:

@@ -108,14 +108,15 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> in
     pb_grpc.add_JobServiceServicer_to_server(servicer, server)
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    reflection.enable_server_reflection(
-        (
-            pb.DESCRIPTOR.services_by_name["JobService"].full_name,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
-        ),
-        server,
-    )
+    if settings.reflection_enabled:
+        reflection.enable_server_reflection(
+            (
+                pb.DESCRIPTOR.services_by_name["JobService"].full_name,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
+            server,
+        )
     if settings.metrics_port:
         prometheus_client.start_http_server(settings.metrics_port, addr=settings.metrics_host)
     address = f"{settings.grpc_host}:{settings.grpc_port}"

@@ -1,4 +1,4 @@
-"""Alembic environment: runs migrations online against DATABASE_URL with the async engine."""
+"""Alembic environment: migrates online as DATABASE_MIGRATION_URL (else DATABASE_URL)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def _run(connection: Connection) -> None:
 
 
 async def _run_online() -> None:
-    url = context.config.get_main_option("sqlalchemy.url") or get_settings().database_url
+    url = context.config.get_main_option("sqlalchemy.url") or get_settings().migration_database_url
     engine = create_async_engine(url)
     try:
         async with engine.connect() as connection:
