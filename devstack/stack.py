@@ -28,7 +28,9 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from devstack import secrets
 from devstack.processes import ManagedProcess, child_env, python_module, tcp_accepts, wait_for
+from devstack.secrets import SecretStore
 from devstack.services import EmbeddedPostgres, EmbeddedRedis
 
 logger = logging.getLogger(__name__)
@@ -62,6 +64,8 @@ class StackConfig:
     data_dir: Path
     ports: StackPorts
     database_url: str | None = None  # None: embedded PostgreSQL
+    # Whom migrations run as with an external DATABASE_URL; None: DATABASE_URL itself.
+    database_migration_url: str | None = None
     redis_url: str | None = None  # None: embedded Redis
     env: dict[str, str] = field(default_factory=dict)  # settings for server and worker
     workers: int = 1
@@ -79,18 +83,34 @@ class Stack:
         data = config.data_dir.resolve()
         self.log_dir = data / "logs"
         ports = config.ports
+        # Generated passwords of the embedded services and Flower (0700 folder, 0600 files).
+        self.secrets = SecretStore(data / "secrets")
         self.postgres = (
-            EmbeddedPostgres(data / "postgres", port=ports.postgres, log_dir=self.log_dir)
+            EmbeddedPostgres(
+                data / "postgres",
+                port=ports.postgres,
+                log_dir=self.log_dir,
+                secret_store=self.secrets,
+            )
             if config.database_url is None
             else None
         )
         self.redis = (
-            EmbeddedRedis(data / "redis", port=ports.redis, log_dir=self.log_dir)
+            EmbeddedRedis(
+                data / "redis", port=ports.redis, log_dir=self.log_dir, secret_store=self.secrets
+            )
             if config.redis_url is None
             else None
         )
+        # The application's logins: PostgreSQL's jobs_app role and Redis's jobs_app user.
         self.database_url = config.database_url or (self.postgres.url if self.postgres else "")
         self.redis_url = config.redis_url or (self.redis.url if self.redis else "")
+        # Admin logins, for migrations and for tests that reconfigure Redis; never in self.env.
+        self.redis_admin_url = self.redis.admin_url if self.redis else self.redis_url
+        # Flower reads FLOWER_BASIC_AUTH from its environment, never from its command line.
+        self.flower_basic_auth = config.env.get("FLOWER_BASIC_AUTH") or (
+            f"admin:{self.secrets.get(secrets.FLOWER)}"
+        )
         self.env = child_env(
             {
                 "DATABASE_URL": self.database_url,
@@ -101,6 +121,8 @@ class Stack:
                 **config.env,
             }
         )
+        # Only the migration gets the migration role's URL (see migrate()).
+        self.env.pop("DATABASE_MIGRATION_URL", None)
         self.workers = [
             ManagedProcess(
                 f"worker-{index}",
@@ -143,10 +165,9 @@ class Stack:
                 "flower",
                 "--address=127.0.0.1",
                 f"--port={ports.flower}",
-                f"--basic-auth={self.env.get('FLOWER_BASIC_AUTH', 'admin:admin')}",
             ],
             log_path=self.log_dir / "flower.log",
-            env=self.env,
+            env={**self.env, "FLOWER_BASIC_AUTH": self.flower_basic_auth},
             cwd=ROOT,
         )
         self._started: list[ManagedProcess] = []
@@ -210,6 +231,8 @@ class Stack:
 
     def _start(self) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        # Logs carry job data and connection details: for devstack's user only.
+        self.log_dir.chmod(0o700)
         if self.postgres is not None:
             self.postgres.start()
             self._started.append(self.postgres.process)
@@ -266,9 +289,21 @@ class Stack:
             what=f"Envoy to report /health 200 (log: {self.envoy.log_path})",
         )
 
+    @property
+    def migration_database_url(self) -> str:
+        """Whom migrations run as: the embedded superuser, or the configured migration URL."""
+        if self.postgres is not None:
+            return self.postgres.migration_url
+        return self.config.database_migration_url or self.database_url
+
     def migrate(self) -> None:
-        """Apply Alembic migrations to the stack's database."""
-        subprocess.run(python_module("jobcore.migrate"), env=self.env, cwd=ROOT, check=True)
+        """Apply Alembic migrations as the schema's owner; the application role gets its rights."""
+        subprocess.run(
+            python_module("jobcore.migrate"),
+            env={**self.env, "DATABASE_MIGRATION_URL": self.migration_database_url},
+            cwd=ROOT,
+            check=True,
+        )
 
     def server_serving(self) -> bool:
         """Whether the gRPC server's standard health service says SERVING."""
