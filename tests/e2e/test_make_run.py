@@ -13,14 +13,15 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import psutil
 import pytest
 
+from devstack import secrets
 from devstack.processes import free_port
 from devstack.stack import ROOT
 from jobcore.celery_app import PROCESS_JOBS_TASK
-from jobcore.settings import DEVELOPMENT_FLOWER_BASIC_AUTH
 
 BANNER = "Press Ctrl-C to stop everything."
 
@@ -88,9 +89,9 @@ def _http(method: str, url: str, body: dict[str, object] | None = None) -> dict[
         return result
 
 
-def _flower_sees_tasks(base: str, flower: str) -> bool:
+def _flower_sees_tasks(base: str, flower: str, *, basic_auth: str) -> bool:
     """Workers send task events once Flower switches them on (it does every few seconds)."""
-    auth = "Basic " + base64.b64encode(DEVELOPMENT_FLOWER_BASIC_AUTH.encode()).decode()
+    auth = "Basic " + base64.b64encode(basic_auth.encode()).decode()
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         _http("POST", f"{base}/api/v1/jobs/", {"data": [3], "operation": "cube_sum"})
@@ -117,7 +118,20 @@ def test_run_serves_keeps_jobs_across_restarts_and_leaves_nothing_behind(
         with pytest.raises(urllib.error.HTTPError) as unauthorised:
             urllib.request.urlopen(f"{flower}/", timeout=10)
         assert unauthorised.value.code == 401  # Flower asks for FLOWER_BASIC_AUTH
-        assert _flower_sees_tasks(base, flower)
+        # The generated passwords are in the data folder, and on no process's command line.
+        secret_folder = Path(run_env["LOCAL_DATA_DIR"]) / "secrets"
+        assert str(secret_folder) in banner
+        values = [path.read_text().strip() for path in secret_folder.iterdir()]
+        assert not [value for value in values if value in banner]
+        command_lines = [
+            " ".join(child.cmdline())
+            for child in psutil.Process(process.pid).children(recursive=True)
+        ]
+        assert any("flower" in line for line in command_lines)
+        assert any("redis-server" in line for line in command_lines)
+        assert not [line for line in command_lines for value in values if value in line]
+        flower_password = (secret_folder / secrets.FLOWER).read_text().strip()
+        assert _flower_sees_tasks(base, flower, basic_auth=f"admin:{flower_password}")
     finally:
         children = _stop(process)
     assert not [child for child in children if child.is_running() and child.status() != "zombie"]

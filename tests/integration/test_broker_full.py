@@ -29,8 +29,8 @@ REST_SUBMITS = 10
 
 @pytest.fixture
 async def broker(stack: Stack) -> AsyncIterator[redis.asyncio.Redis]:
-    """A client of the stack's Redis."""
-    client = redis.asyncio.Redis.from_url(stack.redis_url, decode_responses=True)
+    """An admin client of the stack's Redis: CONFIG is refused to the application's user."""
+    client = redis.asyncio.Redis.from_url(stack.redis_admin_url, decode_responses=True)
     try:
         yield client
     finally:

@@ -26,8 +26,9 @@ SECRET = "s3cr3t-driver-text"
 
 @pytest.fixture
 async def database(stack: Stack) -> AsyncIterator[asyncpg.Connection]:
-    """A connection to the database the stack's server and workers use."""
-    connection = await asyncpg.connect(asyncpg_dsn(stack.database_url))
+    """A connection to the database the stack's server and workers use, as the schema's owner
+    (the application's role may not add triggers)."""
+    connection = await asyncpg.connect(asyncpg_dsn(stack.migration_database_url))
     try:
         yield connection
     finally:

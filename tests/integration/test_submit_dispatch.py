@@ -27,8 +27,9 @@ async def slow_inserts(stack: Stack) -> AsyncIterator[None]:
     """Storing a job whose idempotency key starts with SLOW_KEY_PREFIX takes INSERT_SECONDS.
 
     A real PostgreSQL trigger, so a caller's deadline can pass while its INSERT still commits.
+    Created as the schema's owner: the application's role may not add triggers.
     """
-    connection = await asyncpg.connect(asyncpg_dsn(stack.database_url))
+    connection = await asyncpg.connect(asyncpg_dsn(stack.migration_database_url))
     try:
         await connection.execute(
             f"""
