@@ -56,7 +56,12 @@ START_ORDER: dict[str, dict[str, str]] = {
     "flower": {"redis": "service_healthy"},
 }
 PUBLISHED = {"gateway": 8000, "flower": 5555}  # service -> container port; nobody else publishes
-REQUIRED_SECRETS = ("POSTGRES_PASSWORD", "FLOWER_BASIC_AUTH")
+REQUIRED_SECRETS = (
+    "POSTGRES_PASSWORD",
+    "POSTGRES_APP_PASSWORD",
+    "REDIS_PASSWORD",
+    "FLOWER_BASIC_AUTH",
+)
 SEED_VARIABLES = {
     "ENVIRONMENT",
     "DATABASE_URL",
@@ -470,8 +475,86 @@ def test_flower_runs_from_the_worker_image_with_basic_auth() -> None:
     words = as_words(flower["command"])
     assert words[:4] == ["celery", "-A", "worker.app", "flower"]
     assert "--port=5555" in words
-    assert any(word.startswith("--basic-auth=${FLOWER_BASIC_AUTH:?") for word in words)
+    # Flower reads FLOWER_BASIC_AUTH from its environment: no password on a command line.
+    assert not [word for word in words if "basic-auth" in word or "FLOWER_BASIC_AUTH" in word]
+    assert environment(flower)["FLOWER_BASIC_AUTH"].startswith("${FLOWER_BASIC_AUTH:?")
     assert flower["build"] == services()["worker"]["build"]
+
+
+def test_flower_is_published_on_loopback_only_by_default() -> None:
+    (published,) = services()["flower"]["ports"]
+    assert str(published) == "${FLOWER_ADDRESS:-127.0.0.1}:${FLOWER_PORT:-5555}:5555"
+
+
+def test_no_command_line_carries_a_secret() -> None:
+    secrets = ("PASSWORD", "BASIC_AUTH", "_URL")
+    for name, service in services().items():
+        for key in ("command", "entrypoint"):
+            words = as_words(service.get(key, []))
+            assert not [word for word in words for secret in secrets if secret in word], name
+        test = service.get("healthcheck", {}).get("test", [])
+        assert not [w for w in as_words(test) for secret in secrets if secret in w], name
+
+
+def _user_of(url: str) -> str:
+    """The user part of a URL whose parts may be ${VAR:-default} interpolations."""
+    found = re.match(r"[a-z+]+://((?:\$\{[^}]*\}|[^:@$])+)", url)
+    assert found, url
+    return found.group(1)
+
+
+def test_the_application_never_connects_as_the_postgres_superuser() -> None:
+    superuser = environment(services()["db"])["POSTGRES_USER"]
+    migrate = environment(services()["migrate"])
+    # Only the one-shot migrate service holds the superuser's login, as its migration URL.
+    assert _user_of(migrate["DATABASE_MIGRATION_URL"]) == superuser
+    assert "${POSTGRES_PASSWORD:?" in migrate["DATABASE_MIGRATION_URL"]
+    for name in APP_SERVICES:
+        env = environment(services()[name])
+        assert _user_of(env["DATABASE_URL"]) != superuser, name
+        assert "POSTGRES_PASSWORD:" not in env["DATABASE_URL"], name
+        if name != "migrate":
+            assert "DATABASE_MIGRATION_URL" not in env, name
+    server = environment(services()["server"])
+    assert _user_of(server["DATABASE_URL"]) == "${POSTGRES_APP_USER:-jobs_app}"
+    assert "${POSTGRES_APP_PASSWORD:?" in server["DATABASE_URL"]
+    # Flower needs Redis only; its placeholder DATABASE_URL holds no credentials.
+    assert "PASSWORD" not in environment(services()["flower"])["DATABASE_URL"]
+
+
+def test_redis_requires_a_password_and_refuses_dangerous_commands_to_the_application() -> None:
+    redis = services()["redis"]
+    words = as_words(redis["command"])
+    assert words[words.index("--aclfile") + 1] == "/run/redis/users.acl"
+    [config] = redis["configs"]
+    assert (config["source"], config["target"]) == ("redis-users", "/run/redis/users.acl")
+    rules = compose()["configs"]["redis-users"]["content"].splitlines()
+    assert "user default off" in rules
+    [app] = [rule for rule in rules if rule.startswith("user jobs_app ")]
+    assert ">${REDIS_PASSWORD:?" in app
+    assert app.endswith("+@all -@dangerous")
+    for name in APP_SERVICES:
+        env = environment(services()[name])
+        for key in ("REDIS_URL", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND"):
+            assert env[key].startswith("redis://jobs_app:${REDIS_PASSWORD:?"), (name, key)
+
+
+def test_processes_listen_beyond_loopback_only_where_compose_says_so() -> None:
+    defaults = Settings()
+    assert (defaults.grpc_host, defaults.metrics_host) == ("127.0.0.1", "127.0.0.1")
+    for name in ("server", "worker"):
+        assert environment(services()[name])["METRICS_HOST"] == "0.0.0.0", name
+
+
+def test_reflection_is_off_in_production_unless_asked_for() -> None:
+    url, auth = "postgresql+asyncpg://app:secret@db/jobs", "admin:secret"
+    production = Settings(environment="production", database_url=url, flower_basic_auth=auth)
+    assert production.reflection_enabled is False
+    asked = production.model_copy(update={"grpc_reflection": True})
+    assert asked.reflection_enabled is True
+    assert Settings(environment="development").reflection_enabled is True
+    assert Settings(environment="development", grpc_reflection=False).reflection_enabled is False
+    assert environment(services()["server"])["GRPC_REFLECTION"] == "${GRPC_REFLECTION:-false}"
 
 
 def test_data_lives_on_named_volumes() -> None:
@@ -486,7 +569,7 @@ def test_data_lives_on_named_volumes() -> None:
     assert declared == {"db-data", "redis-data"}
     assert services()["db"]["image"].startswith("postgres:18")
     assert "pg_isready" in " ".join(as_words(services()["db"]["healthcheck"]["test"]))
-    assert "redis-cli ping" in " ".join(as_words(redis["healthcheck"]["test"]))
+    assert "redis-cli --user jobs_app ping" in " ".join(as_words(redis["healthcheck"]["test"]))
 
 
 def test_builds_use_the_dockerfile_targets() -> None:
