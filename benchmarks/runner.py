@@ -252,7 +252,8 @@ def edge(run: Run) -> None:
 
 def _get_status(run: Run, stack: Stack, *, rows: int, suffix: str) -> None:
     started = time.monotonic()
-    added = asyncio.run(fill.fill_finished_jobs(stack.database_url, until_total=rows))
+    # Bulk fills skip triggers (session_replication_role), which only the schema's owner may.
+    added = asyncio.run(fill.fill_finished_jobs(stack.migration_database_url, until_total=rows))
     run.say(f"  filled {added:,} jobs in {time.monotonic() - started:.1f} s")
     job_ids = asyncio.run(fill.sample_job_ids(stack.database_url, count=_SAMPLED_IDS))
     run.load(
@@ -274,7 +275,7 @@ def flow(run: Run) -> None:
     delay = float(PHASE_ENVS["flow"]["SIMULATED_DELAY_SECONDS"])
     with run.infra.stack("flow", env=PHASE_ENVS["flow"], workers=WORKER_PROCESSES) as stack:
         idle_ids = asyncio.run(
-            fill.insert_running_jobs(stack.database_url, count=sizes.watch_streams)
+            fill.insert_running_jobs(stack.migration_database_url, count=sizes.watch_streams)
         )
         run.say(
             f"flow: {sizes.watch_streams:,} WatchJob streams, then "
