@@ -528,3 +528,65 @@ async def test_a_filter_value_is_compared_as_a_value_never_run_as_sql(store: Job
     )
 
     assert (page, cursor) == ([], None)
+
+
+async def test_pages_never_repeat_a_job_and_a_full_last_page_has_no_next_one(
+    store: JobStore,
+) -> None:
+    first = await _new_job(store)
+    created = [first, *[await _new_job(store) for _ in range(4)]]
+    newest_first = [job.id for job in reversed(created)]
+    since_first = [Condition("create_time", ">=", first.created_at)]
+
+    whole, after_whole = await store.list_jobs(since_first, page_size=5, after=None)
+    listed: list[Job] = []
+    cursor: PageCursor | None = None
+    while True:
+        page, cursor = await store.list_jobs(since_first, page_size=2, after=cursor)
+        listed += page
+        if cursor is None:
+            break
+
+    assert [job.id for job in whole] == newest_first
+    assert after_whole is None
+    assert [job.id for job in listed] == newest_first
+
+
+async def test_every_other_request_under_a_used_key_is_refused(store: JobStore) -> None:
+    """Whichever way the two requests' digests compare: only equal ones are the same request."""
+    key = f"key-{new_job_id()}"
+    original = [1.0, 2.0]
+    await store.create(
+        job_id=new_job_id(),
+        operation=Operation.SQUARE_SUM,
+        numbers=pack_numbers(original),
+        request_id=key,
+    )
+    others = [
+        (Operation.CUBE_SUM, original),
+        *((Operation.SQUARE_SUM, numbers) for numbers in ([1.0], [2.0, 1.0], [1.0, 2.0, 0.0])),
+        *((Operation.SQUARE_SUM, [float(n)]) for n in range(3, 11)),
+    ]
+
+    for operation, numbers in others:
+        with pytest.raises(IdempotencyKeyReusedError):
+            await store.create(
+                job_id=new_job_id(),
+                operation=operation,
+                numbers=pack_numbers(numbers),
+                request_id=key,
+            )
+
+
+async def test_a_job_records_how_many_numbers_it_holds(
+    store: JobStore, isolated_database_url: str
+) -> None:
+    job = await _new_job(store, [float(n) for n in range(8)])
+
+    connection = await asyncpg.connect(asyncpg_dsn(isolated_database_url))
+    try:
+        count = await connection.fetchval("SELECT number_count FROM jobs WHERE id = $1", job.id)
+    finally:
+        await connection.close()
+
+    assert count == 8
