@@ -7,8 +7,14 @@ not ignored ones), never on the checkout. One embedded PostgreSQL serves the who
 migrated template database, copied afresh for each mutant's test run (the `test` step), so
 no mutant sees rows another one left behind. Sessions and the summary stay in `.mutation/`.
 
+cosmic-ray mutates Python only, and the guards the guarantees rest on are written in SQL
+(jobcore/sql/queries.sql). So with jobcore/store.py the run also removes each guard listed in
+SQL_GUARDS from a copy of the SQL, one at a time, and runs the store's tests: each removal
+must fail one.
+
     python -m devstack.mutation run [MODULE ...]   # default: every module in the table
     python -m devstack.mutation report             # score and survivors of the last run
+    python -m devstack.mutation sql-guards         # only the SQL guards
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import argparse
 import ast
 import asyncio
 import contextlib
+import json
 import os
 import shlex
 import shutil
@@ -54,6 +61,148 @@ TIMEOUT_FACTOR = 3
 # Set by `run` for the test step of each mutant.
 # The superuser's URL of the scratch server's `postgres` database (environment, not argv).
 URL_VARIABLE = "JOBS_MUTATION_POSTGRES_URL"
+
+
+SQL_FILE = Path("jobcore/sql/queries.sql")
+SQL_GUARDS_RESULTS = RESULTS / "sql-guards.json"
+# The Python module whose tests (in [tool.cosmic-ray.modules]) also test the SQL guards.
+SQL_GUARDS_MODULE = "jobcore/store.py"
+
+
+@dataclass(frozen=True)
+class SqlGuard:
+    """A guard in one named query, and the edits that remove it (text -> replacement)."""
+
+    query: str
+    promise: str
+    edits: tuple[tuple[str, str], ...]
+
+
+SQL_GUARDS = (
+    SqlGuard(
+        "claim_jobs",
+        "a job is claimed only while PENDING (the compare-and-set)",
+        (("       AND status = 'PENDING'\n", ""), ("       AND jobs.status = 'PENDING'\n", "")),
+    ),
+    SqlGuard(
+        "finish_jobs",
+        "only the attempt that holds a job records its outcome (the attempt fence)",
+        (("       AND jobs.attempt = outcomes.attempt\n", ""),),
+    ),
+    SqlGuard(
+        "finish_jobs",
+        "a job that is no longer running (cancelled, requeued) takes no outcome",
+        (
+            ("       AND status = 'IN_PROGRESS'\n", ""),
+            ("       AND jobs.status = 'IN_PROGRESS'\n", ""),
+        ),
+    ),
+    SqlGuard(
+        "renew_leases",
+        "a lost attempt cannot keep alive the attempt that replaced it",
+        (("   AND jobs.attempt = held.attempt\n", ""),),
+    ),
+    SqlGuard(
+        "renew_leases",
+        "a finished or cancelled job's lease is not renewed",
+        (
+            ("       AND status = 'IN_PROGRESS'\n", ""),
+            ("   AND jobs.status = 'IN_PROGRESS'\n", ""),
+        ),
+    ),
+    SqlGuard(
+        "cancel_job",
+        "only an unfinished job can be cancelled",
+        (("       AND status IN ('PENDING', 'IN_PROGRESS')\n", ""),),
+    ),
+    SqlGuard(
+        "requeue_expired",
+        "only a job whose lease ran out is taken back",
+        (("       AND lease_expires_at < now()\n", ""),),
+    ),
+    SqlGuard(
+        "requeue_expired",
+        "a job is given up after exactly MAX_ATTEMPTS lost attempts",
+        (("jobs.attempt >= $1::integer", "jobs.attempt > $1::integer"),),
+    ),
+    SqlGuard(
+        "events_after",
+        "a watcher resuming after a sequence gets no event twice",
+        (("   AND sequence > $2::integer", "   AND sequence >= $2::integer"),),
+    ),
+    SqlGuard(
+        "purge_finished",
+        "retention deletes finished jobs only",
+        (("status IN ('SUCCESS', 'FAILED', 'CANCELLED')\n           AND ", ""),),
+    ),
+    SqlGuard(
+        "create_jobs",
+        "an idempotency key makes one job (a second insert of the key does nothing)",
+        (("        ON CONFLICT (request_id) WHERE request_id IS NOT NULL DO NOTHING\n", ""),),
+    ),
+)
+
+
+def _without_guard(sql: str, guard: SqlGuard) -> str:
+    """The SQL file with the guard's edits made in its query's block (each must apply)."""
+    start = sql.index(f"-- name: {guard.query}\n")
+    end = sql.find("\n-- name: ", start + 1)
+    end = len(sql) if end < 0 else end
+    block = sql[start:end]
+    for text, replacement in guard.edits:
+        if text not in block:
+            raise SystemExit(f"mutation: {guard.query} no longer contains {text!r}")
+        block = block.replace(text, replacement)
+    return sql[:start] + block + sql[end:]
+
+
+def _run_sql_guards(
+    tests: Sequence[str], *, settings: dict[str, Any], tree: Path, env: dict[str, str]
+) -> None:
+    """Remove each SQL guard in turn and run the store's tests: a passing run is a survivor."""
+    base = shlex.split(settings["test-command"])
+    if base[0] == "python":
+        base[0] = sys.executable
+    command = [sys.executable, "-m", "devstack.mutation", "test", "--", *base, *tests]
+    sql_path = tree / SQL_FILE
+    original = sql_path.read_text()
+    results = []
+    print(f"mutation: {len(SQL_GUARDS)} SQL guards, tested by {' '.join(tests)}", flush=True)
+    try:
+        for guard in SQL_GUARDS:
+            sql_path.write_text(_without_guard(original, guard))
+            try:
+                outcome = subprocess.run(
+                    command, cwd=tree, env=env, check=False, capture_output=True, timeout=600
+                )
+                killed = outcome.returncode != 0
+            except subprocess.TimeoutExpired:
+                killed = True
+            results.append({"query": guard.query, "promise": guard.promise, "killed": killed})
+            print(f"  {guard.query}: {guard.promise}: {'killed' if killed else 'SURVIVED'}")
+    finally:
+        sql_path.write_text(original)
+    SQL_GUARDS_RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+
+
+def _sql_guards_summary() -> list[str]:
+    if not SQL_GUARDS_RESULTS.exists():
+        return []
+    results = json.loads(SQL_GUARDS_RESULTS.read_text())
+    killed = sum(result["killed"] for result in results)
+    lines = [
+        "",
+        f"SQL guards removed one at a time (jobcore/sql/queries.sql): {killed} of {len(results)}"
+        " removals failed a test.",
+        "",
+        "| query | the promise the guard keeps | its removal |",
+        "| --- | --- | --- |",
+    ]
+    lines += [
+        f"| `{r['query']}` | {r['promise']} | {'killed' if r['killed'] else '**survived**'} |"
+        for r in results
+    ]
+    return lines
 
 
 def _settings() -> dict[str, Any]:
@@ -248,6 +397,7 @@ def summary(modules: Sequence[str], *, run_note: str = "") -> str:
         )
     lines += ["", f"Survivors ({survived}):", ""]
     lines += [f"- {text}" for s in sessions for _, text in s.survivors] or ["- none"]
+    lines += _sql_guards_summary()
     return "\n".join(lines) + "\n"
 
 
@@ -291,6 +441,27 @@ def _run_module(
     print(f"  mutants: {time.monotonic() - started:.0f} s", flush=True)
 
 
+@contextlib.contextmanager
+def _workspace() -> Iterator[tuple[Path, dict[str, str]]]:
+    """A copy of the tree and one PostgreSQL for it; the environment its tests run in."""
+    with tempfile.TemporaryDirectory(prefix="jobs-mutation-") as scratch:
+        tree = Path(scratch, "tree")
+        _copy_tree(tree)
+        with _postgres(Path(scratch, "postgres"), tree) as admin_url:
+            # The copy first on the path: the virtualenv's .pth also lists the checkout.
+            yield tree, {**os.environ, "PYTHONPATH": str(tree), URL_VARIABLE: admin_url}
+
+
+def run_sql_guards() -> None:
+    """Only the SQL guards (a few minutes): each removal must fail a test of the store."""
+    settings = _settings()
+    RESULTS.mkdir(exist_ok=True)
+    with _workspace() as (tree, env):
+        tests = _tests_of(SQL_GUARDS_MODULE, settings["modules"][SQL_GUARDS_MODULE], tree)
+        _run_sql_guards(tests, settings=settings, tree=tree, env=env)
+    print("\n".join(_sql_guards_summary()))
+
+
 def run(selected: Sequence[str]) -> None:
     """Mutate `selected` modules (default: all configured), one mutant at a time."""
     settings = _settings()
@@ -311,15 +482,12 @@ def run(selected: Sequence[str]) -> None:
         capture_output=True,
         text=True,
     ).stdout.strip()
-    with tempfile.TemporaryDirectory(prefix="jobs-mutation-") as scratch:
-        tree = Path(scratch, "tree")
-        _copy_tree(tree)
-        with _postgres(Path(scratch, "postgres"), tree) as admin_url:
-            # The copy first on the path: the virtualenv's .pth also lists the checkout.
-            env = {**os.environ, "PYTHONPATH": str(tree), URL_VARIABLE: admin_url}
-            for module in modules:
-                tests = _tests_of(module, configured[module], tree)
-                _run_module(module, tests, settings=settings, tree=tree, env=env)
+    with _workspace() as (tree, env):
+        for module in modules:
+            tests = _tests_of(module, configured[module], tree)
+            _run_module(module, tests, settings=settings, tree=tree, env=env)
+            if module == SQL_GUARDS_MODULE:
+                _run_sql_guards(tests, settings=settings, tree=tree, env=env)
     note = f" Run on {commit}, one mutant at a time: {time.monotonic() - started:.0f} s."
     text = summary(modules, run_note=note)
     (RESULTS / "summary.md").write_text(text)
@@ -357,11 +525,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     run_parser = commands.add_parser("run", help="mutate modules and run their tests")
     run_parser.add_argument("modules", nargs="*", help="paths as in [tool.cosmic-ray.modules]")
     commands.add_parser("report", help="print the last run's score and survivors")
+    commands.add_parser("sql-guards", help="only remove each SQL guard and run the store's tests")
     test_parser = commands.add_parser("test", help="(internal) one mutant's test run")
     test_parser.add_argument("test_command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     if args.command == "run":
         run([m for arg in args.modules for m in arg.replace(",", " ").split()])
+    elif args.command == "sql-guards":
+        run_sql_guards()
     elif args.command == "report":
         print(summary(list(_settings()["modules"])), end="")
     else:

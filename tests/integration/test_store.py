@@ -590,3 +590,14 @@ async def test_a_job_records_how_many_numbers_it_holds(
         await connection.close()
 
     assert count == 8
+
+
+async def test_events_after_a_sequence_start_right_after_it(store: JobStore) -> None:
+    job = await _new_job(store)
+    claim = await store.claim(job.id, lease=LEASE)
+    assert claim is not None
+    await store.finish(claim, Outcome(result=9.0))
+
+    assert [event.sequence for event in await store.events_after(job.id, 0)] == [1, 2, 3]
+    assert [event.sequence for event in await store.events_after(job.id, 1)] == [2, 3]
+    assert await store.events_after(job.id, 3) == []
