@@ -1,5 +1,5 @@
 """The stack's PostgreSQL and Redis let no one in without a password, and the application's
-logins cannot administer them (docs/INFRA-CREDENTIALS.md)."""
+logins cannot administer them (SECURITY.md)."""
 
 from __future__ import annotations
 
