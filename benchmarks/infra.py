@@ -88,7 +88,7 @@ class Infrastructure:
         stack = Stack(
             StackConfig(
                 data_dir=self.data_dir / name,
-                ports=StackPorts(*(free_port() for _ in range(6))),
+                ports=StackPorts.free(),
                 # Migrated as the superuser, served as the application role.
                 database_url=self.postgres.app_url_of(database),
                 database_migration_url=self.postgres.create_database(database),

@@ -29,7 +29,14 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from devstack import secrets
-from devstack.processes import ManagedProcess, child_env, python_module, tcp_accepts, wait_for
+from devstack.processes import (
+    ManagedProcess,
+    child_env,
+    free_port,
+    python_module,
+    tcp_accepts,
+    wait_for,
+)
 from devstack.secrets import SecretStore
 from devstack.services import EmbeddedPostgres, EmbeddedRedis
 
@@ -55,6 +62,12 @@ class StackPorts:
     # Prometheus metrics; 0 turns them off. Worker N (from 1) uses worker_metrics + N - 1.
     server_metrics: int = 0
     worker_metrics: int = 0
+
+    @classmethod
+    def free(cls, *, metrics: bool = False) -> StackPorts:
+        """Ports nothing listens on right now (metrics off unless asked for): a stack of its own."""
+        extra = (free_port(), free_port()) if metrics else ()
+        return cls(*(free_port() for _ in range(6)), *extra)
 
 
 @dataclass

@@ -16,7 +16,6 @@ import httpx
 import pytest
 from jobs.v1 import jobs_service_pb2_grpc as pb_grpc
 
-from devstack.processes import free_port
 from devstack.stack import Stack, StackConfig, StackPorts
 
 # Short enough to keep the suite quick, long enough to observe IN_PROGRESS.
@@ -41,20 +40,10 @@ def stack_data_dir(name: str) -> Iterator[Path]:
 def stack() -> Iterator[Stack]:
     """The whole service, as `make run` starts it, on free ports in a temporary folder."""
     with stack_data_dir("test") as data_dir:
-        ports = StackPorts(
-            grpc=free_port(),
-            http=free_port(),
-            envoy_admin=free_port(),
-            flower=free_port(),
-            postgres=free_port(),
-            redis=free_port(),
-            server_metrics=free_port(),
-            worker_metrics=free_port(),
-        )
         running = Stack(
             StackConfig(
                 data_dir=data_dir,
-                ports=ports,
+                ports=StackPorts.free(metrics=True),
                 env={
                     "ENVIRONMENT": "test",
                     "SIMULATED_DELAY_SECONDS": str(TEST_DELAY_SECONDS),

@@ -16,7 +16,7 @@ import grpc
 import pytest
 from jobs.v1 import jobs_service_pb2_grpc as pb_grpc
 
-from devstack.processes import ManagedProcess, free_port
+from devstack.processes import ManagedProcess
 from devstack.stack import Stack, StackConfig, StackPorts
 from jobcore.supervision import FAILED_TASK_EXIT_STATUS, FAULT_DIR_ENV
 from tests.conftest import stack_data_dir
@@ -44,7 +44,7 @@ def crash_stack() -> Iterator[tuple[Stack, Path]]:
         stack = Stack(
             StackConfig(
                 data_dir=data_dir,
-                ports=StackPorts(*(free_port() for _ in range(6))),
+                ports=StackPorts.free(),
                 env={
                     "ENVIRONMENT": "test",
                     FAULT_DIR_ENV: str(fault_dir),

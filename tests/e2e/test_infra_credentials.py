@@ -19,7 +19,6 @@ from jobs.v1 import jobs_service_pb2_grpc as pb_grpc
 from sqlalchemy.engine import make_url
 
 from devstack import secrets
-from devstack.processes import free_port
 from devstack.services import PG_HBA
 from devstack.stack import Stack, StackConfig, StackPorts
 from jobcore.database import asyncpg_dsn
@@ -227,7 +226,7 @@ async def test_data_from_before_passwords_is_upgraded_and_keeps_its_jobs() -> No
     with stack_data_dir("upgrade") as data_dir:
         config = StackConfig(
             data_dir=data_dir,
-            ports=StackPorts(*(free_port() for _ in range(6))),
+            ports=StackPorts.free(),
             env={"ENVIRONMENT": "test", "SIMULATED_DELAY_SECONDS": "0"},
             flower=False,
         )

@@ -24,7 +24,6 @@ import pytest
 from jobs.v1 import jobs_service_pb2 as pb
 from jobs.v1 import jobs_service_pb2_grpc as pb_grpc
 
-from devstack.processes import free_port
 from devstack.stack import ROOT, Stack, StackConfig, StackPorts
 from tests.conftest import stack_data_dir
 from tests.tls import ThrowawayCa
@@ -47,18 +46,10 @@ def tls_stack() -> Iterator[tuple[Stack, ThrowawayCa]]:
         server = ca.issue(
             data_dir / "tls", "server", dns_names=LOCAL_NAMES, addresses=LOCAL_ADDRESSES
         )
-        ports = StackPorts(
-            grpc=free_port(),
-            http=free_port(),
-            envoy_admin=free_port(),
-            flower=free_port(),
-            postgres=free_port(),
-            redis=free_port(),
-        )
         stack = Stack(
             StackConfig(
                 data_dir=data_dir,
-                ports=ports,
+                ports=StackPorts.free(),
                 env={
                     "ENVIRONMENT": "test",
                     "SIMULATED_DELAY_SECONDS": "0.1",

@@ -11,7 +11,6 @@ from datetime import UTC, datetime
 
 import pytest
 
-from devstack.processes import free_port
 from devstack.stack import ROOT, Stack, StackConfig, StackPorts
 from tests.conftest import stack_data_dir
 from tests.faults.harness import Audit
@@ -27,7 +26,7 @@ def fault_stack() -> Iterator[Stack]:
         stack = Stack(
             StackConfig(
                 data_dir=data_dir,
-                ports=StackPorts(*(free_port() for _ in range(6))),
+                ports=StackPorts.free(),
                 env={
                     "ENVIRONMENT": "test",
                     "SIMULATED_DELAY_SECONDS": str(FAULT_DELAY_SECONDS),

@@ -18,7 +18,6 @@ import pytest
 import redis.asyncio
 from jobs.v1 import jobs_service_pb2_grpc as pb_grpc
 
-from devstack.processes import free_port
 from devstack.stack import Stack, StackConfig, StackPorts
 from jobcore.celery_app import JOBS_QUEUE
 from jobcore.store import JobStore
@@ -45,7 +44,7 @@ def backlog_stack() -> Iterator[Stack]:
         stack = Stack(
             StackConfig(
                 data_dir=data_dir,
-                ports=StackPorts(*(free_port() for _ in range(6))),
+                ports=StackPorts.free(),
                 env={
                     "ENVIRONMENT": "test",
                     "SIMULATED_DELAY_SECONDS": "0",

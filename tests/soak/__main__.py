@@ -37,7 +37,7 @@ import grpc
 import psutil
 from jobs.v1 import jobs_service_pb2_grpc as pb_grpc
 
-from devstack.processes import ManagedProcess, free_port, wait_for
+from devstack.processes import ManagedProcess, wait_for
 from devstack.stack import ROOT, Stack, StackConfig, StackPorts
 from jobcore.database import asyncpg_dsn
 from tests.faults.harness import FINAL, Audit, LoadRecord, Submitted, audit, run_load, submit_grpc
@@ -341,7 +341,7 @@ def start_stack(plan: Plan, data_dir: Path) -> Stack:
     stack = Stack(
         StackConfig(
             data_dir=data_dir,
-            ports=StackPorts(*(free_port() for _ in range(6))),
+            ports=StackPorts.free(),
             env={
                 "ENVIRONMENT": "test",
                 "SIMULATED_DELAY_SECONDS": str(DELAY_SECONDS),
