@@ -8,6 +8,7 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import asdict
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
@@ -86,7 +87,7 @@ def _write_report(results: dict[str, tuple[str, float, Audit]]) -> None:
         "given_up",
     ]
     lines = [
-        "# Reliability: the fault-injection suite's last run",
+        "## The fault-injection suite's last run",
         "",
         "Written by `tests/faults/` (part of `make test`) each time it runs. Each scenario breaks a",
         "real process while clients submit (retrying with the same idempotency key until",
@@ -118,5 +119,22 @@ def _write_report(results: dict[str, tuple[str, float, Audit]]) -> None:
         "*retries* client retries of retryable errors; *given_up* submissions never acknowledged.",
         "",
     ]
-    REPORT.parent.mkdir(exist_ok=True)
-    REPORT.write_text("\n".join(lines))
+    _replace_section(REPORT, "\n".join(lines))
+
+
+# The fault suite rewrites only its own section of the report; the rest is written by hand
+# (or by make soak and make mutation, whose figures are pasted in).
+_SECTION_START = "<!-- fault suite: the section below is written by tests/faults/conftest.py -->"
+_SECTION_END = "<!-- end of the fault suite's section -->"
+
+
+def _replace_section(report: Path, section: str) -> None:
+    text = report.read_text() if report.exists() else "# Reliability\n\n"
+    block = f"{_SECTION_START}\n{section}{_SECTION_END}"
+    if _SECTION_START in text and _SECTION_END in text:
+        before, rest = text.split(_SECTION_START, 1)
+        text = before + block + rest.split(_SECTION_END, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    report.parent.mkdir(exist_ok=True)
+    report.write_text(text)
