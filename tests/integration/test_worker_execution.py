@@ -4,19 +4,20 @@ within capacity, deadlines, prompt cancel, duplicates."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import pytest
 
 from jobcore.celery_app import Wakeup
-from jobcore.events import JobEventHub
+from jobcore.events import RESYNC, InboxItem, JobEventHub
 from jobcore.ids import new_job_id
-from jobcore.models import JobStatus
+from jobcore.models import Claim, JobStatus
 from jobcore.operations import Operation, pack_numbers
 from jobcore.store import JobStore
 from tests.eventually import eventually
-from worker.execution import execute_job, start_jobs
+from worker.execution import _until_taken_away, execute_job, start_jobs
 from worker.leases import LeaseKeeper
 from worker.runtime import WorkerServices
 
@@ -140,3 +141,47 @@ async def test_start_jobs_returns_once_its_jobs_are_claimed_never_above_capacity
     assert [job.outcome.result if job.outcome else None for job in finished] == [
         float(n * n) for n in range(len(jobs))
     ]
+
+
+async def test_after_a_listener_reconnect_an_attempt_rereads_its_job_and_stops_only_if_it_changed(
+    services: WorkerServices,
+) -> None:
+    """RESYNC (the listener reconnected, events may be lost): the job is read again; the attempt
+    goes on while it still holds the job, and stops once it is cancelled or another attempt
+    holds it."""
+    store = services.store
+
+    async def claimed() -> tuple[uuid.UUID, Claim]:
+        job, _ = await store.create(
+            job_id=new_job_id(), operation=Operation.SQUARE_SUM, numbers=pack_numbers([1.0])
+        )
+        claim = await store.claim(job.id, lease=timedelta(seconds=30))
+        assert claim is not None
+        return job.id, claim
+
+    async def after_resync(claim: Claim) -> str | None:
+        """What the attempt's watch returns after one RESYNC; None if it keeps waiting."""
+        inbox: asyncio.Queue[InboxItem] = asyncio.Queue()
+        inbox.put_nowait(RESYNC)
+        watch = asyncio.create_task(_until_taken_away(inbox, store, claim))
+        done, _ = await asyncio.wait({watch}, timeout=2)
+        watch.cancel()
+        return watch.result() if done else None
+
+    _, still_held = await claimed()
+    cancelled_id, cancelled = await claimed()
+    await store.cancel(cancelled_id)
+    taken_id, lost = await claimed()
+    # The lease of `lost` runs out and another attempt of the same job takes it.
+    assert await store.renew([lost], lease=timedelta(0)) == {taken_id}
+    await eventually(lambda: _requeued(store, taken_id), until=bool, timeout_seconds=10)
+    assert await store.claim(taken_id, lease=timedelta(seconds=30)) is not None
+
+    assert await after_resync(still_held) is None
+    assert await after_resync(cancelled) == "CANCELLED"
+    assert await after_resync(lost) == "IN_PROGRESS"
+
+
+async def _requeued(store: JobStore, job_id: uuid.UUID) -> bool:
+    await store.requeue_expired(max_attempts=10, limit=100)
+    return (await store.get(job_id)).status == JobStatus.PENDING
