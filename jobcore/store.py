@@ -318,8 +318,10 @@ class JobStore:
             answers.append(None if row is None else claim_from_row(row))
         return answers
 
-    async def renew(self, claims: Sequence[Claim], *, lease: timedelta) -> set[uuid.UUID]:
-        """Extend the leases of these claims in one statement; returns the jobs still held."""
+    async def renew(
+        self, claims: Sequence[Claim], *, lease: timedelta
+    ) -> set[tuple[uuid.UUID, int]]:
+        """Extend the leases of these claims in one statement; the (job id, attempt) still held."""
         if not claims:
             return set()
         rows = await self._fetch(
@@ -328,7 +330,7 @@ class JobStore:
             [claim.attempt for claim in claims],
             lease,
         )
-        return {row["id"] for row in rows}
+        return {(row["id"], row["attempt"]) for row in rows}
 
     async def finish(self, claim: Claim, outcome: Outcome) -> bool:
         """Record the outcome of the claimed attempt; False if that attempt no longer holds the job.

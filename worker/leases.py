@@ -25,34 +25,37 @@ LEASE_TASK = "lease-keeper"
 
 
 class LeaseKeeper:
-    """Renews the leases of running jobs every third of the lease."""
+    """Renews the leases of running jobs every third of the lease.
+
+    Claims are held by attempt, not by job: an old attempt of a job can still be running
+    here when a new attempt of the same job starts (the old one's lease ran out while this
+    process stalled), and each must be renewed, or stopped, on its own.
+    """
 
     def __init__(self, store: JobStore, *, lease: timedelta) -> None:
         self._store = store
         self.lease = lease
-        self._held: dict[uuid.UUID, tuple[Claim, asyncio.Task[Any]]] = {}
+        self._held: dict[tuple[uuid.UUID, int], tuple[Claim, asyncio.Task[Any]]] = {}
 
     @contextlib.contextmanager
     def hold(self, claim: Claim, task: asyncio.Task[Any]) -> Iterator[None]:
         """Keep renewing `claim` while the block runs; cancel `task` if the claim is lost."""
-        held = (claim, task)
-        self._held[claim.job_id] = held
+        key = (claim.job_id, claim.attempt)
+        self._held[key] = (claim, task)
         try:
             yield
         finally:
-            # Only our own entry: a newer attempt of the same job may have replaced it, and
-            # its lease must go on being renewed after this older attempt ends.
-            if self._held.get(claim.job_id) == held:
-                del self._held[claim.job_id]
+            del self._held[key]
 
     async def renew_once(self) -> None:
         """One batched renewal; cancel the tasks whose claim no longer holds."""
-        held = list(self._held.values())
+        held = list(self._held.items())
         if not held:
             return
-        still_held = await self._store.renew([claim for claim, _ in held], lease=self.lease)
-        for claim, task in held:
-            if claim.job_id not in still_held and self._held.get(claim.job_id) == (claim, task):
+        still_held = await self._store.renew([claim for _, (claim, _) in held], lease=self.lease)
+        for key, (claim, task) in held:
+            # An attempt that ended during the renewal needs no stopping.
+            if key not in still_held and key in self._held:
                 logger.warning(
                     "job %s: attempt %d lost its claim; stopping it", claim.job_id, claim.attempt
                 )

@@ -151,7 +151,7 @@ SELECT id, status, operation, created_at, updated_at, last_sequence, result, err
 -- name: renew_leases
 -- Extend the leases of running attempts to $3 from now: job ids $1 with the attempt numbers
 -- $2 that hold them. Fenced on the attempt, so a lost attempt cannot keep alive the attempt
--- that replaced it; returns the ids of the jobs still held.
+-- that replaced it; returns the claims still held (job id and attempt).
 WITH locked AS (
     SELECT id
       FROM jobs
@@ -167,7 +167,7 @@ UPDATE jobs
    AND jobs.id = held.id
    AND jobs.attempt = held.attempt
    AND jobs.status = 'IN_PROGRESS'
-RETURNING jobs.id;
+RETURNING jobs.id, jobs.attempt;
 
 
 -- name: finish_jobs

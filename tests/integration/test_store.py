@@ -231,7 +231,7 @@ async def test_a_lost_attempt_cannot_renew_the_lease_of_the_attempt_that_holds_t
 
     held = await store.renew([lost, other_claim], lease=LEASE)
 
-    assert held == {other.id}
+    assert held == {(other.id, other_claim.attempt)}
     # The current attempt's short lease was not extended by the lost one's renewal.
     await asyncio.sleep(0.01)
     requeued = await store.requeue_expired(max_attempts=3, limit=10_000)
@@ -279,7 +279,7 @@ async def test_renewal_keeps_a_lease_and_reports_claims_that_are_gone(store: Job
     await asyncio.sleep(1.1)
     requeued = await store.requeue_expired(max_attempts=3, limit=10_000)
 
-    assert held == {kept.id}
+    assert held == {(kept.id, claims[0].attempt)}
     assert kept.id not in {job.id for job in requeued}
     assert (await store.get(kept.id)).status == JobStatus.IN_PROGRESS
 

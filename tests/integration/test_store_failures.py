@@ -175,7 +175,10 @@ async def test_the_store_as_a_deadlock_victim_is_a_conflict(
         await asyncio.wait_for(renewing, timeout=10)
     _assert_no_driver_text(raised.value, sqlstate="40P01")
     await blocker.execute("ROLLBACK")
-    assert await store.renew(claims, lease=LEASE) == {low.job_id, high.job_id}
+    assert await store.renew(claims, lease=LEASE) == {
+        (low.job_id, low.attempt),
+        (high.job_id, high.attempt),
+    }
 
 
 async def test_a_serialization_failure_is_a_conflict(

@@ -173,7 +173,7 @@ async def test_after_a_listener_reconnect_an_attempt_rereads_its_job_and_stops_o
     await store.cancel(cancelled_id)
     taken_id, lost = await claimed()
     # The lease of `lost` runs out and another attempt of the same job takes it.
-    assert await store.renew([lost], lease=timedelta(0)) == {taken_id}
+    assert await store.renew([lost], lease=timedelta(0)) == {(taken_id, lost.attempt)}
     await eventually(lambda: _requeued(store, taken_id), until=bool, timeout_seconds=10)
     assert await store.claim(taken_id, lease=timedelta(seconds=30)) is not None
 
