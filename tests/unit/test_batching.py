@@ -158,3 +158,22 @@ async def test_a_batch_full_by_size_does_not_wait_for_the_interval() -> None:
     results = await asyncio.wait_for(asyncio.gather(waiting, coalesce(8)), timeout=30)
     assert list(results) == [12, 16]
     assert recorder.batches[2] == [6]
+
+
+async def test_a_caller_gone_before_its_batch_leaves_the_others_their_answers() -> None:
+    recorder = _Recorder()
+    coalesce = Coalescer(recorder.double, max_batch=3, max_in_flight=1)
+    first = asyncio.create_task(coalesce(0))
+    await asyncio.sleep(0)
+    calls = [asyncio.create_task(coalesce(item)) for item in (2, 4, 6)]
+    await asyncio.sleep(0)
+
+    # The caller of 2 goes away while its item waits; the item still goes (its change stands).
+    calls[0].cancel()
+    await asyncio.sleep(0)
+    recorder.release.set()
+    results = await asyncio.wait_for(asyncio.gather(*calls[1:]), timeout=5)
+    await first
+
+    assert recorder.batches == [[0], [2, 4, 6]]
+    assert results == [8, 12]
