@@ -24,6 +24,7 @@ from jobcore.events import (
     _HEARTBEAT_TICKS_PER_INTERVAL,
     _HEARTBEATS_PER_STEP,
     HEARTBEAT,
+    RESYNC,
     Inbox,
     JobEventHub,
     LoopClock,
@@ -474,3 +475,41 @@ async def test_follow_job_ends_with_an_error_when_the_server_shuts_down() -> Non
 
     with pytest.raises(ServiceShuttingDownError):
         await asyncio.wait_for(next_update, 5)
+
+
+async def test_follow_job_resumes_after_a_sequence_with_the_history_after_it() -> None:
+    hub = _hub()
+    job_id = uuid.uuid4()
+    store = _Store(
+        _job(job_id),
+        [_event(job_id, 2, JobStatus.IN_PROGRESS), _event(job_id, 3, JobStatus.SUCCESS)],
+    )
+
+    async def resumed() -> list[int]:
+        updates = follow_job(hub, cast(JobStore, store), job_id, after_sequence=1, heartbeat=BEAT)
+        return [update.job.sequence async for update in updates]
+
+    sequences = await asyncio.wait_for(resumed(), 5)  # the timeout only guards
+    await hub.stop()
+
+    assert sequences == [2, 3]
+
+
+async def test_follow_job_rereads_what_it_may_have_missed_after_a_reconnect() -> None:
+    hub = _hub()
+    job_id = uuid.uuid4()
+    store = _Store(
+        _job(job_id),
+        [_event(job_id, 2, JobStatus.IN_PROGRESS), _event(job_id, 3, JobStatus.SUCCESS)],
+    )
+    updates = _follow(hub, store, job_id)
+    await anext(updates)
+    hub._broadcast(RESYNC)  # the listener reconnected: notifications may have been lost
+    rest = await asyncio.wait_for(_sequences(updates), 5)  # the timeout only guards
+    await hub.stop()
+
+    assert rest == [2, 3]
+
+
+async def _sequences(updates: AsyncGenerator[WatchUpdate]) -> list[int]:
+    return [update.job.sequence async for update in updates]
