@@ -62,6 +62,14 @@ class Coalescer(Generic[Item, Result]):
         self._start_batches()
         return await future
 
+    async def idle(self) -> None:
+        """Return once nothing is queued or running (the callers of what ran may be gone)."""
+        while self._queue or self._flushing:
+            if self._flushing:
+                await asyncio.wait(set(self._flushing))
+            else:
+                await asyncio.sleep(self._min_interval)  # a batch waits for its interval
+
     def _start_batches(self) -> None:
         loop = asyncio.get_running_loop()
         while self._queue and len(self._flushing) < self._max_in_flight:

@@ -10,6 +10,8 @@ jobcore.batching): the statements take one array per column.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import hashlib
 import logging
@@ -109,6 +111,11 @@ def request_digest(operation: Operation, numbers: bytes | memoryview) -> bytes:
     return digest.digest()
 
 
+# Told of a submitted job as soon as it is stored (created=True) or found under its idempotency
+# key (created=False); see JobStore.create.
+StoredCallback = Callable[[Job, bool], None]
+
+
 @dataclass(frozen=True, slots=True)
 class _NewJob:
     job_id: uuid.UUID
@@ -117,6 +124,7 @@ class _NewJob:
     request_id: str | None
     request_hash: bytes | None
     traceparent: str | None
+    on_stored: StoredCallback | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,11 +206,15 @@ class JobStore:
         operation: Operation,
         numbers: bytes | memoryview,
         request_id: str | None = None,
+        on_stored: StoredCallback | None = None,
     ) -> tuple[Job, bool]:
         """Store a new PENDING job and its first event; (job, created).
 
         With a `request_id` already used for the same request, the original job is
         returned with created=False; for a different request it is an error.
+        `on_stored(job, created)` runs as soon as the answer is known, in the statement's own
+        task: even if the caller was cancelled meanwhile (a deadline, a hang-up), so what must
+        follow a stored job (its wake-up) cannot be lost with the caller.
         """
         return await self._creates(
             _NewJob(
@@ -212,8 +224,18 @@ class JobStore:
                 request_id=request_id or None,
                 request_hash=request_digest(operation, numbers) if request_id else None,
                 traceparent=_traceparent(),
+                on_stored=on_stored,
             )
         )
+
+    async def finish_writes(self, *, timeout_seconds: float) -> None:
+        """Wait (at most `timeout_seconds`) until the statements queued or running have run.
+
+        At shutdown: their callers may be gone, and their `on_stored` callbacks still run.
+        """
+        waiting = [batches.idle() for batches in (self._creates, self._claims, self._finishes)]
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*waiting), timeout_seconds)
 
     async def _create_batch(
         self, new_jobs: list[_NewJob]
@@ -231,6 +253,14 @@ class JobStore:
                 _CREATE_ROUNDS,
             )
             answers[index] = StoreConflictError(CONFLICT_MESSAGE)
+        for index, new in enumerate(new_jobs):
+            answer = answers[index]
+            if new.on_stored is not None and isinstance(answer, tuple):
+                try:
+                    new.on_stored(*answer)
+                except Exception:
+                    # The job is stored either way; its callers still get their answers.
+                    logger.exception("job %s: on_stored failed", answer[0].id)
         return [answers[index] for index in range(len(new_jobs))]
 
     async def _insert_or_find(

@@ -172,7 +172,7 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> in
     await server.stop(grace)
     # Jobs accepted during the drain still get their wake-up (else maintenance sends it),
     # those whose callers hung up before they were stored included.
-    await servicer.finish_submits(timeout_seconds=flush)
+    await store.finish_writes(timeout_seconds=flush)
     if supervisor.is_running(DISPATCHER_TASK):
         await dispatcher.flush(timeout_seconds=flush)
     await supervisor.stop()

@@ -57,9 +57,12 @@ class Dispatcher:
         """How many wake-up messages wait in the broker's queue (redis errors propagate)."""
         return await self._publisher.waiting()
 
-    def dispatch(self, job_id: uuid.UUID) -> None:
-        """Queue a wake-up for a committed job (with the caller's trace context); never blocks."""
-        self._waiting.append(Wakeup(job_id, trace_headers().get("traceparent")))
+    def dispatch(self, job_id: uuid.UUID, *, traceparent: str | None = None) -> None:
+        """Queue a wake-up for a committed job; never blocks.
+
+        It carries `traceparent`, or else the trace context of the code that calls this.
+        """
+        self._waiting.append(Wakeup(job_id, traceparent or trace_headers().get("traceparent")))
         self._idle.clear()
         self._more.set()
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
+import functools
 import logging
 import re
 from collections.abc import AsyncIterator, Callable
@@ -21,9 +21,9 @@ from jobcore.events import JobEventHub
 from jobcore.ids import new_job_id
 from jobcore.listing import decode_page_token, encode_page_token, page_size_of, parse_filter
 from jobcore.models import Job, JobStatus
-from jobcore.operations import Operation, pack_numbers, validate_numbers
+from jobcore.operations import pack_numbers, validate_numbers
 from jobcore.store import JobStore
-from jobcore.tracing import context_from, tracer
+from jobcore.tracing import context_from, trace_headers, tracer
 from server.conversions import job_id_from_proto, job_to_proto, operation_from_proto
 from server.dispatcher import Dispatcher
 from server.metrics import JOBS_SUBMITTED
@@ -102,12 +102,6 @@ def _after_sequence(request: pb.WatchJobRequest, context: Context) -> int:
     return int(header)
 
 
-def _log_abandoned_failure(submitting: asyncio.Task[tuple[Job, bool]]) -> None:
-    """Log why a submit whose caller went away failed: nobody else will see the error."""
-    if not submitting.cancelled() and (error := submitting.exception()) is not None:
-        logger.warning("SubmitJob failed after its caller went away", exc_info=error)
-
-
 def _trace_delivery(update: WatchUpdate) -> None:
     """A span in the trace of the change (SubmitJob, the worker, CancelJob) for its delivery."""
     with tracer().start_as_current_span(
@@ -140,8 +134,6 @@ class JobServicer(pb_grpc.JobServiceServicer):
         self._hub = hub
         self._max_job_numbers = max_job_numbers
         self._watch_heartbeat = watch_heartbeat
-        # Submissions whose caller may be gone: referenced until done, so none is collected.
-        self._submitting: set[asyncio.Task[tuple[Job, bool]]] = set()
 
     async def SubmitJob(
         self, request: pb.SubmitJobRequest | ReceivedSubmitJob, context: Context
@@ -160,44 +152,29 @@ class JobServicer(pb_grpc.JobServiceServicer):
         request_id = _collect(violations, lambda: _request_id(received.message, context))
         if violations or numbers is None or operation is None:
             raise InvalidJobError(violations)
-        # Storing and dispatching run as one task the caller's cancellation (a deadline, a
-        # hang-up) cannot split: a job stored without its wake-up would wait for the
-        # redispatch sweep, and its idempotent retries would not wake a worker either.
-        submitting = asyncio.create_task(
-            self._store_and_dispatch(
-                operation=operation, numbers=pack_numbers(numbers), request_id=request_id
-            )
+        # The wake-up is queued by the store's callback, not after the await: a caller that
+        # goes away (a deadline, a hang-up) once its job is stored must not take it along.
+        job, _ = await self._store.create(
+            job_id=new_job_id(),
+            operation=operation,
+            numbers=pack_numbers(numbers),
+            request_id=request_id,
+            on_stored=functools.partial(
+                self._wake_a_worker, traceparent=trace_headers().get("traceparent")
+            ),
         )
-        self._submitting.add(submitting)
-        submitting.add_done_callback(self._submitting.discard)
-        try:
-            job, _ = await asyncio.shield(submitting)
-        except asyncio.CancelledError:
-            submitting.add_done_callback(_log_abandoned_failure)
-            raise
         trace.get_current_span().set_attribute("job.id", str(job.id))
         return job_to_proto(job, with_result=False)
 
-    async def finish_submits(self, *, timeout_seconds: float) -> None:
-        """Wait (at most `timeout_seconds`) for submits whose callers went away to store and dispatch."""
-        if self._submitting:
-            await asyncio.wait(set(self._submitting), timeout=timeout_seconds)
-
-    async def _store_and_dispatch(
-        self, *, operation: Operation, numbers: bytes | memoryview, request_id: str | None
-    ) -> tuple[Job, bool]:
-        """Store the job, then queue its wake-up; (job, created) as JobStore.create answers."""
-        job, created = await self._store.create(
-            job_id=new_job_id(), operation=operation, numbers=numbers, request_id=request_id
-        )
+    def _wake_a_worker(self, job: Job, created: bool, *, traceparent: str | None) -> None:
+        """Queue the wake-up of a stored job (JobStore.create calls this as soon as it is stored)."""
         if created:
-            JOBS_SUBMITTED.labels(operation.value).inc()
+            JOBS_SUBMITTED.labels(job.operation.value).inc()
         # A retry of a job still PENDING may be all that is left of a submit whose wake-up
         # was lost, so it wakes a worker again: a duplicate wake-up is harmless, because
         # claiming a job is a compare-and-set.
         if created or job.status is JobStatus.PENDING:
-            self._dispatcher.dispatch(job.id)
-        return job, created
+            self._dispatcher.dispatch(job.id, traceparent=traceparent)
 
     async def GetStatus(self, request: pb.GetStatusRequest, context: Context) -> pb.Job:
         job = await self._store.get(job_id_from_proto(request.job_id))
