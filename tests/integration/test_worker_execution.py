@@ -185,3 +185,19 @@ async def test_after_a_listener_reconnect_an_attempt_rereads_its_job_and_stops_o
 async def _requeued(store: JobStore, job_id: uuid.UUID) -> bool:
     await store.requeue_expired(max_attempts=10, limit=100)
     return (await store.get(job_id)).status == JobStatus.PENDING
+
+
+async def test_a_result_beyond_the_largest_double_fails_the_job_with_a_readable_error(
+    services: WorkerServices,
+) -> None:
+    job, _ = await services.store.create(
+        job_id=new_job_id(), operation=Operation.CUBE_SUM, numbers=pack_numbers([1e300])
+    )
+
+    await execute_job(services, job.id, delay=timedelta(0), deadline=timedelta(seconds=30))
+
+    failed = await services.store.get(job.id)
+    assert failed.status == JobStatus.FAILED
+    assert failed.outcome is not None
+    assert failed.outcome.error is not None
+    assert "beyond the largest double" in failed.outcome.error
