@@ -16,6 +16,7 @@ import httpx
 import pytest
 from jobs.v1 import jobs_service_pb2_grpc as pb_grpc
 
+from devstack.processes import free_port
 from devstack.stack import Stack, StackConfig, StackPorts
 
 # Short enough to keep the suite quick, long enough to observe IN_PROGRESS.
@@ -34,6 +35,37 @@ def stack_data_dir(name: str) -> Iterator[Path]:
         return
     with tempfile.TemporaryDirectory(prefix=f"jobs-{name}-") as data_dir:
         yield Path(data_dir)
+
+
+@contextlib.contextmanager
+def second_server(stack: Stack, name: str, *, database_url: str | None = None) -> Iterator[Stack]:
+    """A gRPC server and gateway of their own, with no worker, on `stack`'s PostgreSQL and Redis.
+
+    For tests that need a server configured unlike the session's (message limits, database
+    settings) without a second database and broker.
+    """
+    with stack_data_dir(name) as data_dir:
+        second = Stack(
+            StackConfig(
+                data_dir=data_dir,
+                ports=StackPorts(
+                    grpc=free_port(),
+                    http=free_port(),
+                    envoy_admin=free_port(),
+                    flower=free_port(),
+                    postgres=stack.config.ports.postgres,
+                    redis=stack.config.ports.redis,
+                ),
+                database_url=database_url or stack.database_url,
+                database_migration_url=stack.migration_database_url,
+                redis_url=stack.redis_url,
+                env={"ENVIRONMENT": "test"},
+                workers=0,
+                flower=False,
+            )
+        )
+        with second:
+            yield second
 
 
 @pytest.fixture(scope="session")

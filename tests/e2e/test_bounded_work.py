@@ -20,9 +20,8 @@ import pytest
 from jobs.v1 import jobs_service_pb2 as pb
 from jobs.v1 import jobs_service_pb2_grpc as pb_grpc
 
-from devstack.processes import free_port
-from devstack.stack import Stack, StackConfig, StackPorts
-from tests.conftest import stack_data_dir
+from devstack.stack import Stack
+from tests.conftest import second_server
 
 CLAUSE = 'status = "FAILED" AND '
 # About 48,000 clauses: what froze the server for seconds before filters were capped.
@@ -38,29 +37,8 @@ LONG_REST_FILTER = CLAUSE * (4 * 1024 // len(CLAUSE))
 @pytest.fixture(scope="module")
 def roomy(stack: Stack) -> Iterator[Stack]:
     """A second server and gateway with the default message size limits."""
-    with stack_data_dir("bounded-work") as data_dir:
-        ports = StackPorts(
-            grpc=free_port(),
-            http=free_port(),
-            envoy_admin=free_port(),
-            flower=free_port(),
-            postgres=stack.config.ports.postgres,
-            redis=stack.config.ports.redis,
-        )
-        second = Stack(
-            StackConfig(
-                data_dir=data_dir,
-                ports=ports,
-                database_url=stack.database_url,
-                database_migration_url=stack.migration_database_url,
-                redis_url=stack.redis_url,
-                env={"ENVIRONMENT": "test"},
-                workers=0,
-                flower=False,
-            )
-        )
-        with second:
-            yield second
+    with second_server(stack, "bounded-work") as second:
+        yield second
 
 
 async def _status_latencies(

@@ -20,10 +20,9 @@ from google.rpc import error_details_pb2, status_pb2
 from jobs.v1 import jobs_service_pb2 as pb
 from jobs.v1 import jobs_service_pb2_grpc as pb_grpc
 
-from devstack.processes import free_port
-from devstack.stack import Stack, StackConfig, StackPorts
+from devstack.stack import Stack
 from jobcore.database import asyncpg_dsn
-from tests.conftest import stack_data_dir
+from tests.conftest import second_server
 from tests.eventually import eventually
 
 STATEMENT_TIMEOUT_MS = 2000
@@ -37,28 +36,10 @@ def strict(stack: Stack) -> Iterator[Stack]:
         f"statement_timeout={STATEMENT_TIMEOUT_MS}&default_transaction_isolation=repeatable%20read"
     )
     separator = "&" if "?" in stack.database_url else "?"
-    with stack_data_dir("store-failures") as data_dir:
-        second = Stack(
-            StackConfig(
-                data_dir=data_dir,
-                ports=StackPorts(
-                    grpc=free_port(),
-                    http=free_port(),
-                    envoy_admin=free_port(),
-                    flower=free_port(),
-                    postgres=stack.config.ports.postgres,
-                    redis=stack.config.ports.redis,
-                ),
-                database_url=stack.database_url + separator + settings,
-                database_migration_url=stack.migration_database_url,
-                redis_url=stack.redis_url,
-                env={"ENVIRONMENT": "test"},
-                workers=0,
-                flower=False,
-            )
-        )
-        with second:
-            yield second
+    with second_server(
+        stack, "store-failures", database_url=stack.database_url + separator + settings
+    ) as second:
+        yield second
 
 
 @pytest.fixture
