@@ -27,8 +27,6 @@ from hypothesis import strategies as st
 from jobs.v1 import jobs_service_pb2 as pb
 from jobs.v1 import jobs_service_pb2_grpc as pb_grpc
 
-from devstack.stack import Stack
-
 HOSTILE = settings(
     max_examples=100,
     deadline=None,
@@ -208,30 +206,6 @@ raw_bodies = st.sampled_from(METHODS).flatmap(
 )
 
 # --- fixtures and checks ------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def channel(stack: Stack) -> Iterator[grpc.Channel]:
-    with grpc.insecure_channel(stack.grpc_target) as opened:
-        yield opened
-
-
-@pytest.fixture(scope="module")
-def gateway(stack: Stack) -> Iterator[grpc.Channel]:
-    """Native gRPC through Envoy."""
-    with grpc.insecure_channel(stack.gateway_target) as opened:
-        yield opened
-
-
-@pytest.fixture(scope="module")
-def stub(channel: grpc.Channel) -> pb_grpc.JobServiceStub:
-    return pb_grpc.JobServiceStub(channel)
-
-
-@pytest.fixture(scope="module")
-def rest(stack: Stack) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=stack.http_base, timeout=30) as client:
-        yield client
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ import math
 import struct
 import urllib.parse
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import grpc
@@ -27,7 +26,6 @@ from hypothesis import strategies as st
 from jobs.v1 import jobs_service_pb2 as pb
 from jobs.v1 import jobs_service_pb2_grpc as pb_grpc
 
-from devstack.stack import Stack
 from tests.conftest import TEST_MAX_JOB_NUMBERS, TEST_MAX_MESSAGE_BYTES
 
 HOSTILE = settings(
@@ -47,32 +45,6 @@ json_values = st.recursive(
     ),
     max_leaves=20,
 )
-
-
-@pytest.fixture(scope="module")
-def channel(stack: Stack) -> Iterator[grpc.Channel]:
-    with grpc.insecure_channel(
-        stack.grpc_target, options=[("grpc.max_send_message_length", 64 * 1024 * 1024)]
-    ) as opened:
-        yield opened
-
-
-@pytest.fixture(scope="module")
-def gateway(stack: Stack) -> Iterator[grpc.Channel]:
-    """Native gRPC through Envoy."""
-    with grpc.insecure_channel(stack.gateway_target) as opened:
-        yield opened
-
-
-@pytest.fixture(scope="module")
-def stub(channel: grpc.Channel) -> pb_grpc.JobServiceStub:
-    return pb_grpc.JobServiceStub(channel)
-
-
-@pytest.fixture(scope="module")
-def rest(stack: Stack) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=stack.http_base, timeout=30) as client:
-        yield client
 
 
 def _violated_fields(error: grpc.RpcError) -> set[str]:
