@@ -53,6 +53,52 @@ class IdempotencyKeyReusedError(JobError):
         )
 
 
+class UnauthenticatedError(JobError):
+    """The call carries no credential, or one that is malformed, unknown, expired or revoked.
+
+    The message says which, without echoing the credential.
+    """
+
+
+class PermissionDeniedError(JobError):
+    """The caller is known but its credential lacks the scope the method needs."""
+
+    def __init__(self, scope: str) -> None:
+        self.scope = scope
+        super().__init__(f"this credential lacks the scope {scope!r} that this method needs")
+
+
+class ApiKeyNotFoundError(JobError):
+    """No API key has this id."""
+
+    def __init__(self, key_id: str) -> None:
+        self.key_id = key_id
+        super().__init__(f"API key {key_id} not found")
+
+
+class QuotaExceededError(JobError):
+    """The tenant already has its maximum of unfinished jobs: wait for some to finish."""
+
+    def __init__(self, tenant: str, limit: int) -> None:
+        self.tenant = tenant
+        self.limit = limit
+        super().__init__(
+            f"tenant {tenant!r} already has its maximum of {limit} unfinished jobs; "
+            "submit again once some have finished"
+        )
+
+
+class RateLimitedError(JobError):
+    """The caller sent more requests than its rate allows; it may call again after a while."""
+
+    def __init__(self, limit: str, retry_after_seconds: float) -> None:
+        self.limit = limit
+        self.retry_after_seconds = retry_after_seconds
+        super().__init__(
+            f"request rate limit of {limit} exceeded; retry in {retry_after_seconds:.0f} s"
+        )
+
+
 class TransientError(JobError):
     """A dependency failed in a way that passes: the same call may succeed if retried later.
 

@@ -123,11 +123,13 @@ class LoopClock:
 class Inbox(asyncio.Queue[InboxItem]):
     """One subscriber's queue; it notes when it last received anything, for heartbeats."""
 
-    def __init__(self, clock: LoopClock) -> None:
+    def __init__(self, clock: LoopClock, *, tenant: str | None = None) -> None:
         super().__init__()
         self._now = clock.now
         self.quiet_since = self._now()
         self.closed = False
+        # Events of another tenant never reach this inbox (None: the service's own, any tenant).
+        self.tenant = tenant
 
     def put_nowait(self, item: InboxItem) -> None:
         """Queue the item; the quiet interval starts again."""
@@ -260,9 +262,16 @@ class JobEventHub:
 
     @contextlib.contextmanager
     def subscribe(
-        self, job_id: uuid.UUID, *, heartbeat: timedelta | None = None
+        self,
+        job_id: uuid.UUID,
+        *,
+        tenant: str | None = None,
+        heartbeat: timedelta | None = None,
     ) -> Iterator[Inbox]:
         """An inbox that receives every event of this job committed from now on.
+
+        With `tenant`, only the events of that tenant's job: a stream never carries another
+        tenant's event, whatever id it was opened for.
 
         With `heartbeat`, HEARTBEAT arrives whenever nothing else did for that long (the
         first one sooner, at a random point of the interval, so streams opened together
@@ -270,7 +279,7 @@ class JobEventHub:
         """
         if self._closing:
             raise ServiceShuttingDownError("the server is shutting down")
-        inbox = Inbox(self._clock)
+        inbox = Inbox(self._clock, tenant=tenant)
         self._inboxes[job_id].add(inbox)
         if heartbeat is not None:
             clock = self._clocks.get(heartbeat)
@@ -300,7 +309,8 @@ class JobEventHub:
             logger.exception("ignoring malformed job event notification: %.200s", payload)
             return
         for inbox in self._inboxes.get(event.job_id, ()):
-            inbox.put_nowait(event)
+            if inbox.tenant is None or inbox.tenant == event.tenant:
+                inbox.put_nowait(event)
 
     def _broadcast(self, item: _Signal) -> None:
         for inboxes in self._inboxes.values():

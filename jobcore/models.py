@@ -61,6 +61,8 @@ class JobEvent:
     outcome: Outcome | None
     attempts: int = 0  # the job's attempt count right after this change
     traceparent: str | None = None  # trace context of the change, when tracing is on
+    tenant: str | None = None  # whose job it is (always set on events read from PostgreSQL)
+    actor: str | None = None  # who caused the change (see jobcore.identity.Principal.actor)
 
     def apply_to(self, job: Job) -> Job:
         """The job as it is right after this event."""

@@ -19,6 +19,7 @@ QueryName = Literal[
     "ping",
     "get_job",
     "get_job_by_request_id",
+    "tenant_unfinished_jobs",
     "list_jobs",
     "events_after",
     "create_jobs",

@@ -47,6 +47,8 @@ def event_from_row(row: Row) -> JobEvent:
         outcome=_outcome(row, status),
         attempts=row["attempt"],
         traceparent=row["traceparent"],
+        tenant=row["tenant"],
+        actor=row["actor"],
     )
 
 

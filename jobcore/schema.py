@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from sqlalchemy import (
+    BigInteger,
     CheckConstraint,
     Column,
     DateTime,
@@ -17,6 +18,7 @@ from sqlalchemy import (
     Text,
     Uuid,
 )
+from sqlalchemy.dialects.postgresql import ARRAY
 
 # Notified (with the event row as JSON) every time a job_events row is inserted,
 # i.e. exactly when a state change commits. Servers LISTEN on it to push WatchJob updates.
@@ -28,6 +30,8 @@ jobs = Table(
     "jobs",
     metadata,
     Column("id", Uuid, primary_key=True),
+    # Whose job it is: the tenant of the credential that submitted it. Every read is by tenant.
+    Column("tenant", Text, nullable=False),
     Column("operation", Text, nullable=False),
     Column("status", Text, nullable=False),
     # Little-endian float64s, 8 bytes a number: compact, and read back in one piece.
@@ -68,12 +72,26 @@ Index(
     jobs.c.updated_at,
     postgresql_where=jobs.c.status.in_(["SUCCESS", "FAILED", "CANCELLED"]),
 )
-# ListJobs: newest first, alone or within one status or operation.
-Index("jobs_by_creation", jobs.c.created_at.desc(), jobs.c.id.desc())
-Index("jobs_by_status_creation", jobs.c.status, jobs.c.created_at.desc(), jobs.c.id.desc())
-Index("jobs_by_operation_creation", jobs.c.operation, jobs.c.created_at.desc(), jobs.c.id.desc())
+# ListJobs: one tenant's jobs newest first, alone or within one status or operation.
+Index("jobs_by_tenant_creation", jobs.c.tenant, jobs.c.created_at.desc(), jobs.c.id.desc())
 Index(
-    "jobs_request_id",
+    "jobs_by_tenant_status_creation",
+    jobs.c.tenant,
+    jobs.c.status,
+    jobs.c.created_at.desc(),
+    jobs.c.id.desc(),
+)
+Index(
+    "jobs_by_tenant_operation_creation",
+    jobs.c.tenant,
+    jobs.c.operation,
+    jobs.c.created_at.desc(),
+    jobs.c.id.desc(),
+)
+# Idempotency keys are per tenant: two tenants may use the same key independently.
+Index(
+    "jobs_tenant_request_id",
+    jobs.c.tenant,
     jobs.c.request_id,
     unique=True,
     postgresql_where=jobs.c.request_id.is_not(None),
@@ -84,6 +102,9 @@ job_events = Table(
     metadata,
     Column("job_id", Uuid, ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False),
     Column("sequence", Integer, nullable=False),
+    # The job's tenant, so every notification says whose it is and no stream delivers it to
+    # another tenant.
+    Column("tenant", Text, nullable=False),
     Column("status", Text, nullable=False),
     Column("occurred_at", DateTime(timezone=True), nullable=False),
     Column("result", Double, nullable=True),
@@ -91,5 +112,33 @@ job_events = Table(
     Column("attempt", Integer, nullable=False, server_default="0"),
     # The W3C trace context of the change (when tracing is on), so watchers join the trace.
     Column("traceparent", Text, nullable=True),
+    # Who caused the change: `key:<prefix>` or `jwt:<subject>` for a caller, `worker` or
+    # `maintenance` for the service itself.
+    Column("actor", Text, nullable=True),
     PrimaryKeyConstraint("job_id", "sequence"),
+)
+
+# Credentials the service issues. Only a SHA-256 of each key's 256-bit secret is kept; the
+# prefix is the key's public start, shown in listings and in job histories.
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("prefix", Text, nullable=False, unique=True),
+    Column("secret_hash", LargeBinary, nullable=False, unique=True),
+    Column("tenant", Text, nullable=False),
+    Column("scopes", ARRAY(Text), nullable=False),
+    Column("name", Text, nullable=False, server_default=""),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=True),
+    Column("revoked_at", DateTime(timezone=True), nullable=True),
+)
+
+# Each tenant's PENDING and IN_PROGRESS jobs, kept by statement triggers on jobs (migration
+# 0005), so the quota is checked without counting jobs.
+tenant_usage = Table(
+    "tenant_usage",
+    metadata,
+    Column("tenant", Text, primary_key=True),
+    Column("unfinished_jobs", BigInteger, nullable=False, server_default="0"),
 )

@@ -65,6 +65,34 @@ class Settings(BaseSettings):
     grpc_tls_key_file: str = ""
     # Server reflection (grpcurl list/describe); unset: on, except in production.
     grpc_reflection: bool | None = None
+    # `required`: every JobService and AdminService call needs an API key or a JWT. `none`: every
+    # call is one anonymous caller of the tenant `default` with every scope (a throwaway laptop
+    # only; refused in production).
+    auth_mode: Literal["required", "none"] = "required"
+    # JWTs of an OpenID Connect provider, verified against its JWKS (a URL, or a file for
+    # tests and air-gapped sites); neither set: API keys only.
+    auth_jwks_url: str = ""
+    auth_jwks_file: str = ""
+    # The `iss` and `aud` every token must carry (required when a JWKS is configured).
+    auth_jwt_issuer: str = ""
+    auth_jwt_audience: str = ""
+    # The claim that names the token's tenant.
+    auth_jwt_tenant_claim: str = "tenant"
+    # Clock skew tolerated on `exp`, `nbf` and `iat`.
+    auth_jwt_leeway_seconds: float = Field(default=10.0, ge=0, le=300)
+    # Each server re-reads the API keys this often: a new or revoked key takes effect on every
+    # replica within this long, and no call waits on the database to verify a key.
+    api_key_refresh_seconds: float = Field(default=1.0, gt=0, le=5)
+    # Signs ListJobs page tokens (HMAC-SHA256), so a token cannot be forged into another filter or
+    # tenant. Every replica needs the same value. Empty: a random one per process (development).
+    page_token_secret: str = ""
+    # Unfinished (PENDING or IN_PROGRESS) jobs a tenant may have at once, and per-tenant values
+    # as JSON, e.g. {"acme": 500000}.
+    max_unfinished_jobs_per_tenant: int = Field(default=100_000, ge=1)
+    tenant_max_unfinished_jobs: dict[str, int] = Field(default_factory=dict)
+    # Requests per credential, shared by every replica through Redis, in the `limits`
+    # library's notation ("1000/second", "50000 per minute"); empty: no limit.
+    rate_limit_per_credential: str = "10000/second"
     # Prometheus metrics of this process at http://METRICS_HOST:METRICS_PORT/metrics; 0: off.
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(default=0, ge=0, le=65535)
@@ -112,9 +140,31 @@ class Settings(BaseSettings):
             raise ValueError("GRPC_TLS_CERT_FILE and GRPC_TLS_KEY_FILE go together: set both")
         return self
 
+    def max_unfinished_jobs(self, tenant: str) -> int:
+        """The tenant's limit on unfinished jobs (TENANT_MAX_UNFINISHED_JOBS, else the default)."""
+        return self.tenant_max_unfinished_jobs.get(tenant, self.max_unfinished_jobs_per_tenant)
+
+    @model_validator(mode="after")
+    def _jwt_settings_together(self) -> Settings:
+        if self.auth_jwks_url and self.auth_jwks_file:
+            raise ValueError("set AUTH_JWKS_URL or AUTH_JWKS_FILE, not both")
+        if (self.auth_jwks_url or self.auth_jwks_file) and not (
+            self.auth_jwt_issuer and self.auth_jwt_audience
+        ):
+            raise ValueError(
+                "a JWKS needs AUTH_JWT_ISSUER and AUTH_JWT_AUDIENCE: tokens are checked against both"
+            )
+        return self
+
     @model_validator(mode="after")
     def _no_development_secrets_in_production(self) -> Settings:
         if self.environment == "production":
+            if self.auth_mode == "none":
+                raise ValueError("AUTH_MODE=none (no authentication) is refused in production")
+            if not self.page_token_secret:
+                raise ValueError(
+                    "PAGE_TOKEN_SECRET must be set in production (the same on every replica)"
+                )
             if self.database_url == DEVELOPMENT_DATABASE_URL:
                 raise ValueError("DATABASE_URL must be set explicitly in production")
             if self.flower_basic_auth == DEVELOPMENT_FLOWER_BASIC_AUTH:

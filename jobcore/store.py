@@ -29,8 +29,10 @@ from jobcore.errors import (
     IdempotencyKeyReusedError,
     JobAlreadyFinishedError,
     JobNotFoundError,
+    QuotaExceededError,
     StoreConflictError,
 )
+from jobcore.identity import Principal
 from jobcore.listing import Condition, Field, Operator, PageCursor
 from jobcore.models import Claim, Job, JobEvent, JobStatus, Outcome
 from jobcore.operations import Operation
@@ -90,12 +92,12 @@ _LIST_SHAPES_KEPT = 128
 
 @functools.lru_cache(maxsize=_LIST_SHAPES_KEPT)
 def _list_jobs_sql(shape: tuple[tuple[Field, Operator], ...], *, after_cursor: bool) -> str:
-    """list_jobs with one whitelisted fragment per condition (parameters from $2), and the
-    cursor's after them; $1 is the row limit. Built once per shape, so the text, and with it
+    """list_jobs with one whitelisted fragment per condition (parameters from $3), and the
+    cursor's after them; $1 is the row limit, $2 the tenant. Built once per shape, so the text, and with it
     the prepared statement, is reused."""
-    fragments = [_CONDITION_SQL[key].format(n=n) for n, key in enumerate(shape, start=2)]
+    fragments = [_CONDITION_SQL[key].format(n=n) for n, key in enumerate(shape, start=3)]
     if after_cursor:
-        fragments.append(_AFTER_CURSOR_SQL.format(n=len(shape) + 2, m=len(shape) + 3))
+        fragments.append(_AFTER_CURSOR_SQL.format(n=len(shape) + 3, m=len(shape) + 4))
     return _LIST_HEAD + "".join(f"   AND {fragment}\n" for fragment in fragments) + _LIST_TAIL
 
 
@@ -112,8 +114,8 @@ def request_digest(operation: Operation, numbers: bytes | memoryview) -> bytes:
 
 
 # Told of a submitted job as soon as it is stored (created=True) or found under its idempotency
-# key (created=False); see JobStore.create.
-StoredCallback = Callable[[Job, bool], None]
+# key (created=False), with its tenant's unfinished jobs ahead of it; see JobStore.create.
+StoredCallback = Callable[[Job, bool, int], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +126,15 @@ class _NewJob:
     request_id: str | None
     request_hash: bytes | None
     traceparent: str | None
+    tenant: str
+    actor: str
+    max_unfinished_jobs: int
     on_stored: StoredCallback | None
+
+
+# What a submission comes to: the job, whether this call created it, and its tenant's
+# unfinished jobs ahead of it when it was stored.
+_Stored = tuple[Job, bool, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +196,11 @@ class JobStore:
         """
         return cls(await create_pool(database_url, pool_size=pool_size), pool_wait=pool_wait)
 
+    @property
+    def database(self) -> Database:
+        """The pool this store runs on, for the other owners of statements (jobcore.keys)."""
+        return self._database
+
     async def close(self) -> None:
         """Close the pool's connections (waiting briefly for calls in progress)."""
         await self._database.close()
@@ -205,18 +220,21 @@ class JobStore:
         job_id: uuid.UUID,
         operation: Operation,
         numbers: bytes | memoryview,
+        owner: Principal,
+        max_unfinished_jobs: int,
         request_id: str | None = None,
         on_stored: StoredCallback | None = None,
     ) -> tuple[Job, bool]:
-        """Store a new PENDING job and its first event; (job, created).
+        """Store a new PENDING job of the owner's tenant and its first event; (job, created).
 
-        With a `request_id` already used for the same request, the original job is
-        returned with created=False; for a different request it is an error.
-        `on_stored(job, created)` runs as soon as the answer is known, in the statement's own
-        task: even if the caller was cancelled meanwhile (a deadline, a hang-up), so what must
-        follow a stored job (its wake-up) cannot be lost with the caller.
+        With a `request_id` the tenant already used for the same request, the original job is
+        returned with created=False; for a different request it is an error. A tenant that
+        already has `max_unfinished_jobs` unfinished jobs gets QuotaExceededError.
+        `on_stored(job, created, backlog)` runs as soon as the answer is known, in the
+        statement's own task: even if the caller was cancelled meanwhile (a deadline, a
+        hang-up), so what must follow a stored job (its wake-up) cannot be lost with the caller.
         """
-        return await self._creates(
+        job, created, _ = await self._creates(
             _NewJob(
                 job_id=job_id,
                 operation=operation,
@@ -224,9 +242,13 @@ class JobStore:
                 request_id=request_id or None,
                 request_hash=request_digest(operation, numbers) if request_id else None,
                 traceparent=_traceparent(),
+                tenant=owner.tenant,
+                actor=owner.actor,
+                max_unfinished_jobs=max_unfinished_jobs,
                 on_stored=on_stored,
             )
         )
+        return job, created
 
     async def finish_writes(self, *, timeout_seconds: float) -> None:
         """Wait (at most `timeout_seconds`) until the statements queued or running have run.
@@ -237,10 +259,8 @@ class JobStore:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.gather(*waiting), timeout_seconds)
 
-    async def _create_batch(
-        self, new_jobs: list[_NewJob]
-    ) -> list[tuple[Job, bool] | BaseException]:
-        answers: dict[int, tuple[Job, bool] | BaseException] = {}
+    async def _create_batch(self, new_jobs: list[_NewJob]) -> list[_Stored | BaseException]:
+        answers: dict[int, _Stored | BaseException] = {}
         waiting = list(enumerate(new_jobs))
         for _ in range(_CREATE_ROUNDS):
             waiting = await self._insert_or_find(waiting, answers)
@@ -266,7 +286,7 @@ class JobStore:
     async def _insert_or_find(
         self,
         waiting: list[tuple[int, _NewJob]],
-        answers: dict[int, tuple[Job, bool] | BaseException],
+        answers: dict[int, _Stored | BaseException],
     ) -> list[tuple[int, _NewJob]]:
         """Insert these jobs, answering each by its index; those whose key was freed meanwhile."""
         rows = await self._fetch(
@@ -278,40 +298,74 @@ class JobStore:
             [new.request_id for _, new in waiting],
             [new.request_hash for _, new in waiting],
             [new.traceparent for _, new in waiting],
+            [new.tenant for _, new in waiting],
+            [new.actor for _, new in waiting],
+            [new.max_unfinished_jobs for _, new in waiting],
         )
         created = {row["id"]: row for row in rows}
         freed: list[tuple[int, _NewJob]] = []
         for index, new in waiting:
             row = created.get(new.job_id)
             if row is not None:
-                answers[index] = (job_from_row(row), True)
+                answers[index] = (job_from_row(row), True, row["backlog"])
                 continue
             # The key was used before (perhaps earlier in this batch): same request, same job.
-            existing = await self._fetch("get_job_by_request_id", new.request_id)
-            if not existing:
-                freed.append((index, new))  # its job was purged since the insert
-            elif existing[0]["request_hash"] != new.request_hash:
-                answers[index] = IdempotencyKeyReusedError(new.request_id or "")
+            existing = (
+                await self._fetch("get_job_by_request_id", new.tenant, new.request_id)
+                if new.request_id is not None
+                else []
+            )
+            if existing:
+                if existing[0]["request_hash"] != new.request_hash:
+                    answers[index] = IdempotencyKeyReusedError(new.request_id or "")
+                else:
+                    answers[index] = (job_from_row(existing[0]), False, 0)
+            elif await self._over_quota(new):
+                answers[index] = QuotaExceededError(new.tenant, new.max_unfinished_jobs)
             else:
-                answers[index] = (job_from_row(existing[0]), False)
+                freed.append((index, new))  # its key's job was purged since the insert
         return freed
 
-    async def get(self, job_id: uuid.UUID) -> Job:
-        """The job's current state; JobNotFoundError if there is no such job."""
-        rows = await self._fetch("get_job", job_id)
+    async def _over_quota(self, new: _NewJob) -> bool:
+        """Whether the job's tenant has no room for another unfinished job."""
+        rows = await self._fetch("tenant_unfinished_jobs", new.tenant)
+        return bool(rows[0]["unfinished_jobs"] >= new.max_unfinished_jobs)
+
+    async def unfinished_jobs(self, tenant: str) -> int:
+        """How many PENDING or IN_PROGRESS jobs the tenant has."""
+        rows = await self._fetch("tenant_unfinished_jobs", tenant)
+        return int(rows[0]["unfinished_jobs"])
+
+    async def get(self, job_id: uuid.UUID, *, tenant: str | None) -> Job:
+        """The job's current state; JobNotFoundError if the tenant has no such job.
+
+        Another tenant's job is not found, exactly as one that never existed. With
+        tenant=None (the service itself: workers, maintenance) any tenant's job is found.
+        """
+        rows = await self._fetch("get_job", job_id, tenant)
         if not rows:
             raise JobNotFoundError(str(job_id))
         return job_from_row(rows[0])
 
     async def list_jobs(
-        self, conditions: Sequence[Condition], *, page_size: int, after: PageCursor | None
+        self,
+        conditions: Sequence[Condition],
+        *,
+        tenant: str,
+        page_size: int,
+        after: PageCursor | None,
     ) -> tuple[list[Job], PageCursor | None]:
-        """One page of jobs, newest first, and the cursor of the next page (None on the last)."""
+        """One page of the tenant's jobs, newest first, and the cursor of the next page (None
+        on the last)."""
         sql = _list_jobs_sql(
             tuple((condition.field, condition.operator) for condition in conditions),
             after_cursor=after is not None,
         )
-        arguments: list[object] = [page_size + 1, *(condition.value for condition in conditions)]
+        arguments: list[object] = [
+            page_size + 1,
+            tenant,
+            *(condition.value for condition in conditions),
+        ]
         if after is not None:
             arguments += [after.created_at, after.job_id]
         rows = await self._database.fetch(sql, *arguments)
@@ -319,9 +373,11 @@ class JobStore:
         more = len(rows) > page_size
         return page, (PageCursor(page[-1].created_at, page[-1].id) if more else None)
 
-    async def events_after(self, job_id: uuid.UUID, sequence: int) -> list[JobEvent]:
-        """The job's events with a sequence number above `sequence`, oldest first."""
-        rows = await self._fetch("events_after", job_id, sequence)
+    async def events_after(
+        self, job_id: uuid.UUID, sequence: int, *, tenant: str
+    ) -> list[JobEvent]:
+        """The tenant's job's events with a sequence number above `sequence`, oldest first."""
+        rows = await self._fetch("events_after", job_id, sequence, tenant)
         return [event_from_row(row) for row in rows]
 
     async def claim(self, job_id: uuid.UUID, *, lease: timedelta) -> Claim | None:
@@ -392,15 +448,19 @@ class JobStore:
         recorded = {(row["id"], row["attempt"]): True for row in rows}
         return [recorded.pop((f.claim.job_id, f.claim.attempt), False) for f in finishes]
 
-    async def cancel(self, job_id: uuid.UUID) -> Job:
-        """Move a PENDING or IN_PROGRESS job to CANCELLED; a cancelled job is returned as is.
+    async def cancel(self, job_id: uuid.UUID, *, by: Principal) -> Job:
+        """Move a PENDING or IN_PROGRESS job of `by`'s tenant to CANCELLED; a cancelled job is
+        returned as is.
 
-        JobAlreadyFinishedError if it ended otherwise; JobNotFoundError if there is no such job.
+        JobAlreadyFinishedError if it ended otherwise; JobNotFoundError if the tenant has no
+        such job.
         """
-        rows = await self._fetch("cancel_job", job_id, CANCELLED_ERROR, _traceparent())
+        rows = await self._fetch(
+            "cancel_job", job_id, CANCELLED_ERROR, _traceparent(), by.tenant, by.actor
+        )
         if rows:
             return job_from_row(rows[0])
-        job = await self.get(job_id)
+        job = await self.get(job_id, tenant=by.tenant)
         if job.status != JobStatus.CANCELLED:
             raise JobAlreadyFinishedError(str(job_id), job.status.value)
         return job
@@ -419,14 +479,15 @@ class JobStore:
 
     async def take_undispatched(
         self, *, older_than: timedelta | None, limit: int
-    ) -> list[uuid.UUID]:
-        """Claim PENDING jobs whose message failed or may be lost, marking them dispatched now.
+    ) -> list[tuple[uuid.UUID, int]]:
+        """Claim PENDING jobs whose message failed or may be lost, marking them dispatched now;
+        each with its tenant's unfinished jobs (its backlog).
 
         Published jobs count as lost once `older_than` has passed; with None, never.
         SKIP LOCKED lets several servers sweep at once without sending a job twice.
         """
         rows = await self._fetch("take_undispatched", older_than, limit)
-        return [row["id"] for row in rows]
+        return [(row["id"], row["backlog"]) for row in rows]
 
     async def purge_finished(self, *, older_than: timedelta, limit: int) -> int:
         """Delete finished jobs (and, by cascade, their events) last changed before `older_than` ago."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import signal
 import sys
 from collections.abc import Awaitable
@@ -29,6 +30,7 @@ from jobs.v1 import jobs_service_pb2_grpc as pb_grpc
 from jobcore.celery_app import create_celery_app
 from jobcore.events import JobEventHub
 from jobcore.gc_tuning import tune_for_long_running_process
+from jobcore.listing import PageTokenSigner
 from jobcore.logs import configure_logging
 from jobcore.settings import Settings, get_settings
 from jobcore.store import JobStore
@@ -40,6 +42,7 @@ from jobcore.supervision import (
 )
 from jobcore.tracing import configure_tracing
 from jobcore.wakeup_publisher import WakeupPublisher
+from server.access import Access
 from server.dispatcher import DISPATCHER_TASK, Dispatcher
 from server.health import HEALTH_TASK, HealthMonitor
 from server.interceptor import JobServiceInterceptor
@@ -95,35 +98,18 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> in
     publisher = WakeupPublisher(celery_app, settings.broker_url)
     dispatcher = Dispatcher(publisher, store)
 
+    access = await Access.start(settings, store=store, supervisor=supervisor)
     server = grpc.aio.server(
-        interceptors=[JobServiceInterceptor()], options=_server_options(settings)
+        interceptors=[JobServiceInterceptor(access.guard)], options=_server_options(settings)
     )
-    servicer = JobServicer(
-        store=store,
-        dispatcher=dispatcher,
-        hub=hub,
-        max_job_numbers=settings.max_job_numbers,
-        watch_heartbeat=timedelta(seconds=settings.watch_heartbeat_seconds),
-    )
-    pb_grpc.add_JobServiceServicer_to_server(servicer, server)
+    _add_job_services(server, settings, access=access, store=store, dispatcher=dispatcher, hub=hub)
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     if settings.reflection_enabled:
-        reflection.enable_server_reflection(
-            (
-                pb.DESCRIPTOR.services_by_name["JobService"].full_name,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ),
-            server,
-        )
+        _add_reflection(server)
     if settings.metrics_port:
         prometheus_client.start_http_server(settings.metrics_port, addr=settings.metrics_host)
-    address = f"{settings.grpc_host}:{settings.grpc_port}"
-    if settings.grpc_tls_cert_file:
-        server.add_secure_port(address, _server_credentials(settings))
-    else:
-        server.add_insecure_port(address)
+    address = _add_port(server, settings)
     await server.start()
 
     monitor = HealthMonitor(
@@ -177,6 +163,7 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> in
         await dispatcher.flush(timeout_seconds=flush)
     await supervisor.stop()
     await publisher.close()
+    await access.close()
     await store.close()
     # A task that failed during a signalled drain fails the process too.
     if supervisor.failure is not None:
@@ -184,6 +171,63 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> in
         return FAILED_TASK_EXIT_STATUS
     logger.info("stopped")
     return 0
+
+
+def _add_job_services(
+    server: grpc.aio.Server,
+    settings: Settings,
+    *,
+    access: Access,
+    store: JobStore,
+    dispatcher: Dispatcher,
+    hub: JobEventHub,
+) -> None:
+    """JobService, and AdminService where callers have credentials."""
+    servicer = JobServicer(
+        store=store,
+        dispatcher=dispatcher,
+        hub=hub,
+        max_job_numbers=settings.max_job_numbers,
+        max_unfinished_jobs=settings.max_unfinished_jobs,
+        page_tokens=_page_tokens(settings),
+        watch_heartbeat=timedelta(seconds=settings.watch_heartbeat_seconds),
+    )
+    pb_grpc.add_JobServiceServicer_to_server(servicer, server)
+    if access.admin is not None:
+        pb_grpc.add_AdminServiceServicer_to_server(access.admin, server)
+
+
+def _add_port(server: grpc.aio.Server, settings: Settings) -> str:
+    """Listen on GRPC_HOST:GRPC_PORT, with TLS when configured; the address."""
+    address = f"{settings.grpc_host}:{settings.grpc_port}"
+    if settings.grpc_tls_cert_file:
+        server.add_secure_port(address, _server_credentials(settings))
+    else:
+        server.add_insecure_port(address)
+    return address
+
+
+def _add_reflection(server: grpc.aio.Server) -> None:
+    """Reflection for grpcurl list/describe: our services, health and reflection itself."""
+    reflection.enable_server_reflection(
+        (
+            pb.DESCRIPTOR.services_by_name["JobService"].full_name,
+            pb.DESCRIPTOR.services_by_name["AdminService"].full_name,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ),
+        server,
+    )
+
+
+def _page_tokens(settings: Settings) -> PageTokenSigner:
+    """The signer of ListJobs page tokens: PAGE_TOKEN_SECRET, or a random one (development)."""
+    if settings.page_token_secret:
+        return PageTokenSigner(settings.page_token_secret.encode())
+    logger.warning(
+        "PAGE_TOKEN_SECRET is not set: page tokens work only on this process until it restarts"
+    )
+    return PageTokenSigner(secrets.token_bytes(32))
 
 
 async def _until_signal_or_failure(supervisor: Supervisor) -> TaskFailure | None:

@@ -57,10 +57,13 @@ class Dispatcher:
         """How many wake-up messages wait in the broker's queue (redis errors propagate)."""
         return await self._publisher.waiting()
 
-    def dispatch(self, job_id: uuid.UUID, *, traceparent: str | None = None) -> None:
+    def dispatch(
+        self, job_id: uuid.UUID, *, traceparent: str | None = None, backlog: int = 0
+    ) -> None:
         """Queue a wake-up for a committed job; never blocks.
 
         It carries `traceparent`, or else the trace context of the code that calls this.
+        `backlog` is how many unfinished jobs the job's tenant had ahead of it.
         """
         self._waiting.append(Wakeup(job_id, traceparent or trace_headers().get("traceparent")))
         self._idle.clear()

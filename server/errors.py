@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
@@ -14,24 +15,37 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from jobcore.errors import (
+    ApiKeyNotFoundError,
     BrokerUnavailableError,
     IdempotencyKeyReusedError,
     InvalidJobError,
     JobAlreadyFinishedError,
     JobError,
     JobNotFoundError,
+    PermissionDeniedError,
+    QuotaExceededError,
+    RateLimitedError,
     ServiceShuttingDownError,
     StoreConflictError,
     StoreOverloadedError,
     StoreTimeoutError,
     StoreUnavailableError,
     TransientError,
+    UnauthenticatedError,
 )
 
 logger = logging.getLogger(__name__)
 
 ERROR_DOMAIN = "jobs.v1"
 INTERNAL_MESSAGE = "internal error"
+# Sent with every UNAUTHENTICATED answer (RFC 6750); Envoy passes it on to REST clients.
+WWW_AUTHENTICATE = 'Bearer realm="jobs"'
+
+
+def _retry_delay(seconds: float) -> any_pb2.Any:
+    delay = duration_pb2.Duration()
+    delay.FromTimedelta(timedelta(seconds=seconds))
+    return _pack(error_details_pb2.RetryInfo(retry_delay=delay))
 
 
 @dataclass(frozen=True)
@@ -110,6 +124,17 @@ def _error_info(reason: str, **metadata: str) -> any_pb2.Any:
 
 def status_for(error: JobError) -> status_pb2.Status:
     """The google.rpc.Status a client receives for a domain error."""
+    for status_of in (_request_status, _access_status, _transient_status):
+        status = status_of(error)
+        if status is not None:
+            return status
+    correlation_id = new_correlation_id()
+    logger.error("unmapped domain error (correlation id %s): %r", correlation_id, error)
+    return internal_status(correlation_id)
+
+
+def _request_status(error: JobError) -> status_pb2.Status | None:
+    """The status of an error about the request or the job it names; None for any other."""
     if isinstance(error, InvalidJobError):
         bad_request = error_details_pb2.BadRequest(
             field_violations=[
@@ -155,21 +180,72 @@ def status_for(error: JobError) -> status_pb2.Status:
             message=str(error),
             details=[_error_info("JOB_NOT_FOUND", job_id=error.job_id)],
         )
+    return None
+
+
+def _transient_status(error: JobError) -> status_pb2.Status | None:
+    """The status of a transient error, with when to retry; None for any other error."""
     transient = _transient(error)
     if transient is not None:
-        retry_delay = duration_pb2.Duration()
-        retry_delay.FromTimedelta(transient.retry_after)
         return status_pb2.Status(
             code=transient.code,
             message=transient.message,
             details=[
                 _error_info(transient.reason),
-                _pack(error_details_pb2.RetryInfo(retry_delay=retry_delay)),
+                _retry_delay(transient.retry_after.total_seconds()),
             ],
         )
-    correlation_id = new_correlation_id()
-    logger.error("unmapped domain error (correlation id %s): %r", correlation_id, error)
-    return internal_status(correlation_id)
+    return None
+
+
+def _access_status(error: JobError) -> status_pb2.Status | None:
+    """The status of an error about who may call, and how much; None for any other error."""
+    if isinstance(error, UnauthenticatedError):
+        return status_pb2.Status(
+            code=code_pb2.UNAUTHENTICATED,
+            message=str(error),
+            details=[_error_info("UNAUTHENTICATED")],
+        )
+    if isinstance(error, PermissionDeniedError):
+        return status_pb2.Status(
+            code=code_pb2.PERMISSION_DENIED,
+            message=str(error),
+            details=[_error_info("MISSING_SCOPE", scope=error.scope)],
+        )
+    if isinstance(error, QuotaExceededError):
+        return status_pb2.Status(
+            code=code_pb2.RESOURCE_EXHAUSTED,
+            message=str(error),
+            details=[
+                _error_info("QUOTA_EXCEEDED", tenant=error.tenant, limit=str(error.limit)),
+                _pack(
+                    error_details_pb2.QuotaFailure(
+                        violations=[
+                            error_details_pb2.QuotaFailure.Violation(
+                                subject=f"tenants/{error.tenant}",
+                                description=f"at most {error.limit} unfinished jobs",
+                            )
+                        ]
+                    )
+                ),
+            ],
+        )
+    if isinstance(error, RateLimitedError):
+        return status_pb2.Status(
+            code=code_pb2.RESOURCE_EXHAUSTED,
+            message=str(error),
+            details=[
+                _error_info("RATE_LIMITED", limit=error.limit),
+                _retry_delay(error.retry_after_seconds),
+            ],
+        )
+    if isinstance(error, ApiKeyNotFoundError):
+        return status_pb2.Status(
+            code=code_pb2.NOT_FOUND,
+            message=str(error),
+            details=[_error_info("API_KEY_NOT_FOUND", key_id=error.key_id)],
+        )
+    return None
 
 
 def _transient(error: JobError) -> _Transient | None:
@@ -196,6 +272,27 @@ def internal_status(correlation_id: str) -> status_pb2.Status:
 async def abort_with(
     context: grpc.aio.ServicerContext[Any, Any], status: status_pb2.Status
 ) -> None:
-    """End the call with `status`, its details in grpc-status-details-bin."""
+    """End the call with `status`, its details in grpc-status-details-bin.
+
+    HTTP's own headers go with it where HTTP clients look for them: `www-authenticate` on
+    UNAUTHENTICATED, `retry-after` (whole seconds) wherever a RetryInfo says when to retry.
+    """
     converted = rpc_status.to_status(status)
-    await context.abort(converted.code, converted.details, converted.trailing_metadata)
+    metadata = tuple(converted.trailing_metadata)
+    if status.code == code_pb2.UNAUTHENTICATED:
+        metadata += (("www-authenticate", WWW_AUTHENTICATE),)
+    retry_after = _retry_after_seconds(status)
+    if retry_after is not None:
+        metadata += (("retry-after", str(retry_after)),)
+    await context.abort(converted.code, converted.details, metadata)
+
+
+def _retry_after_seconds(status: status_pb2.Status) -> int | None:
+    """The RetryInfo delay of a status, rounded up to whole seconds (Retry-After has no less)."""
+    for detail in status.details:
+        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            info = error_details_pb2.RetryInfo()
+            detail.Unpack(info)
+            delay: float = info.retry_delay.ToTimedelta().total_seconds()
+            return max(1, math.ceil(delay))
+    return None

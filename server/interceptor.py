@@ -1,5 +1,5 @@
-"""The one wrapper around every JobService call: job id for logs, malformed and unknown-field
-checks, errors to gRPC statuses, and the RPC metrics.
+"""The one wrapper around every JobService and AdminService call: who calls (server.auth), job
+id for logs, malformed and unknown-field checks, errors to gRPC statuses, and the RPC metrics.
 
 A domain error becomes its documented status (server.errors). Anything else is a bug or a
 failure nobody mapped: the client gets INTERNAL with a correlation id and nothing of the
@@ -10,6 +10,7 @@ that id. A call never ends UNKNOWN, which grpc.aio would send with the exception
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -27,27 +28,38 @@ from opentelemetry.trace import Span, SpanKind
 from jobcore.errors import FieldViolation, InvalidJobError, JobError
 from jobcore.logs import current_job_id
 from jobcore.tracing import tracer
+from server.auth import CallGuard
 from server.conversions import reject_unknown_fields
 from server.errors import abort_with, internal_status, new_correlation_id, status_for
 from server.metrics import RPC_DURATION, RPC_REQUESTS, WATCH_STREAMS_OPEN
 from server.submit_wire import ReceivedSubmitJob, malformed_field
 
+Context = grpc.aio.ServicerContext[Any, Any]
+
 # Requests read other than by protobuf's FromString (see server.submit_wire).
 _REQUEST_DESERIALIZERS: dict[str, Callable[[bytes], Any]] = {
-    "SubmitJob": ReceivedSubmitJob.from_wire,
+    "/jobs.v1.JobService/SubmitJob": ReceivedSubmitJob.from_wire,
 }
-_SERVICE = jobs_service_pb2.DESCRIPTOR.services_by_name["JobService"]
-
-_SERVICE_PREFIX = "/jobs.v1.JobService/"
-Context = grpc.aio.ServicerContext[Any, Any]
+# Admits a call (server.auth.CallGuard.admit for its method), or raises why not.
+_Admit = Callable[[Context], Awaitable[object]]
+# The services wrapped, by the prefix of their methods' full names.
+_SERVICES = {
+    f"/{service.full_name}/": service
+    for service in (
+        jobs_service_pb2.DESCRIPTOR.services_by_name["JobService"],
+        jobs_service_pb2.DESCRIPTOR.services_by_name["AdminService"],
+    )
+}
 
 logger = logging.getLogger(__name__)
 
 
 class JobServiceInterceptor(grpc.aio.ServerInterceptor):
-    """Wraps unary and streaming JobService handlers alike; other services pass through."""
+    """Wraps unary and streaming JobService and AdminService handlers alike; other services
+    (health, reflection) pass through, open to all."""
 
-    def __init__(self) -> None:
+    def __init__(self, guard: CallGuard) -> None:
+        self._guard = guard
         # A method's wrapped handler is the same for every call: build it once.
         self._wrapped: dict[str, grpc.RpcMethodHandler[Any, Any] | None] = {}
 
@@ -62,30 +74,33 @@ class JobServiceInterceptor(grpc.aio.ServerInterceptor):
         if full_name in self._wrapped:
             return self._wrapped[full_name]
         handler = await continuation(handler_call_details)
-        if handler is None or not full_name.startswith(_SERVICE_PREFIX):
+        prefix = full_name[: full_name.rfind("/") + 1]
+        if handler is None or prefix not in _SERVICES:
             return handler
-        wrapped = _wrap(full_name.removeprefix(_SERVICE_PREFIX), handler)
+        wrapped = _wrap(full_name, handler, self._guard)
         self._wrapped[full_name] = wrapped
         return wrapped
 
 
 def _wrap(
-    method: str, handler: grpc.RpcMethodHandler[Any, Any]
+    full_name: str, handler: grpc.RpcMethodHandler[Any, Any], guard: CallGuard
 ) -> grpc.RpcMethodHandler[Any, Any] | None:
     """The same handler with the per-call bookkeeping around its behaviour."""
+    prefix, _, method = full_name.rpartition("/")
     deserializer = _tolerant(
-        _REQUEST_DESERIALIZERS.get(method, handler.request_deserializer),
-        _SERVICE.methods_by_name[method].input_type,
+        _REQUEST_DESERIALIZERS.get(full_name, handler.request_deserializer),
+        _SERVICES[prefix + "/"].methods_by_name[method].input_type,
     )
+    admit = functools.partial(guard.admit, full_name)
     if handler.unary_unary is not None:
         return grpc.unary_unary_rpc_method_handler(
-            _wrap_unary(method, handler.unary_unary),
+            _wrap_unary(method, admit, handler.unary_unary),
             request_deserializer=deserializer,
             response_serializer=handler.response_serializer,
         )
     if handler.unary_stream is not None:
         return grpc.unary_stream_rpc_method_handler(
-            _wrap_stream(method, handler.unary_stream),
+            _wrap_stream(method, admit, handler.unary_stream),
             request_deserializer=deserializer,
             response_serializer=handler.response_serializer,
         )
@@ -186,11 +201,14 @@ class _Call:
         RPC_DURATION.labels(self.method).observe(time.perf_counter() - self._started)
 
 
-def _wrap_unary(method: str, behaviour: Any) -> Any:
+def _wrap_unary(method: str, admit: _Admit, behaviour: Any) -> Any:
     async def unary(request: Any, context: Context) -> Any:
         with trace.use_span(_start_span(method, request), end_on_exit=True):
             call = _Call(method, request)
             try:
+                # Who calls first: a stranger learns nothing, not even what is wrong with
+                # the request.
+                await admit(context)
                 _check_request(request)
                 return await behaviour(request, context)
             except grpc.aio.AbortError as error:
@@ -208,7 +226,7 @@ def _wrap_unary(method: str, behaviour: Any) -> Any:
     return unary
 
 
-def _wrap_stream(method: str, behaviour: Any) -> Any:
+def _wrap_stream(method: str, admit: _Admit, behaviour: Any) -> Any:
     """The span covers the whole stream but is current only while a step of the handler runs.
 
     grpc.aio drops a stream's generator at a `yield` when the call ends during a write (client
@@ -223,6 +241,7 @@ def _wrap_stream(method: str, behaviour: Any) -> Any:
         WATCH_STREAMS_OPEN.inc()
         try:
             with trace.use_span(span):
+                await admit(context)
                 _check_request(request)
             # Closed here rather than at garbage collection, so the handler cleans up at once.
             async with contextlib.aclosing(behaviour(request, context)) as responses:

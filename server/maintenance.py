@@ -55,12 +55,12 @@ async def redispatch(store: JobStore, dispatcher: Dispatcher, *, older_than: tim
     where a duplicate is harmless.
     """
     stale_after = older_than if await _broker_queue_empty(dispatcher) else None
-    job_ids = await store.take_undispatched(older_than=stale_after, limit=_BATCH)
-    for job_id in job_ids:
-        dispatcher.dispatch(job_id)
-    if job_ids:
-        logger.info("re-dispatching %d pending jobs", len(job_ids))
-    return len(job_ids)
+    taken = await store.take_undispatched(older_than=stale_after, limit=_BATCH)
+    for job_id, backlog in taken:
+        dispatcher.dispatch(job_id, backlog=backlog)
+    if taken:
+        logger.info("re-dispatching %d pending jobs", len(taken))
+    return len(taken)
 
 
 async def _broker_queue_empty(dispatcher: Dispatcher) -> bool:

@@ -18,8 +18,9 @@ from opentelemetry.trace import SpanKind
 
 from jobcore.errors import FieldViolation, InvalidJobError
 from jobcore.events import JobEventHub
+from jobcore.identity import current_principal
 from jobcore.ids import new_job_id
-from jobcore.listing import decode_page_token, encode_page_token, page_size_of, parse_filter
+from jobcore.listing import PageTokenSigner, page_size_of, parse_filter
 from jobcore.models import Job, JobStatus
 from jobcore.operations import pack_numbers, validate_numbers
 from jobcore.store import JobStore
@@ -127,12 +128,16 @@ class JobServicer(pb_grpc.JobServiceServicer):
         dispatcher: Dispatcher,
         hub: JobEventHub,
         max_job_numbers: int,
+        max_unfinished_jobs: Callable[[str], int],
+        page_tokens: PageTokenSigner,
         watch_heartbeat: timedelta,
     ) -> None:
         self._store = store
         self._dispatcher = dispatcher
         self._hub = hub
         self._max_job_numbers = max_job_numbers
+        self._max_unfinished_jobs = max_unfinished_jobs
+        self._page_tokens = page_tokens
         self._watch_heartbeat = watch_heartbeat
 
     async def SubmitJob(
@@ -154,10 +159,13 @@ class JobServicer(pb_grpc.JobServiceServicer):
             raise InvalidJobError(violations)
         # The wake-up is queued by the store's callback, not after the await: a caller that
         # goes away (a deadline, a hang-up) once its job is stored must not take it along.
+        owner = current_principal()
         job, _ = await self._store.create(
             job_id=new_job_id(),
             operation=operation,
             numbers=pack_numbers(numbers),
+            owner=owner,
+            max_unfinished_jobs=self._max_unfinished_jobs(owner.tenant),
             request_id=request_id,
             on_stored=functools.partial(
                 self._wake_a_worker, traceparent=trace_headers().get("traceparent")
@@ -166,7 +174,9 @@ class JobServicer(pb_grpc.JobServiceServicer):
         trace.get_current_span().set_attribute("job.id", str(job.id))
         return job_to_proto(job, with_result=False)
 
-    def _wake_a_worker(self, job: Job, created: bool, *, traceparent: str | None) -> None:
+    def _wake_a_worker(
+        self, job: Job, created: bool, backlog: int, *, traceparent: str | None
+    ) -> None:
         """Queue the wake-up of a stored job (JobStore.create calls this as soon as it is stored)."""
         if created:
             JOBS_SUBMITTED.labels(job.operation.value).inc()
@@ -174,26 +184,33 @@ class JobServicer(pb_grpc.JobServiceServicer):
         # was lost, so it wakes a worker again: a duplicate wake-up is harmless, because
         # claiming a job is a compare-and-set.
         if created or job.status is JobStatus.PENDING:
-            self._dispatcher.dispatch(job.id, traceparent=traceparent)
+            self._dispatcher.dispatch(job.id, traceparent=traceparent, backlog=backlog)
 
     async def GetStatus(self, request: pb.GetStatusRequest, context: Context) -> pb.Job:
-        job = await self._store.get(job_id_from_proto(request.job_id))
+        job = await self._store.get(
+            job_id_from_proto(request.job_id), tenant=current_principal().tenant
+        )
         return job_to_proto(job, with_result=False)
 
     async def GetResult(self, request: pb.GetResultRequest, context: Context) -> pb.Job:
-        job = await self._store.get(job_id_from_proto(request.job_id))
+        job = await self._store.get(
+            job_id_from_proto(request.job_id), tenant=current_principal().tenant
+        )
         return job_to_proto(job, with_result=True)
 
     async def ListJobs(self, request: pb.ListJobsRequest, context: Context) -> pb.ListJobsResponse:
+        tenant = current_principal().tenant
         violations: list[FieldViolation] = []
         page_size = _collect(violations, lambda: page_size_of(request.page_size))
         conditions = _collect(violations, lambda: parse_filter(request.filter))
-        # A token is bound to its filter, so it is checked against a valid one only (which also
-        # keeps an oversized filter from being hashed).
+        # A token is bound to its filter and tenant, so it is checked against a valid filter
+        # only (which also keeps an oversized filter from being hashed).
         after = (
             _collect(
                 violations,
-                lambda: decode_page_token(request.page_token, filter_text=request.filter),
+                lambda: self._page_tokens.decode(
+                    request.page_token, tenant=tenant, filter_text=request.filter
+                ),
             )
             if conditions is not None
             else None
@@ -201,17 +218,19 @@ class JobServicer(pb_grpc.JobServiceServicer):
         if violations or page_size is None or conditions is None:
             raise InvalidJobError(violations)
         page, next_cursor = await self._store.list_jobs(
-            conditions, page_size=page_size, after=after
+            conditions, tenant=tenant, page_size=page_size, after=after
         )
         return pb.ListJobsResponse(
             jobs=[job_to_proto(job, with_result=False) for job in page],
             next_page_token=(
-                encode_page_token(next_cursor, filter_text=request.filter) if next_cursor else ""
+                self._page_tokens.encode(next_cursor, tenant=tenant, filter_text=request.filter)
+                if next_cursor
+                else ""
             ),
         )
 
     async def CancelJob(self, request: pb.CancelJobRequest, context: Context) -> pb.Job:
-        job = await self._store.cancel(job_id_from_proto(request.job_id))
+        job = await self._store.cancel(job_id_from_proto(request.job_id), by=current_principal())
         return job_to_proto(job, with_result=True)
 
     async def WatchJob(
@@ -224,6 +243,7 @@ class JobServicer(pb_grpc.JobServiceServicer):
                 self._hub,
                 self._store,
                 job_id,
+                tenant=current_principal().tenant,
                 after_sequence=_after_sequence(request, context),
                 heartbeat=self._watch_heartbeat,
             )

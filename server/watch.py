@@ -33,6 +33,7 @@ async def follow_job(
     store: JobStore,
     job_id: uuid.UUID,
     *,
+    tenant: str,
     after_sequence: int = 0,
     heartbeat: timedelta,
 ) -> AsyncGenerator[WatchUpdate, None]:
@@ -41,16 +42,17 @@ async def follow_job(
     With after_sequence=0 the first state is the current one; otherwise only the
     states after that sequence are sent, history first, so a client that lost
     its stream resumes with nothing missed and nothing repeated. While nothing
-    changes for `heartbeat`, the latest state is repeated as a heartbeat.
+    changes for `heartbeat`, the latest state is repeated as a heartbeat. Another tenant's
+    job is not found, as one that never existed.
     """
-    with hub.subscribe(job_id, heartbeat=heartbeat) as inbox:
-        latest = await store.get(job_id)
+    with hub.subscribe(job_id, tenant=tenant, heartbeat=heartbeat) as inbox:
+        latest = await store.get(job_id, tenant=tenant)
         if after_sequence <= 0:
             sent = latest.sequence
             yield WatchUpdate(latest)
         else:
             sent = after_sequence
-            for event in await store.events_after(job_id, sent):
+            for event in await store.events_after(job_id, sent, tenant=tenant):
                 latest, sent = event.apply_to(latest), event.sequence
                 yield WatchUpdate(latest, traceparent=event.traceparent)
         while not latest.status.is_final:
@@ -66,7 +68,7 @@ async def follow_job(
                 events = [item]
             else:
                 # A gap or a reconnect: the database has the full history.
-                events = await store.events_after(job_id, sent)
+                events = await store.events_after(job_id, sent, tenant=tenant)
             for event in events:
                 latest, sent = event.apply_to(latest), event.sequence
                 yield WatchUpdate(latest, traceparent=event.traceparent)

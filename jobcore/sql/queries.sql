@@ -16,6 +16,11 @@
 --   statement (the `changed` and `recorded` CTEs), so the two commit together; the event's
 --   insert trigger notifies listeners when, and only if, it commits. The event records the
 --   trace context of the change, so whoever delivers it can join the trace.
+-- * Every job and event has a tenant. What a caller asks for is looked up within its tenant
+--   ($n::text parameters named tenant below): another tenant's job is not there for it.
+--   Statements the service runs for itself (workers, maintenance) take any tenant's jobs.
+--   Each event records its actor: the caller's `key:<prefix>` or `jwt:<subject>`, or
+--   'worker' / 'maintenance'.
 -- * A statement that changes several jobs first locks their rows in id order (the `locked`
 --   CTE, FOR NO KEY UPDATE: the lock UPDATE itself takes, so foreign-key checks of new
 --   events are not held up). Concurrent statements may then wait for each other but never
@@ -28,81 +33,116 @@ SELECT 1;
 
 
 -- name: get_job
--- A job's current state by id ($1).
+-- A job's current state by id ($1), within the tenant $2 (NULL: any tenant, for the service
+-- itself).
 SELECT id, status, operation, created_at, updated_at, last_sequence, result, error, attempt
   FROM jobs
- WHERE id = $1::uuid;
+ WHERE id = $1::uuid
+   AND ($2::text IS NULL OR tenant = $2::text);
 
 
 -- name: get_job_by_request_id
--- The job a SubmitJob idempotency key ($1) was first used for, with the digest of that
--- request, so a retry of the same request gets the same job and a different one is refused.
+-- The job the tenant $1 first used a SubmitJob idempotency key ($2) for, with the digest of
+-- that request, so a retry of the same request gets the same job and a different one is
+-- refused. Keys are per tenant: another tenant's key is never found.
 SELECT id, status, operation, created_at, updated_at, last_sequence, result, error, attempt,
        request_hash
   FROM jobs
- WHERE request_id = $1::text;
+ WHERE tenant = $1::text
+   AND request_id = $2::text;
+
+
+-- name: tenant_unfinished_jobs
+-- How many PENDING or IN_PROGRESS jobs the tenant $1 has (kept by triggers on jobs).
+SELECT coalesce(max(unfinished_jobs), 0) AS unfinished_jobs
+  FROM tenant_usage
+ WHERE tenant = $1::text;
 
 
 -- name: list_jobs
--- One page of ListJobs: jobs newest first, at most $1 rows (the page size plus one, to learn
--- whether another page follows). As written it lists every job. The store inserts the
--- filter's conditions and the cursor of the previous page at the `-- conditions` line, each
--- as `AND <fragment>` from a fixed set (jobcore.store), with parameters numbered from $2; no
--- text of the request ever enters the SQL. The order (created_at, id), both descending, is
--- that of the jobs_by_*creation indexes, so a page reads about page-size rows.
+-- One page of ListJobs: the tenant $2's jobs newest first, at most $1 rows (the page size
+-- plus one, to learn whether another page follows). As written it lists all of them. The
+-- store inserts the filter's conditions and the cursor of the previous page at the
+-- `-- conditions` line, each as `AND <fragment>` from a fixed set (jobcore.store), with
+-- parameters numbered from $3; no text of the request ever enters the SQL. The order
+-- (created_at, id), both descending, after the tenant, is that of the jobs_by_tenant_*
+-- indexes, so a page reads about page-size rows.
 SELECT id, status, operation, created_at, updated_at, last_sequence, result, error, attempt
   FROM jobs
- WHERE true
+ WHERE tenant = $2::text
    -- conditions
  ORDER BY created_at DESC, id DESC
  LIMIT $1::integer;
 
 
 -- name: events_after
--- A job's ($1) events numbered above $2, oldest first: what a watcher may have missed.
-SELECT job_id, sequence, status, occurred_at, result, error, attempt, traceparent
+-- A job's ($1) events numbered above $2, oldest first, within the tenant $3: what a watcher
+-- may have missed.
+SELECT job_id, sequence, tenant, status, occurred_at, result, error, attempt, traceparent,
+       actor
   FROM job_events
  WHERE job_id = $1::uuid
    AND sequence > $2::integer
+   AND tenant = $3::text
  ORDER BY sequence;
 
 
 -- name: create_jobs
 -- Store new PENDING jobs and their first events. One row per job, zipped from one array per
 -- column: ids $1, operations $2, numbers $3 (little-endian float64s), number counts $4,
--- idempotency keys $5 and request digests $6 (NULL without a key), trace contexts $7.
--- A job whose key is already taken is not inserted and not returned; the store then looks
--- the key up. Keys are inserted in one order (the unique index makes a second insert of a
--- key wait for the first), so concurrent batches never deadlock. dispatched_at is set
--- optimistically: the server publishes right after commit, and clears it if that fails.
+-- idempotency keys $5 and request digests $6 (NULL without a key), trace contexts $7,
+-- tenants $8, actors $9, and each tenant's limit on unfinished jobs $10.
+-- Quota: a job is stored only while its tenant's unfinished jobs (tenant_usage, as committed
+-- when the statement starts), with those ahead of it in this statement, stay within its
+-- limit; each stored job comes back with that count ahead of it (its backlog). Concurrent
+-- statements do not wait for each other's counts, so a tenant may pass its limit by the jobs
+-- of statements running at the same moment, never by more.
+-- A job whose key the tenant already used is not inserted and not returned, nor is one over
+-- the quota; the store then looks the key up, or reports the quota. Keys are inserted in one
+-- order (the unique index makes a second insert of a key wait for the first), so concurrent
+-- batches never deadlock. dispatched_at is set optimistically: the server publishes right
+-- after commit, and clears it if that fails.
 WITH new_jobs AS (
-    SELECT *
+    SELECT *,
+           row_number() OVER (PARTITION BY tenant ORDER BY position) AS rank_in_tenant
       FROM unnest($1::uuid[], $2::text[], $3::bytea[], $4::integer[], $5::text[],
-                  $6::bytea[], $7::text[])
+                  $6::bytea[], $7::text[], $8::text[], $9::text[], $10::bigint[])
+           WITH ORDINALITY
            AS new_jobs (id, operation, numbers, number_count, request_id, request_hash,
-                        traceparent)
+                        traceparent, tenant, actor, max_unfinished_jobs, position)
+),
+admitted AS (
+    SELECT new_jobs.*,
+           coalesce(usage.unfinished_jobs, 0) + new_jobs.rank_in_tenant - 1 AS backlog
+      FROM new_jobs
+      LEFT JOIN tenant_usage AS usage ON usage.tenant = new_jobs.tenant
+     WHERE coalesce(usage.unfinished_jobs, 0) + new_jobs.rank_in_tenant
+           <= new_jobs.max_unfinished_jobs
 ),
 changed AS (
-    INSERT INTO jobs (id, operation, status, numbers, number_count, last_sequence,
+    INSERT INTO jobs (id, tenant, operation, status, numbers, number_count, last_sequence,
                       dispatched_at, created_at, updated_at, request_id, request_hash)
-    SELECT id, operation, 'PENDING', numbers, number_count, 1,
+    SELECT id, tenant, operation, 'PENDING', numbers, number_count, 1,
            now(), now(), now(), request_id, request_hash
-      FROM new_jobs
-     ORDER BY request_id
-        ON CONFLICT (request_id) WHERE request_id IS NOT NULL DO NOTHING
-    RETURNING jobs.id, jobs.status, jobs.operation, jobs.created_at, jobs.updated_at,
-              jobs.last_sequence, jobs.result, jobs.error, jobs.attempt
+      FROM admitted
+     ORDER BY tenant, request_id
+        ON CONFLICT (tenant, request_id) WHERE request_id IS NOT NULL DO NOTHING
+    RETURNING jobs.id, jobs.tenant, jobs.status, jobs.operation, jobs.created_at,
+              jobs.updated_at, jobs.last_sequence, jobs.result, jobs.error, jobs.attempt
 ),
 recorded AS (
-    INSERT INTO job_events (job_id, sequence, status, occurred_at, result, error, attempt,
-                            traceparent)
-    SELECT changed.id, changed.last_sequence, changed.status, changed.updated_at,
-           changed.result, changed.error, changed.attempt, new_jobs.traceparent
+    INSERT INTO job_events (job_id, sequence, tenant, status, occurred_at, result, error,
+                            attempt, traceparent, actor)
+    SELECT changed.id, changed.last_sequence, changed.tenant, changed.status,
+           changed.updated_at, changed.result, changed.error, changed.attempt,
+           admitted.traceparent, admitted.actor
       FROM changed
-      JOIN new_jobs ON new_jobs.id = changed.id
+      JOIN admitted ON admitted.id = changed.id
 )
-SELECT id, status, operation, created_at, updated_at, last_sequence, result, error, attempt
-  FROM changed;
+SELECT changed.id, changed.status, changed.operation, changed.created_at, changed.updated_at,
+       changed.last_sequence, changed.result, changed.error, changed.attempt, admitted.backlog
+  FROM changed
+  JOIN admitted ON admitted.id = changed.id;
 
 
 -- name: claim_jobs
@@ -133,14 +173,15 @@ changed AS (
      WHERE jobs.id = locked.id
        AND jobs.id = wanted.id
        AND jobs.status = 'PENDING'
-    RETURNING jobs.id, jobs.status, jobs.operation, jobs.created_at, jobs.updated_at,
-              jobs.last_sequence, jobs.result, jobs.error, jobs.attempt, jobs.numbers,
-              wanted.traceparent
+    RETURNING jobs.id, jobs.tenant, jobs.status, jobs.operation, jobs.created_at,
+              jobs.updated_at, jobs.last_sequence, jobs.result, jobs.error, jobs.attempt,
+              jobs.numbers, wanted.traceparent
 ),
 recorded AS (
-    INSERT INTO job_events (job_id, sequence, status, occurred_at, result, error, attempt,
-                            traceparent)
-    SELECT id, last_sequence, status, updated_at, result, error, attempt, traceparent
+    INSERT INTO job_events (job_id, sequence, tenant, status, occurred_at, result, error,
+                            attempt, traceparent, actor)
+    SELECT id, last_sequence, tenant, status, updated_at, result, error, attempt, traceparent,
+           'worker'
       FROM changed
 )
 SELECT id, status, operation, created_at, updated_at, last_sequence, result, error, attempt,
@@ -202,13 +243,15 @@ changed AS (
        AND jobs.id = outcomes.id
        AND jobs.attempt = outcomes.attempt
        AND jobs.status = 'IN_PROGRESS'
-    RETURNING jobs.id, jobs.status, jobs.operation, jobs.created_at, jobs.updated_at,
-              jobs.last_sequence, jobs.result, jobs.error, jobs.attempt, outcomes.traceparent
+    RETURNING jobs.id, jobs.tenant, jobs.status, jobs.operation, jobs.created_at,
+              jobs.updated_at, jobs.last_sequence, jobs.result, jobs.error, jobs.attempt,
+              outcomes.traceparent
 ),
 recorded AS (
-    INSERT INTO job_events (job_id, sequence, status, occurred_at, result, error, attempt,
-                            traceparent)
-    SELECT id, last_sequence, status, updated_at, result, error, attempt, traceparent
+    INSERT INTO job_events (job_id, sequence, tenant, status, occurred_at, result, error,
+                            attempt, traceparent, actor)
+    SELECT id, last_sequence, tenant, status, updated_at, result, error, attempt, traceparent,
+           'worker'
       FROM changed
 )
 SELECT id, status, operation, created_at, updated_at, last_sequence, result, error, attempt
@@ -216,9 +259,9 @@ SELECT id, status, operation, created_at, updated_at, last_sequence, result, err
 
 
 -- name: cancel_job
--- Move a PENDING or IN_PROGRESS job ($1) to CANCELLED with the error $2, recording the trace
--- context $3 with its event. Returns nothing if the job is not there or already final (the
--- store then reads it to tell which).
+-- Move the tenant $4's PENDING or IN_PROGRESS job ($1) to CANCELLED with the error $2,
+-- recording the trace context $3 and the actor $5 with its event. Returns nothing if the job
+-- is not there or already final (the store then reads it to tell which).
 WITH changed AS (
     UPDATE jobs
        SET status = 'CANCELLED',
@@ -227,14 +270,16 @@ WITH changed AS (
            last_sequence = last_sequence + 1,
            updated_at = now()
      WHERE id = $1::uuid
+       AND tenant = $4::text
        AND status IN ('PENDING', 'IN_PROGRESS')
-    RETURNING id, status, operation, created_at, updated_at, last_sequence, result, error,
-              attempt
+    RETURNING id, tenant, status, operation, created_at, updated_at, last_sequence, result,
+              error, attempt
 ),
 recorded AS (
-    INSERT INTO job_events (job_id, sequence, status, occurred_at, result, error, attempt,
-                            traceparent)
-    SELECT id, last_sequence, status, updated_at, result, error, attempt, $3::text
+    INSERT INTO job_events (job_id, sequence, tenant, status, occurred_at, result, error,
+                            attempt, traceparent, actor)
+    SELECT id, last_sequence, tenant, status, updated_at, result, error, attempt, $3::text,
+           $5::text
       FROM changed
 )
 SELECT id, status, operation, created_at, updated_at, last_sequence, result, error, attempt
@@ -268,13 +313,14 @@ changed AS (
            updated_at = now()
       FROM expired
      WHERE jobs.id = expired.id
-    RETURNING jobs.id, jobs.status, jobs.operation, jobs.created_at, jobs.updated_at,
-              jobs.last_sequence, jobs.result, jobs.error, jobs.attempt
+    RETURNING jobs.id, jobs.tenant, jobs.status, jobs.operation, jobs.created_at,
+              jobs.updated_at, jobs.last_sequence, jobs.result, jobs.error, jobs.attempt
 ),
 recorded AS (
-    INSERT INTO job_events (job_id, sequence, status, occurred_at, result, error, attempt,
-                            traceparent)
-    SELECT id, last_sequence, status, updated_at, result, error, attempt, $3::text
+    INSERT INTO job_events (job_id, sequence, tenant, status, occurred_at, result, error,
+                            attempt, traceparent, actor)
+    SELECT id, last_sequence, tenant, status, updated_at, result, error, attempt, $3::text,
+           'maintenance'
       FROM changed
 )
 SELECT id, status, operation, created_at, updated_at, last_sequence, result, error, attempt
@@ -300,7 +346,8 @@ UPDATE jobs
 -- name: take_undispatched
 -- Take up to $2 PENDING jobs whose message failed (dispatched_at NULL, those first) or was
 -- published more than $1 ago and may be lost (with $1 NULL, only the former), marking them
--- dispatched now; their ids.
+-- dispatched now; their ids, and their tenants' unfinished jobs (the backlog the wake-up's
+-- priority is chosen by).
 -- SKIP LOCKED lets several servers sweep at once without sending a job twice.
 UPDATE jobs
    SET dispatched_at = now()
@@ -313,7 +360,10 @@ UPDATE jobs
          LIMIT $2::integer
            FOR UPDATE SKIP LOCKED
        )
-RETURNING id;
+RETURNING id,
+          (SELECT coalesce(max(unfinished_jobs), 0)
+             FROM tenant_usage
+            WHERE tenant_usage.tenant = jobs.tenant) AS backlog;
 
 
 -- name: purge_finished

@@ -1,0 +1,48 @@
+"""The server's access control, assembled from the settings: the call guard every JobService
+and AdminService call passes (server.auth), and the AdminService that manages API keys.
+
+AUTH_MODE=none: no credentials, one anonymous tenant, no AdminService. Otherwise API keys
+(held in memory by a KeyRing refreshed under the server's supervisor), JWTs when a JWKS is
+configured, and the per-credential rate limit when RATE_LIMIT_PER_CREDENTIAL is set.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from jobs.v1 import jobs_service_pb2_grpc as pb_grpc
+
+from jobcore.settings import Settings
+from jobcore.store import JobStore
+from jobcore.supervision import Supervisor
+from server.auth import CallGuard
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Access:
+    """The guard of every call, and what it holds open."""
+
+    guard: CallGuard
+    # AdminService's servicer; None when no credentials are used.
+    admin: pb_grpc.AdminServiceServicer | None
+    rate_limiter: object | None
+
+    @classmethod
+    async def start(cls, settings: Settings, *, store: JobStore, supervisor: Supervisor) -> Access:
+        """Load the API keys and the JWKS (then keep them fresh under `supervisor`)."""
+        if settings.auth_mode == "none":
+            logger.warning(
+                "AUTH_MODE=none: no credentials are checked; every caller is the tenant 'default'"
+            )
+            return cls(
+                guard=CallGuard(api_keys=None, jwts=None, rate_limiter=None),
+                admin=None,
+                rate_limiter=None,
+            )
+        raise NotImplementedError("API keys are wired in by the next commit")
+
+    async def close(self) -> None:
+        """Close the rate limiter's connections."""

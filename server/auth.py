@@ -1,0 +1,102 @@
+"""Who may call what: every JobService and AdminService call is authenticated, authorized and
+rate-limited here, before its handler runs (server.interceptor calls `CallGuard.admit`).
+
+The server verifies every call itself, whichever way it came (its own port, or Envoy): a
+credential is an API key the service issued (jobcore.keys.KeyRing, held in memory and
+refreshed, so verifying costs no database round trip) or a JWT of the configured identity
+provider (jobcore.jwt_tokens). AUTH_MODE=none makes every call the one anonymous caller.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Final, Protocol
+
+import grpc
+
+from jobcore.errors import PermissionDeniedError, UnauthenticatedError
+from jobcore.identity import ANONYMOUS, Principal, Scope, bearer_token, set_current_principal
+
+# The scope each method needs. A method missing here is refused: a new RPC must be listed.
+METHOD_SCOPES: Final[Mapping[str, Scope]] = {
+    "/jobs.v1.JobService/SubmitJob": Scope.JOBS_WRITE,
+    "/jobs.v1.JobService/CancelJob": Scope.JOBS_WRITE,
+    "/jobs.v1.JobService/GetStatus": Scope.JOBS_READ,
+    "/jobs.v1.JobService/GetResult": Scope.JOBS_READ,
+    "/jobs.v1.JobService/WatchJob": Scope.JOBS_READ,
+    "/jobs.v1.JobService/ListJobs": Scope.JOBS_READ,
+    "/jobs.v1.AdminService/CreateApiKey": Scope.ADMIN,
+    "/jobs.v1.AdminService/ListApiKeys": Scope.ADMIN,
+    "/jobs.v1.AdminService/RevokeApiKey": Scope.ADMIN,
+}
+# API keys start with this (jobcore.keys); anything else with two dots is taken for a JWT.
+API_KEY_PREFIX: Final = "jobs_"
+
+
+class TokenVerifier(Protocol):
+    """Turns one kind of bearer token into its principal, or raises UnauthenticatedError."""
+
+    def verify(self, token: str) -> Principal:
+        """The principal the token stands for (no I/O: called on every call)."""
+        ...
+
+
+class RateLimiter(Protocol):
+    """Counts a principal's calls in a store every replica shares."""
+
+    async def hit(self, principal: Principal) -> None:
+        """Count one call; RateLimitedError (with when to retry) once over the rate."""
+        ...
+
+
+def _authorization(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
+    for name, value in context.invocation_metadata() or ():
+        if name == "authorization":
+            return value if isinstance(value, str) else value.decode(errors="replace")
+    return None
+
+
+class CallGuard:
+    """Authenticates, authorizes and rate-limits one call, and records its principal."""
+
+    def __init__(
+        self,
+        *,
+        api_keys: TokenVerifier | None,
+        jwts: TokenVerifier | None,
+        rate_limiter: RateLimiter | None,
+    ) -> None:
+        """With neither verifier, no credential is needed (AUTH_MODE=none)."""
+        self._api_keys = api_keys
+        self._jwts = jwts
+        self._rate_limiter = rate_limiter
+
+    @property
+    def required(self) -> bool:
+        """Whether calls need a credential."""
+        return self._api_keys is not None or self._jwts is not None
+
+    def authenticate(self, authorization: str | None) -> Principal:
+        """The principal of an `authorization` metadata value; UnauthenticatedError if none."""
+        if not self.required:
+            return ANONYMOUS
+        token = bearer_token(authorization)
+        if token.startswith(API_KEY_PREFIX) and self._api_keys is not None:
+            return self._api_keys.verify(token)
+        if token.count(".") == 2 and self._jwts is not None:
+            return self._jwts.verify(token)
+        raise UnauthenticatedError("invalid credentials: not an API key or token of this service")
+
+    async def admit(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> Principal:
+        """The caller of `method`, once it is known, allowed and within its rate."""
+        principal = self.authenticate(_authorization(context))
+        needed = METHOD_SCOPES.get(method)
+        if needed is None:
+            # Not listed: nobody may call it until someone decides who may.
+            raise PermissionDeniedError("(a method without a declared scope)")
+        if not principal.allows(needed):
+            raise PermissionDeniedError(needed.value)
+        if self._rate_limiter is not None:
+            await self._rate_limiter.hit(principal)
+        set_current_principal(principal)
+        return principal
