@@ -93,7 +93,7 @@ async def _until_taken_away(inbox: asyncio.Queue[InboxItem], store: JobStore, cl
                 return item.status.value
         elif item is RESYNC:
             try:
-                job = await store.get(claim.job_id)
+                job = await store.get(claim.job_id, tenant=None)
             except TransientError as error:
                 # The listener reconnects and sends RESYNC again.
                 logger.warning("job %s: re-reading after RESYNC failed (%s)", claim.job_id, error)
