@@ -167,6 +167,11 @@ def _batched(
     )
 
 
+def _no_quota(_tenant: str) -> int:
+    """No limit (a store that never creates jobs, such as the worker's)."""
+    return 2**62
+
+
 def _number_bytes(new_job: _NewJob) -> int:
     return len(new_job.numbers)
 
@@ -178,15 +183,28 @@ class JobStore:
     (see jobcore.batching); each caller still gets its own answer.
     """
 
-    def __init__(self, pool: asyncpg.Pool, *, pool_wait: timedelta = DEFAULT_POOL_WAIT) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        pool_wait: timedelta = DEFAULT_POOL_WAIT,
+        max_unfinished_jobs: Callable[[str], int] = _no_quota,
+    ) -> None:
+        """`max_unfinished_jobs(tenant)` is the tenant's quota (the server's settings)."""
         self._database = Database(pool, pool_wait=pool_wait)
+        self._max_unfinished_jobs = max_unfinished_jobs
         self._creates = _batched(self._create_batch, size_of=_number_bytes)
         self._claims = _batched(self._claim_batch)
         self._finishes = _batched(self._finish_batch)
 
     @classmethod
     async def connect(
-        cls, database_url: str, *, pool_size: int, pool_wait: timedelta = DEFAULT_POOL_WAIT
+        cls,
+        database_url: str,
+        *,
+        pool_size: int,
+        pool_wait: timedelta = DEFAULT_POOL_WAIT,
+        max_unfinished_jobs: Callable[[str], int] = _no_quota,
     ) -> JobStore:
         """A store on a new pool of up to `pool_size` connections (opened as needed).
 
@@ -194,7 +212,11 @@ class JobStore:
         which callers retry) and are replaced by the pool. A call that finds no connection
         free within `pool_wait` fails with StoreOverloadedError.
         """
-        return cls(await create_pool(database_url, pool_size=pool_size), pool_wait=pool_wait)
+        return cls(
+            await create_pool(database_url, pool_size=pool_size),
+            pool_wait=pool_wait,
+            max_unfinished_jobs=max_unfinished_jobs,
+        )
 
     @property
     def database(self) -> Database:
@@ -221,7 +243,6 @@ class JobStore:
         operation: Operation,
         numbers: bytes | memoryview,
         owner: Principal,
-        max_unfinished_jobs: int,
         request_id: str | None = None,
         on_stored: StoredCallback | None = None,
     ) -> tuple[Job, bool]:
@@ -229,7 +250,7 @@ class JobStore:
 
         With a `request_id` the tenant already used for the same request, the original job is
         returned with created=False; for a different request it is an error. A tenant that
-        already has `max_unfinished_jobs` unfinished jobs gets QuotaExceededError.
+        already has its maximum of unfinished jobs gets QuotaExceededError.
         `on_stored(job, created, backlog)` runs as soon as the answer is known, in the
         statement's own task: even if the caller was cancelled meanwhile (a deadline, a
         hang-up), so what must follow a stored job (its wake-up) cannot be lost with the caller.
@@ -244,7 +265,7 @@ class JobStore:
                 traceparent=_traceparent(),
                 tenant=owner.tenant,
                 actor=owner.actor,
-                max_unfinished_jobs=max_unfinished_jobs,
+                max_unfinished_jobs=self._max_unfinished_jobs(owner.tenant),
                 on_stored=on_stored,
             )
         )

@@ -90,7 +90,11 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> in
     Returns the process's exit status: 0 after a signal, non-zero after a failure.
     """
     supervisor = Supervisor()
-    store = await JobStore.connect(settings.database_url, pool_size=settings.db_pool_size)
+    store = await JobStore.connect(
+        settings.database_url,
+        pool_size=settings.db_pool_size,
+        max_unfinished_jobs=settings.max_unfinished_jobs,
+    )
     celery_app = create_celery_app(settings)
     hub = JobEventHub(settings.database_url)
     await hub.start(timeout_seconds=5, supervisor=supervisor)
@@ -188,7 +192,6 @@ def _add_job_services(
         dispatcher=dispatcher,
         hub=hub,
         max_job_numbers=settings.max_job_numbers,
-        max_unfinished_jobs=settings.max_unfinished_jobs,
         page_tokens=_page_tokens(settings),
         watch_heartbeat=timedelta(seconds=settings.watch_heartbeat_seconds),
     )

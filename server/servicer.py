@@ -128,7 +128,6 @@ class JobServicer(pb_grpc.JobServiceServicer):
         dispatcher: Dispatcher,
         hub: JobEventHub,
         max_job_numbers: int,
-        max_unfinished_jobs: Callable[[str], int],
         page_tokens: PageTokenSigner,
         watch_heartbeat: timedelta,
     ) -> None:
@@ -136,7 +135,6 @@ class JobServicer(pb_grpc.JobServiceServicer):
         self._dispatcher = dispatcher
         self._hub = hub
         self._max_job_numbers = max_job_numbers
-        self._max_unfinished_jobs = max_unfinished_jobs
         self._page_tokens = page_tokens
         self._watch_heartbeat = watch_heartbeat
 
@@ -159,13 +157,11 @@ class JobServicer(pb_grpc.JobServiceServicer):
             raise InvalidJobError(violations)
         # The wake-up is queued by the store's callback, not after the await: a caller that
         # goes away (a deadline, a hang-up) once its job is stored must not take it along.
-        owner = current_principal()
         job, _ = await self._store.create(
             job_id=new_job_id(),
             operation=operation,
             numbers=pack_numbers(numbers),
-            owner=owner,
-            max_unfinished_jobs=self._max_unfinished_jobs(owner.tenant),
+            owner=current_principal(),
             request_id=request_id,
             on_stored=functools.partial(
                 self._wake_a_worker, traceparent=trace_headers().get("traceparent")
