@@ -1,7 +1,8 @@
 """The service's SQL: the named statements of `jobcore/sql/queries.sql`, read once at import.
 
 `QueryName` lists the names, so a misspelt name is a type error; the file and the list are
-checked against each other when this module loads. Only jobcore.store runs the statements.
+checked against each other when this module loads. Only jobcore.store and jobcore.keys.store
+run the statements.
 """
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ QueryName = Literal[
     "mark_undispatched",
     "take_undispatched",
     "purge_finished",
+    "insert_api_key",
+    "list_api_keys",
+    "revoke_api_key",
+    "api_key_ring",
 ]
 
 _HEADER = re.compile(r"^-- name: (?P<name>[a-z_]+)[ \t]*$", re.MULTILINE)

@@ -379,3 +379,42 @@ DELETE FROM jobs
            FOR UPDATE SKIP LOCKED
        )
 RETURNING id;
+
+
+-- name: insert_api_key
+-- Store a new API key: id $1, public prefix $2, SHA-256 of the whole key $3 (never the key
+-- itself), tenant $4, scopes $5, name $6, expiry $7 (NULL: never). A prefix or hash already
+-- taken (the random prefix drawn twice) inserts nothing and returns no row, and the caller
+-- draws a new key. jobcore.keys.store runs this block and the three after it.
+INSERT INTO api_keys (id, prefix, secret_hash, tenant, scopes, name, created_at, expires_at)
+VALUES ($1::uuid, $2::text, $3::bytea, $4::text, $5::text[], $6::text, now(),
+        $7::timestamptz)
+    ON CONFLICT DO NOTHING
+RETURNING id, prefix, tenant, scopes, name, created_at, expires_at, revoked_at;
+
+
+-- name: list_api_keys
+-- Every key, newest first, without its hash; with $1 false only those that work now (not
+-- revoked, not expired).
+SELECT id, prefix, tenant, scopes, name, created_at, expires_at, revoked_at
+  FROM api_keys
+ WHERE $1::boolean
+    OR (revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now()))
+ ORDER BY created_at DESC, id DESC;
+
+
+-- name: revoke_api_key
+-- Revoke the key $1 now, or keep the time it was first revoked: revoking twice changes
+-- nothing. No row: no such key.
+UPDATE api_keys
+   SET revoked_at = coalesce(revoked_at, now())
+ WHERE id = $1::uuid
+RETURNING id, prefix, tenant, scopes, name, created_at, expires_at, revoked_at;
+
+
+-- name: api_key_ring
+-- Every key with its hash, revoked and expired ones too (so a caller is told why its key
+-- stopped working): what each server's key ring holds in memory and re-reads every
+-- API_KEY_REFRESH_SECONDS.
+SELECT id, prefix, secret_hash, tenant, scopes, name, created_at, expires_at, revoked_at
+  FROM api_keys;
