@@ -18,6 +18,7 @@ from jobcore.ids import new_job_id
 from jobcore.operations import Operation, pack_numbers
 from jobcore.store import JobStore
 from tests.eventually import eventually
+from tests.owners import TEST_OWNER
 
 FINAL = (pb.SUCCESS, pb.FAILED, pb.CANCELLED)
 
@@ -169,7 +170,10 @@ async def test_a_job_whose_worker_vanished_is_run_again_when_its_lease_expires(
     store = await JobStore.connect(stack.database_url, pool_size=1)
     try:
         job, _ = await store.create(
-            job_id=new_job_id(), operation=Operation.CUBE_SUM, numbers=pack_numbers([3.0])
+            owner=TEST_OWNER,
+            job_id=new_job_id(),
+            operation=Operation.CUBE_SUM,
+            numbers=pack_numbers([3.0]),
         )
         claim = await store.claim(job.id, lease=timedelta(seconds=1))
         assert claim is not None

@@ -156,9 +156,10 @@ async def test_list_jobs_prepares_with_every_filter_fragment_and_the_cursor(
     shape = tuple(store._CONDITION_SQL)
     statement = await connection.prepare(store._list_jobs_sql(shape, after_cursor=True))
 
-    # The limit, one value per condition, then the cursor's time and id.
+    # The limit, the tenant, one value per condition, then the cursor's time and id.
     assert [parameter.name for parameter in statement.get_parameters()] == [
         "int4",
+        "text",
         *("text",) * 4,
         *("timestamptz",) * 6,
         "timestamptz",

@@ -25,6 +25,7 @@ from jobcore.models import Claim, Job, JobStatus, Outcome
 from jobcore.operations import Operation, pack_numbers
 from jobcore.schema import JOB_EVENTS_CHANNEL
 from jobcore.store import CANCELLED_ERROR, JobStore
+from tests.owners import TEST_OWNER
 
 LEASE = timedelta(minutes=5)
 
@@ -38,7 +39,10 @@ async def store(isolated_database_url: str) -> AsyncIterator[JobStore]:
 
 async def _new_job(store: JobStore, numbers: list[float] | None = None) -> Job:
     job, created = await store.create(
-        job_id=new_job_id(), operation=Operation.SQUARE_SUM, numbers=pack_numbers(numbers or [3.0])
+        owner=TEST_OWNER,
+        job_id=new_job_id(),
+        operation=Operation.SQUARE_SUM,
+        numbers=pack_numbers(numbers or [3.0]),
     )
     assert created
     return job
@@ -53,7 +57,7 @@ async def test_only_one_of_many_concurrent_claims_wins(store: JobStore) -> None:
     winners = [claim for claim in claims if claim is not None]
     assert len(winners) == 1
     assert winners[0].attempt == 1
-    assert (await store.get(job.id)).status == JobStatus.IN_PROGRESS
+    assert (await store.get(job.id, tenant=None)).status == JobStatus.IN_PROGRESS
 
 
 async def test_concurrent_changes_of_many_jobs_each_get_their_own_answer(store: JobStore) -> None:
@@ -74,10 +78,12 @@ async def test_concurrent_changes_of_many_jobs_each_get_their_own_answer(store: 
     assert finished[:30] == [True] * 30
     assert finished[30] is False
     for n, job in enumerate(jobs):
-        final = await store.get(job.id)
+        final = await store.get(job.id, tenant=None)
         assert final.status == JobStatus.SUCCESS
         assert final.outcome == Outcome(result=float(n) ** 2)
-        assert [event.status for event in await store.events_after(job.id, 0)] == [
+        assert [
+            event.status for event in await store.events_after(job.id, 0, tenant=TEST_OWNER.tenant)
+        ] == [
             JobStatus.PENDING,
             JobStatus.IN_PROGRESS,
             JobStatus.SUCCESS,
@@ -92,7 +98,7 @@ async def test_a_stale_attempt_cannot_overwrite_the_outcome(store: JobStore) -> 
     assert await store.finish(claim, Outcome(result=9.0)) is True
     assert await store.finish(claim, Outcome(error="late duplicate")) is False
 
-    finished = await store.get(job.id)
+    finished = await store.get(job.id, tenant=None)
     assert finished.status == JobStatus.SUCCESS
     assert finished.outcome == Outcome(result=9.0, error=None)
     assert await store.claim(job.id, lease=LEASE) is None
@@ -120,7 +126,7 @@ async def test_every_change_is_an_event_and_a_notification_on_commit(
     finally:
         await listener.close()
 
-    events = await store.events_after(job.id, 0)
+    events = await store.events_after(job.id, 0, tenant=TEST_OWNER.tenant)
     assert [(e.sequence, e.status, e.attempts) for e in events] == [
         (1, JobStatus.PENDING, 0),
         (2, JobStatus.IN_PROGRESS, 1),
@@ -128,7 +134,7 @@ async def test_every_change_is_an_event_and_a_notification_on_commit(
     ]
     assert events[-1].outcome == Outcome(result=5.0)
     assert notified == [(1, "PENDING", None), (2, "IN_PROGRESS", None), (3, "SUCCESS", 5.0)]
-    assert (await store.get(job.id)).sequence == 3
+    assert (await store.get(job.id, tenant=None)).sequence == 3
 
 
 async def test_a_stale_and_a_current_attempt_finishing_together_get_their_own_answers(
@@ -152,7 +158,7 @@ async def test_a_stale_and_a_current_attempt_finishing_together_get_their_own_an
     )
 
     assert finished == [True, True, False, True]
-    assert (await store.get(job.id)).outcome == Outcome(result=9.0, error=None)
+    assert (await store.get(job.id, tenant=None)).outcome == Outcome(result=9.0, error=None)
 
 
 async def _lost_then_claimed_again(
@@ -177,10 +183,10 @@ async def test_a_lost_attempt_cannot_finish_the_attempt_that_holds_the_job(
 
     assert await store.finish(lost, Outcome(result=1.0)) is False
 
-    running = await store.get(job.id)
+    running = await store.get(job.id, tenant=None)
     assert (running.status, running.attempts, running.outcome) == (JobStatus.IN_PROGRESS, 2, None)
     assert await store.finish(current, Outcome(result=9.0)) is True
-    done = await store.get(job.id)
+    done = await store.get(job.id, tenant=None)
     assert (done.status, done.attempts, done.outcome) == (
         JobStatus.SUCCESS,
         2,
@@ -208,13 +214,16 @@ async def test_a_lost_and_the_current_attempt_finishing_in_one_statement(
 
     by_attempt = dict(zip((claim.attempt for claim, _ in finishes), answers[1:], strict=True))
     assert by_attempt == {1: False, 2: True}
-    done = await store.get(job.id)
+    done = await store.get(job.id, tenant=None)
     assert (done.status, done.attempts, done.outcome) == (
         JobStatus.SUCCESS,
         2,
         Outcome(result=9.0),
     )
-    assert [(e.status, e.attempts, e.outcome) for e in await store.events_after(job.id, 0)][-1] == (
+    assert [
+        (e.status, e.attempts, e.outcome)
+        for e in await store.events_after(job.id, 0, tenant=TEST_OWNER.tenant)
+    ][-1] == (
         JobStatus.SUCCESS,
         2,
         Outcome(result=9.0),
@@ -261,7 +270,7 @@ async def test_expired_lease_requeues_the_job_then_gives_up_after_max_attempts(
     await asyncio.sleep(0.01)
     await store.requeue_expired(max_attempts=3, limit=10_000)
 
-    failed = await store.get(job.id)
+    failed = await store.get(job.id, tenant=None)
     assert failed.status == JobStatus.FAILED
     assert failed.attempts == 3
     assert failed.outcome is not None
@@ -273,7 +282,7 @@ async def test_renewal_keeps_a_lease_and_reports_claims_that_are_gone(store: Job
     claims = [await store.claim(job.id, lease=timedelta(seconds=1)) for job in (kept, cancelled)]
     assert claims[0] is not None
     assert claims[1] is not None
-    await store.cancel(cancelled.id)
+    await store.cancel(cancelled.id, by=TEST_OWNER)
 
     held = await store.renew([claims[0], claims[1]], lease=LEASE)
     await asyncio.sleep(1.1)
@@ -281,14 +290,14 @@ async def test_renewal_keeps_a_lease_and_reports_claims_that_are_gone(store: Job
 
     assert held == {(kept.id, claims[0].attempt)}
     assert kept.id not in {job.id for job in requeued}
-    assert (await store.get(kept.id)).status == JobStatus.IN_PROGRESS
+    assert (await store.get(kept.id, tenant=None)).status == JobStatus.IN_PROGRESS
 
 
 async def test_cancel_is_final_idempotent_and_refused_after_success(store: JobStore) -> None:
     pending = await _new_job(store)
 
-    cancelled = await store.cancel(pending.id)
-    again = await store.cancel(pending.id)
+    cancelled = await store.cancel(pending.id, by=TEST_OWNER)
+    again = await store.cancel(pending.id, by=TEST_OWNER)
 
     assert cancelled.status == JobStatus.CANCELLED
     assert cancelled.outcome == Outcome(error=CANCELLED_ERROR)
@@ -300,9 +309,9 @@ async def test_cancel_is_final_idempotent_and_refused_after_success(store: JobSt
     assert claim is not None
     await store.finish(claim, Outcome(result=9.0))
     with pytest.raises(JobAlreadyFinishedError, match="SUCCESS"):
-        await store.cancel(done.id)
+        await store.cancel(done.id, by=TEST_OWNER)
     with pytest.raises(JobNotFoundError):
-        await store.cancel(new_job_id())
+        await store.cancel(new_job_id(), by=TEST_OWNER)
 
 
 async def test_idempotency_key_returns_the_original_job_for_the_same_request(
@@ -312,10 +321,18 @@ async def test_idempotency_key_returns_the_original_job_for_the_same_request(
     numbers = pack_numbers([1.0, 2.0])
 
     first, created = await store.create(
-        job_id=new_job_id(), operation=Operation.CUBE_SUM, numbers=numbers, request_id=key
+        owner=TEST_OWNER,
+        job_id=new_job_id(),
+        operation=Operation.CUBE_SUM,
+        numbers=numbers,
+        request_id=key,
     )
     retried, created_again = await store.create(
-        job_id=new_job_id(), operation=Operation.CUBE_SUM, numbers=numbers, request_id=key
+        owner=TEST_OWNER,
+        job_id=new_job_id(),
+        operation=Operation.CUBE_SUM,
+        numbers=numbers,
+        request_id=key,
     )
 
     assert created
@@ -323,7 +340,11 @@ async def test_idempotency_key_returns_the_original_job_for_the_same_request(
     assert retried.id == first.id
     with pytest.raises(IdempotencyKeyReusedError, match=key):
         await store.create(
-            job_id=new_job_id(), operation=Operation.SQUARE_SUM, numbers=numbers, request_id=key
+            owner=TEST_OWNER,
+            job_id=new_job_id(),
+            operation=Operation.SQUARE_SUM,
+            numbers=numbers,
+            request_id=key,
         )
 
 
@@ -334,9 +355,13 @@ async def test_a_key_whose_job_is_purged_during_a_submit_is_used_anew_and_fails_
     companion_key = f"{key}-companion"
     numbers = pack_numbers([2.0])
     old, _ = await store.create(
-        job_id=new_job_id(), operation=Operation.SQUARE_SUM, numbers=numbers, request_id=key
+        owner=TEST_OWNER,
+        job_id=new_job_id(),
+        operation=Operation.SQUARE_SUM,
+        numbers=numbers,
+        request_id=key,
     )
-    await store.cancel(old.id)
+    await store.cancel(old.id, by=TEST_OWNER)
     # Retention purges the old job in the very statement whose insert found its key
     # taken (the one that also inserts the companion), so the lookup after it finds nothing.
     trigger = f"purge_during_submit_{uuid.uuid4().hex}"
@@ -360,12 +385,14 @@ async def test_a_key_whose_job_is_purged_during_a_submit_is_used_anew_and_fails_
         _, (resubmitted, created), (companion, companion_created) = await asyncio.gather(
             _new_job(store),
             store.create(
+                owner=TEST_OWNER,
                 job_id=resubmitted_id,
                 operation=Operation.SQUARE_SUM,
                 numbers=numbers,
                 request_id=key,
             ),
             store.create(
+                owner=TEST_OWNER,
                 job_id=companion_id,
                 operation=Operation.SQUARE_SUM,
                 numbers=numbers,
@@ -383,9 +410,13 @@ async def test_a_key_whose_job_is_purged_during_a_submit_is_used_anew_and_fails_
     )
     assert (companion.id, companion_created) == (companion_id, True)
     with pytest.raises(JobNotFoundError):
-        await store.get(old.id)
+        await store.get(old.id, tenant=None)
     again, created_again = await store.create(
-        job_id=new_job_id(), operation=Operation.SQUARE_SUM, numbers=numbers, request_id=key
+        owner=TEST_OWNER,
+        job_id=new_job_id(),
+        operation=Operation.SQUARE_SUM,
+        numbers=numbers,
+        request_id=key,
     )
     assert (again.id, created_again) == (resubmitted_id, False)
 
@@ -404,9 +435,10 @@ async def test_a_key_freed_again_after_every_insert_fails_only_its_own_submit(
         CREATE FUNCTION {trigger}_take() RETURNS trigger LANGUAGE plpgsql AS $$
         BEGIN
             IF NEW.request_id = '{key}' AND NEW.status = 'PENDING' THEN
-                INSERT INTO jobs (id, operation, status, numbers, number_count, last_sequence,
-                                  created_at, updated_at, request_id, request_hash)
-                VALUES (gen_random_uuid(), NEW.operation, 'CANCELLED', NEW.numbers,
+                INSERT INTO jobs (id, tenant, operation, status, numbers, number_count,
+                                  last_sequence, created_at, updated_at, request_id,
+                                  request_hash)
+                VALUES (gen_random_uuid(), NEW.tenant, NEW.operation, 'CANCELLED', NEW.numbers,
                         NEW.number_count, 1, now(), now(), NEW.request_id, NEW.request_hash);
             END IF;
             RETURN NEW;
@@ -430,12 +462,14 @@ async def test_a_key_freed_again_after_every_insert_fails_only_its_own_submit(
         _, refused, companion = await asyncio.gather(
             _new_job(store),
             store.create(
+                owner=TEST_OWNER,
                 job_id=new_job_id(),
                 operation=Operation.SQUARE_SUM,
                 numbers=numbers,
                 request_id=key,
             ),
             store.create(
+                owner=TEST_OWNER,
                 job_id=companion_id,
                 operation=Operation.SQUARE_SUM,
                 numbers=numbers,
@@ -461,6 +495,7 @@ async def test_concurrent_submissions_with_one_key_make_one_job(store: JobStore)
     results = await asyncio.gather(
         *(
             store.create(
+                owner=TEST_OWNER,
                 job_id=new_job_id(),
                 operation=Operation.SQUARE_SUM,
                 numbers=pack_numbers([4.0]),
@@ -481,28 +516,30 @@ async def test_jobs_whose_publish_failed_are_taken_for_redispatch_once(store: Jo
     first = await store.take_undispatched(older_than=timedelta(hours=1), limit=1000)
     second = await store.take_undispatched(older_than=timedelta(hours=1), limit=1000)
 
-    assert job.id in first
-    assert job.id not in second
+    assert job.id in {job_id for job_id, _ in first}
+    assert job.id not in {job_id for job_id, _ in second}
+    # With its tenant's unfinished jobs, which the wake-up's priority is chosen by.
+    assert dict(first)[job.id] >= 1
 
 
 async def test_retention_deletes_finished_jobs_with_their_events(store: JobStore) -> None:
     finished, pending = await _new_job(store), await _new_job(store)
-    await store.cancel(finished.id)
+    await store.cancel(finished.id, by=TEST_OWNER)
 
     await asyncio.sleep(0.01)
     purged = await store.purge_finished(older_than=timedelta(milliseconds=5), limit=10_000)
 
     assert purged >= 1
     with pytest.raises(JobNotFoundError):
-        await store.get(finished.id)
-    assert await store.events_after(finished.id, 0) == []
-    assert (await store.get(pending.id)).status == JobStatus.PENDING
+        await store.get(finished.id, tenant=None)
+    assert await store.events_after(finished.id, 0, tenant=TEST_OWNER.tenant) == []
+    assert (await store.get(pending.id, tenant=None)).status == JobStatus.PENDING
 
 
 async def test_a_filtered_listing_pages_through_its_jobs_newest_first(store: JobStore) -> None:
     first = await _new_job(store)
     created = [first, *[await _new_job(store) for _ in range(3)]]
-    await store.cancel(created[1].id)
+    await store.cancel(created[1].id, by=TEST_OWNER)
     conditions = [
         Condition("create_time", ">=", first.created_at),
         Condition("status", "!=", "CANCELLED"),
@@ -512,7 +549,9 @@ async def test_a_filtered_listing_pages_through_its_jobs_newest_first(store: Job
     listed: list[Job] = []
     cursor: PageCursor | None = None
     while True:
-        page, cursor = await store.list_jobs(conditions, page_size=1, after=cursor)
+        page, cursor = await store.list_jobs(
+            conditions, page_size=1, after=cursor, tenant=TEST_OWNER.tenant
+        )
         listed += page
         if cursor is None:
             break
@@ -524,7 +563,10 @@ async def test_a_filter_value_is_compared_as_a_value_never_run_as_sql(store: Job
     await _new_job(store)
 
     page, cursor = await store.list_jobs(
-        [Condition("operation", "=", "square_sum' OR 'x' = 'x")], page_size=10, after=None
+        [Condition("operation", "=", "square_sum' OR 'x' = 'x")],
+        page_size=10,
+        after=None,
+        tenant=TEST_OWNER.tenant,
     )
 
     assert (page, cursor) == ([], None)
@@ -538,11 +580,15 @@ async def test_pages_never_repeat_a_job_and_a_full_last_page_has_no_next_one(
     newest_first = [job.id for job in reversed(created)]
     since_first = [Condition("create_time", ">=", first.created_at)]
 
-    whole, after_whole = await store.list_jobs(since_first, page_size=5, after=None)
+    whole, after_whole = await store.list_jobs(
+        since_first, page_size=5, after=None, tenant=TEST_OWNER.tenant
+    )
     listed: list[Job] = []
     cursor: PageCursor | None = None
     while True:
-        page, cursor = await store.list_jobs(since_first, page_size=2, after=cursor)
+        page, cursor = await store.list_jobs(
+            since_first, page_size=2, after=cursor, tenant=TEST_OWNER.tenant
+        )
         listed += page
         if cursor is None:
             break
@@ -557,6 +603,7 @@ async def test_every_other_request_under_a_used_key_is_refused(store: JobStore) 
     key = f"key-{new_job_id()}"
     original = [1.0, 2.0]
     await store.create(
+        owner=TEST_OWNER,
         job_id=new_job_id(),
         operation=Operation.SQUARE_SUM,
         numbers=pack_numbers(original),
@@ -571,6 +618,7 @@ async def test_every_other_request_under_a_used_key_is_refused(store: JobStore) 
     for operation, numbers in others:
         with pytest.raises(IdempotencyKeyReusedError):
             await store.create(
+                owner=TEST_OWNER,
                 job_id=new_job_id(),
                 operation=operation,
                 numbers=pack_numbers(numbers),
@@ -598,6 +646,10 @@ async def test_events_after_a_sequence_start_right_after_it(store: JobStore) -> 
     assert claim is not None
     await store.finish(claim, Outcome(result=9.0))
 
-    assert [event.sequence for event in await store.events_after(job.id, 0)] == [1, 2, 3]
-    assert [event.sequence for event in await store.events_after(job.id, 1)] == [2, 3]
-    assert await store.events_after(job.id, 3) == []
+    assert [
+        event.sequence for event in await store.events_after(job.id, 0, tenant=TEST_OWNER.tenant)
+    ] == [1, 2, 3]
+    assert [
+        event.sequence for event in await store.events_after(job.id, 1, tenant=TEST_OWNER.tenant)
+    ] == [2, 3]
+    assert await store.events_after(job.id, 3, tenant=TEST_OWNER.tenant) == []

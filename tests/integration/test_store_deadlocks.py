@@ -27,6 +27,7 @@ from jobcore.ids import new_job_id
 from jobcore.models import Claim, Outcome
 from jobcore.operations import Operation, pack_numbers
 from jobcore.store import JobStore
+from tests.owners import TEST_OWNER
 
 T = TypeVar("T")
 
@@ -66,6 +67,7 @@ async def _create_jobs(store: JobStore, rng: random.Random, counts: Counter[str]
         *(
             _tally(
                 store.create(
+                    owner=TEST_OWNER,
                     job_id=new_job_id(),
                     operation=Operation.SQUARE_SUM,
                     numbers=pack_numbers([1.0, 2.0]),
@@ -121,7 +123,7 @@ async def _loop(
         await asyncio.gather(
             finishes,
             _tally(store.renew(renewing, lease=timedelta(milliseconds=500)), counts),
-            *(_tally(store.cancel(job_id), counts) for job_id in cancelling),
+            *(_tally(store.cancel(job_id, by=TEST_OWNER), counts) for job_id in cancelling),
             _tally(store.requeue_expired(max_attempts=1_000_000, limit=BATCH), counts),
         )
         finished = finishes.result()

@@ -23,6 +23,7 @@ from jobcore.models import Job, JobStatus
 from jobcore.operations import Operation, pack_numbers
 from jobcore.store import JobStore
 from tests.eventually import eventually
+from tests.owners import TEST_OWNER
 
 LEASE = timedelta(minutes=5)
 
@@ -59,7 +60,10 @@ def _with_settings(database_url: str, **settings: str) -> str:
 
 async def _new_job(store: JobStore) -> Job:
     job, _ = await store.create(
-        job_id=new_job_id(), operation=Operation.SQUARE_SUM, numbers=pack_numbers([3.0])
+        owner=TEST_OWNER,
+        job_id=new_job_id(),
+        operation=Operation.SQUARE_SUM,
+        numbers=pack_numbers([3.0]),
     )
     return job
 
@@ -117,7 +121,7 @@ async def test_postgres_out_of_connections_is_overload(
         store = await JobStore.connect(isolated_database_url, pool_size=1)
         try:
             with pytest.raises(StoreOverloadedError) as raised:
-                await store.get(new_job_id())
+                await store.get(new_job_id(), tenant=None)
         finally:
             await store.close()
     finally:
@@ -136,15 +140,15 @@ async def test_a_pool_with_no_free_connection_is_overload(
         job = await _new_job(store)
         await _lock_row(blocker, job)
         # The pool's only connection waits for the row lock.
-        cancelling = asyncio.create_task(store.cancel(job.id))
+        cancelling = asyncio.create_task(store.cancel(job.id, by=TEST_OWNER))
         await _until_someone_waits_for(admin, blocker)
 
         with pytest.raises(StoreOverloadedError) as raised:
-            await store.get(job.id)
+            await store.get(job.id, tenant=None)
 
         await blocker.execute("ROLLBACK")
         assert (await cancelling).status == JobStatus.CANCELLED
-        assert (await store.get(job.id)).status == JobStatus.CANCELLED
+        assert (await store.get(job.id, tenant=None)).status == JobStatus.CANCELLED
     finally:
         await store.close()
     _assert_no_driver_text(raised.value, sqlstate=None)
@@ -194,7 +198,7 @@ async def test_a_serialization_failure_is_a_conflict(
     try:
         job = await _new_job(store)
         await _lock_row(blocker, job)
-        cancelling = asyncio.create_task(repeatable.cancel(job.id))
+        cancelling = asyncio.create_task(repeatable.cancel(job.id, by=TEST_OWNER))
         await _until_someone_waits_for(admin, blocker)
 
         # Committed after the cancel's snapshot was taken: repeatable read cannot go on.
@@ -203,7 +207,7 @@ async def test_a_serialization_failure_is_a_conflict(
         with pytest.raises(StoreConflictError) as raised:
             await asyncio.wait_for(cancelling, timeout=10)
         # Retried, the change goes through.
-        assert (await repeatable.cancel(job.id)).status == JobStatus.CANCELLED
+        assert (await repeatable.cancel(job.id, by=TEST_OWNER)).status == JobStatus.CANCELLED
     finally:
         await repeatable.close()
     _assert_no_driver_text(raised.value, sqlstate="40001")
@@ -220,10 +224,10 @@ async def test_a_statement_past_statement_timeout_is_a_timeout(
         await _lock_row(blocker, job)
 
         with pytest.raises(StoreTimeoutError) as raised:
-            await impatient.cancel(job.id)
+            await impatient.cancel(job.id, by=TEST_OWNER)
 
         await blocker.execute("ROLLBACK")
-        assert (await impatient.cancel(job.id)).status == JobStatus.CANCELLED
+        assert (await impatient.cancel(job.id, by=TEST_OWNER)).status == JobStatus.CANCELLED
     finally:
         await impatient.close()
     _assert_no_driver_text(raised.value, sqlstate="57014")

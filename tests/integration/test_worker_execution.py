@@ -17,6 +17,7 @@ from jobcore.models import Claim, JobStatus
 from jobcore.operations import Operation, pack_numbers
 from jobcore.store import JobStore
 from tests.eventually import eventually
+from tests.owners import TEST_OWNER
 from worker.execution import _until_taken_away, execute_job, start_jobs
 from worker.leases import LeaseKeeper
 from worker.runtime import WorkerServices
@@ -42,12 +43,15 @@ async def services(isolated_database_url: str) -> AsyncIterator[WorkerServices]:
 
 async def test_a_job_runs_to_success(services: WorkerServices) -> None:
     job, _ = await services.store.create(
-        job_id=new_job_id(), operation=Operation.CUBE_SUM, numbers=pack_numbers([2.0, 3.0])
+        owner=TEST_OWNER,
+        job_id=new_job_id(),
+        operation=Operation.CUBE_SUM,
+        numbers=pack_numbers([2.0, 3.0]),
     )
 
     await execute_job(services, job.id, delay=timedelta(0), deadline=timedelta(seconds=30))
 
-    done = await services.store.get(job.id)
+    done = await services.store.get(job.id, tenant=None)
     assert done.status == JobStatus.SUCCESS
     assert done.outcome is not None
     assert done.outcome.result == 35.0
@@ -55,14 +59,17 @@ async def test_a_job_runs_to_success(services: WorkerServices) -> None:
 
 async def test_a_job_past_its_deadline_fails_as_timed_out(services: WorkerServices) -> None:
     job, _ = await services.store.create(
-        job_id=new_job_id(), operation=Operation.SQUARE_SUM, numbers=pack_numbers([1.0])
+        owner=TEST_OWNER,
+        job_id=new_job_id(),
+        operation=Operation.SQUARE_SUM,
+        numbers=pack_numbers([1.0]),
     )
 
     await execute_job(
         services, job.id, delay=timedelta(seconds=30), deadline=timedelta(seconds=0.3)
     )
 
-    failed = await services.store.get(job.id)
+    failed = await services.store.get(job.id, tenant=None)
     assert failed.status == JobStatus.FAILED
     assert failed.outcome is not None
     assert "timed out" in (failed.outcome.error or "")
@@ -70,27 +77,34 @@ async def test_a_job_past_its_deadline_fails_as_timed_out(services: WorkerServic
 
 async def test_cancelling_a_running_job_stops_it_promptly(services: WorkerServices) -> None:
     job, _ = await services.store.create(
-        job_id=new_job_id(), operation=Operation.SQUARE_SUM, numbers=pack_numbers([1.0])
+        owner=TEST_OWNER,
+        job_id=new_job_id(),
+        operation=Operation.SQUARE_SUM,
+        numbers=pack_numbers([1.0]),
     )
     running = asyncio.create_task(
         execute_job(services, job.id, delay=timedelta(seconds=60), deadline=timedelta(seconds=120))
     )
     await eventually(
-        lambda: services.store.get(job.id), until=lambda j: j.status == JobStatus.IN_PROGRESS
+        lambda: services.store.get(job.id, tenant=None),
+        until=lambda j: j.status == JobStatus.IN_PROGRESS,
     )
 
-    await services.store.cancel(job.id)
+    await services.store.cancel(job.id, by=TEST_OWNER)
 
     # The attempt notices the CANCELLED event and returns long before its 60 s delay.
     await asyncio.wait_for(running, timeout=10)
-    cancelled = await services.store.get(job.id)
+    cancelled = await services.store.get(job.id, tenant=None)
     assert cancelled.status == JobStatus.CANCELLED
     assert cancelled.attempts == 1
 
 
 async def test_a_duplicate_delivery_of_a_running_job_does_nothing(services: WorkerServices) -> None:
     job, _ = await services.store.create(
-        job_id=new_job_id(), operation=Operation.SQUARE_SUM, numbers=pack_numbers([5.0])
+        owner=TEST_OWNER,
+        job_id=new_job_id(),
+        operation=Operation.SQUARE_SUM,
+        numbers=pack_numbers([5.0]),
     )
 
     await asyncio.gather(
@@ -98,10 +112,12 @@ async def test_a_duplicate_delivery_of_a_running_job_does_nothing(services: Work
         execute_job(services, job.id, delay=timedelta(seconds=0.2), deadline=timedelta(seconds=30)),
     )
 
-    done = await services.store.get(job.id)
+    done = await services.store.get(job.id, tenant=None)
     assert done.status == JobStatus.SUCCESS
     assert done.attempts == 1
-    assert [e.status for e in await services.store.events_after(job.id, 0)] == [
+    assert [
+        e.status for e in await services.store.events_after(job.id, 0, tenant=TEST_OWNER.tenant)
+    ] == [
         JobStatus.PENDING,
         JobStatus.IN_PROGRESS,
         JobStatus.SUCCESS,
@@ -114,7 +130,10 @@ async def test_start_jobs_returns_once_its_jobs_are_claimed_never_above_capacity
     jobs = [
         (
             await services.store.create(
-                job_id=new_job_id(), operation=Operation.SQUARE_SUM, numbers=pack_numbers([n])
+                owner=TEST_OWNER,
+                job_id=new_job_id(),
+                operation=Operation.SQUARE_SUM,
+                numbers=pack_numbers([n]),
             )
         )[0]
         for n in range(CAPACITY + 2)
@@ -128,7 +147,7 @@ async def test_start_jobs_returns_once_its_jobs_are_claimed_never_above_capacity
     )
 
     # Every job was claimed before the message would be acked; at most CAPACITY still run.
-    statuses = [(await services.store.get(job.id)).status for job in jobs]
+    statuses = [(await services.store.get(job.id, tenant=None)).status for job in jobs]
     assert JobStatus.PENDING not in statuses
     assert 0 < statuses.count(JobStatus.IN_PROGRESS) <= CAPACITY
     assert len(services.running) <= CAPACITY
@@ -136,7 +155,7 @@ async def test_start_jobs_returns_once_its_jobs_are_claimed_never_above_capacity
     await services.drain(timeout_seconds=30)
 
     assert not services.running
-    finished = [await services.store.get(job.id) for job in jobs]
+    finished = [await services.store.get(job.id, tenant=None) for job in jobs]
     assert [job.status for job in finished] == [JobStatus.SUCCESS] * len(jobs)
     assert [job.outcome.result if job.outcome else None for job in finished] == [
         float(n * n) for n in range(len(jobs))
@@ -153,7 +172,10 @@ async def test_after_a_listener_reconnect_an_attempt_rereads_its_job_and_stops_o
 
     async def claimed() -> tuple[uuid.UUID, Claim]:
         job, _ = await store.create(
-            job_id=new_job_id(), operation=Operation.SQUARE_SUM, numbers=pack_numbers([1.0])
+            owner=TEST_OWNER,
+            job_id=new_job_id(),
+            operation=Operation.SQUARE_SUM,
+            numbers=pack_numbers([1.0]),
         )
         claim = await store.claim(job.id, lease=timedelta(seconds=30))
         assert claim is not None
@@ -170,7 +192,7 @@ async def test_after_a_listener_reconnect_an_attempt_rereads_its_job_and_stops_o
 
     _, still_held = await claimed()
     cancelled_id, cancelled = await claimed()
-    await store.cancel(cancelled_id)
+    await store.cancel(cancelled_id, by=TEST_OWNER)
     taken_id, lost = await claimed()
     # The lease of `lost` runs out and another attempt of the same job takes it.
     assert await store.renew([lost], lease=timedelta(0)) == {(taken_id, lost.attempt)}
@@ -184,19 +206,22 @@ async def test_after_a_listener_reconnect_an_attempt_rereads_its_job_and_stops_o
 
 async def _requeued(store: JobStore, job_id: uuid.UUID) -> bool:
     await store.requeue_expired(max_attempts=10, limit=100)
-    return (await store.get(job_id)).status == JobStatus.PENDING
+    return (await store.get(job_id, tenant=None)).status == JobStatus.PENDING
 
 
 async def test_a_result_beyond_the_largest_double_fails_the_job_with_a_readable_error(
     services: WorkerServices,
 ) -> None:
     job, _ = await services.store.create(
-        job_id=new_job_id(), operation=Operation.CUBE_SUM, numbers=pack_numbers([1e300])
+        owner=TEST_OWNER,
+        job_id=new_job_id(),
+        operation=Operation.CUBE_SUM,
+        numbers=pack_numbers([1e300]),
     )
 
     await execute_job(services, job.id, delay=timedelta(0), deadline=timedelta(seconds=30))
 
-    failed = await services.store.get(job.id)
+    failed = await services.store.get(job.id, tenant=None)
     assert failed.status == JobStatus.FAILED
     assert failed.outcome is not None
     assert failed.outcome.error is not None
