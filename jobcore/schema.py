@@ -30,8 +30,6 @@ jobs = Table(
     "jobs",
     metadata,
     Column("id", Uuid, primary_key=True),
-    # Whose job it is: the tenant of the credential that submitted it. Every read is by tenant.
-    Column("tenant", Text, nullable=False),
     Column("operation", Text, nullable=False),
     Column("status", Text, nullable=False),
     # Little-endian float64s, 8 bytes a number: compact, and read back in one piece.
@@ -51,6 +49,8 @@ jobs = Table(
     # Idempotency key of SubmitJob and a digest of the request it was first used with.
     Column("request_id", Text, nullable=True),
     Column("request_hash", LargeBinary, nullable=True),
+    # Whose job it is: the tenant of the credential that submitted it. Every read is by tenant.
+    Column("tenant", Text, nullable=False),
     CheckConstraint("operation IN ('square_sum', 'cube_sum')", name="jobs_operation_known"),
     CheckConstraint(
         "status IN ('PENDING', 'IN_PROGRESS', 'SUCCESS', 'FAILED', 'CANCELLED')",
@@ -102,9 +102,6 @@ job_events = Table(
     metadata,
     Column("job_id", Uuid, ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False),
     Column("sequence", Integer, nullable=False),
-    # The job's tenant, so every notification says whose it is and no stream delivers it to
-    # another tenant.
-    Column("tenant", Text, nullable=False),
     Column("status", Text, nullable=False),
     Column("occurred_at", DateTime(timezone=True), nullable=False),
     Column("result", Double, nullable=True),
@@ -112,6 +109,9 @@ job_events = Table(
     Column("attempt", Integer, nullable=False, server_default="0"),
     # The W3C trace context of the change (when tracing is on), so watchers join the trace.
     Column("traceparent", Text, nullable=True),
+    # The job's tenant, so every notification says whose it is and no stream delivers it to
+    # another tenant.
+    Column("tenant", Text, nullable=False),
     # Who caused the change: `key:<prefix>` or `jwt:<subject>` for a caller, `worker` or
     # `maintenance` for the service itself.
     Column("actor", Text, nullable=True),
