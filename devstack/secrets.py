@@ -2,7 +2,8 @@
 
 Each secret is created on first use and kept, so a restart finds the same credentials in the
 data it left. The folder is 0700 and every file 0600; a file is written under a temporary
-name and renamed, so a crash never leaves a half-written password behind.
+name and renamed, so a crash never leaves a half-written password behind. The development API
+key is kept here too, though the service mints it (devstack.stack), not new_secret().
 """
 
 from __future__ import annotations
@@ -19,6 +20,10 @@ POSTGRES_APP = "postgres-app-password"
 REDIS_ADMIN = "redis-admin-password"
 REDIS_APP = "redis-app-password"
 FLOWER = "flower-password"
+# Signs ListJobs page tokens (PAGE_TOKEN_SECRET), the same for every server process.
+PAGE_TOKENS = "page-token-secret"
+# make run's development API key (tenant `default`, every scope), minted by the stack itself.
+API_KEY = "api-key"
 
 
 def new_secret() -> str:
