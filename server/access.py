@@ -10,12 +10,19 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import timedelta
 
 from jobs.v1 import jobs_service_pb2_grpc as pb_grpc
 
+from jobcore.errors import TransientError
+from jobcore.jwt_tokens import jwt_verifier
+from jobcore.keys.ring import API_KEYS_TASK, KeyRing
+from jobcore.keys.store import KeyStore
+from jobcore.rate_limits import RedisRateLimiter, rate_limiter
 from jobcore.settings import Settings
 from jobcore.store import JobStore
 from jobcore.supervision import Supervisor
+from server.admin import AdminServicer
 from server.auth import CallGuard
 
 logger = logging.getLogger(__name__)
@@ -28,7 +35,7 @@ class Access:
     guard: CallGuard
     # AdminService's servicer; None when no credentials are used.
     admin: pb_grpc.AdminServiceServicer | None
-    rate_limiter: object | None
+    rate_limiter: RedisRateLimiter | None
 
     @classmethod
     async def start(cls, settings: Settings, *, store: JobStore, supervisor: Supervisor) -> Access:
@@ -42,7 +49,31 @@ class Access:
                 admin=None,
                 rate_limiter=None,
             )
-        raise NotImplementedError("API keys are wired in by the next commit")
+        keys = KeyStore(store.database)
+        ring = KeyRing(keys)
+        try:
+            await ring.refresh()
+        except TransientError as error:
+            # The server starts all the same (as it does without PostgreSQL): until the keys
+            # are read, a key is answered UNAVAILABLE, never UNAUTHENTICATED.
+            logger.warning("API keys not loaded yet (%s); retrying in the background", error)
+        else:
+            logger.info("API keys loaded: %d", ring.size)
+        supervisor.start(
+            API_KEYS_TASK, ring.run(timedelta(seconds=settings.api_key_refresh_seconds))
+        )
+        limiter = rate_limiter(settings)
+        return cls(
+            guard=CallGuard(
+                api_keys=ring,
+                jwts=await jwt_verifier(settings, supervisor=supervisor),
+                rate_limiter=limiter,
+            ),
+            admin=AdminServicer(keys=keys, ring=ring),
+            rate_limiter=limiter,
+        )
 
     async def close(self) -> None:
         """Close the rate limiter's connections."""
+        if self.rate_limiter is not None:
+            await self.rate_limiter.close()

@@ -8,10 +8,10 @@ the server that made or revoked it applies the change at once (`remember`).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
-from typing import Final, NoReturn
+from typing import Final, NoReturn, Protocol
 
 from jobcore.errors import StoreUnavailableError, UnauthenticatedError
 from jobcore.identity import Principal
@@ -22,8 +22,13 @@ from jobcore.supervision import run_periodically
 # The supervised task that keeps each server's ring fresh.
 API_KEYS_TASK: Final = "api-key-refresh"
 
-# Reads every key with its digest (jobcore.keys.store.KeyStore.all_keys).
-LoadKeys = Callable[[], Awaitable[list[StoredApiKey]]]
+
+class KeySource(Protocol):
+    """Where a ring reads the keys from (jobcore.keys.store.KeyStore)."""
+
+    async def all_keys(self) -> list[StoredApiKey]:
+        """Every key with its digest, revoked and expired ones too."""
+        ...
 
 
 def _utc_now() -> datetime:
@@ -44,8 +49,8 @@ def _newer(held: StoredApiKey | None, candidate: StoredApiKey) -> bool:
 class KeyRing:
     """Verifies API keys from memory (a server.auth.TokenVerifier) and keeps them fresh."""
 
-    def __init__(self, load: LoadKeys, *, now: Callable[[], datetime] = _utc_now) -> None:
-        self._load = load
+    def __init__(self, source: KeySource, *, now: Callable[[], datetime] = _utc_now) -> None:
+        self._source = source
         self._now = now
         # Replaced whole by each refresh and each `remember`, never changed in place: a call
         # sees one read of the keys or the next. By digest for `verify`, by id for `remember`.
@@ -106,7 +111,7 @@ class KeyRing:
     async def refresh(self) -> None:
         """Re-read every key and swap them in at once; on an error the previous keys stay."""
         self._remembered = {}
-        read = {stored.record.id: stored for stored in await self._load()}
+        read = {stored.record.id: stored for stored in await self._source.all_keys()}
         for key_id, stored in self._remembered.items():
             if _newer(read.get(key_id), stored):
                 read[key_id] = stored
