@@ -1,0 +1,209 @@
+"""Per-credential request rates, counted in Redis so that every server process and replica shares
+them (RATE_LIMIT_PER_CREDENTIAL, in the `limits` library's notation).
+
+The rule when Redis cannot count: a call never fails because of the limiter. Redis down, slow
+(no answer within TIMEOUT_SECONDS) or refusing the command: the call goes through uncounted, one
+warning is logged when such an outage starts and one info line when it ends, and for
+PAUSE_SECONDS after each failure no call asks Redis at all (then one batch tries again), so an
+outage adds no latency to the calls that follow it. A limit is a defence against a client
+flooding the service, not a reason to turn everyone away while its store is away.
+
+The limiter is on every call's path, and a Redis round trip costs the calling process more CPU
+than the rest of a light call, so concurrent calls share round trips (jobcore.batching): the calls
+of one credential that queue while others are being counted are counted together, as one hit of
+that many.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Final
+
+import limits
+from limits.aio.storage import RedisStorage
+from limits.aio.strategies import SlidingWindowCounterRateLimiter
+from redis.asyncio import ConnectionPool
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from jobcore.batching import Coalescer
+from jobcore.errors import RateLimitedError
+from jobcore.identity import Principal
+from jobcore.settings import Settings
+from jobcore.supervision import TransientEpisode
+
+logger = logging.getLogger(__name__)
+
+# How long a batch of calls waits for the limiter's answer (connection and scripts together).
+# A round trip takes well under a millisecond; the margin is for an event loop busy with load,
+# whose lateness would otherwise read as an outage and switch counting off for a pause.
+TIMEOUT_SECONDS: Final = 0.2
+# After a failure, calls pass uncounted this long before Redis is asked again.
+PAUSE_SECONDS: Final = 1.0
+# Round trips in flight at once per server process, each over a connection of its own. A batch
+# counts each credential in it with one round trip, and batches overlap.
+MAX_CONNECTIONS: Final = 32
+BATCHES_IN_FLIGHT: Final = 2
+MAX_BATCH: Final = 1024
+# Every counter's Redis key starts with this (the broker's keys share the database).
+KEY_PREFIX: Final = "jobs:rate"
+
+# (tenant, actor): whose calls a counter counts.
+_Caller = tuple[str, str]
+
+
+class RedisRateLimiter:
+    """Counts each credential's calls against one limit; implements server.auth.RateLimiter.
+
+    The strategy is the sliding window counter: two counters per credential, updated by one Lua
+    script in one round trip, so each count costs the same small amount whatever the limit. A
+    fixed window would be as cheap but lets a client send twice the limit across a window
+    boundary; a moving window is exact but keeps one entry per call (10,000 per credential at the
+    default rate) and trims them on every call.
+    """
+
+    def __init__(
+        self,
+        limit: limits.RateLimitItem,
+        *,
+        redis_url: str,
+        timeout_seconds: float = TIMEOUT_SECONDS,
+        pause_seconds: float = PAUSE_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """No I/O: the first call connects, so a server starts while Redis is away."""
+        self.limit = limit
+        self._timeout = timeout_seconds
+        self._pause = pause_seconds
+        self._clock = clock
+        # No retries: a call that cannot be counted at once goes through uncounted. The pool
+        # never needs more connections than the semaphore lets round trips run at once.
+        self._pool = ConnectionPool.from_url(
+            redis_url,
+            max_connections=MAX_CONNECTIONS,
+            socket_timeout=timeout_seconds,
+            socket_connect_timeout=timeout_seconds,
+            retry=Retry(NoBackoff(), 0),
+        )
+        self._connections = asyncio.Semaphore(MAX_CONNECTIONS)
+        # The storage takes the pool among its client options (typed too narrowly for it).
+        options: dict[str, Any] = {"connection_pool": self._pool}
+        storage = RedisStorage(
+            _async_uri(redis_url), implementation="redispy", key_prefix=KEY_PREFIX, **options
+        )
+        self._strategy = SlidingWindowCounterRateLimiter(storage)
+        self._batches: Coalescer[Principal, None] = Coalescer(
+            self._count_batch, max_batch=MAX_BATCH, max_in_flight=BATCHES_IN_FLIGHT
+        )
+        self._episode = TransientEpisode(
+            "rate limiter: Redis cannot count calls",
+            meanwhile="calls pass uncounted until it answers again",
+        )
+        self._skip_until = 0.0
+
+    async def hit(self, principal: Principal) -> None:
+        """Count one call of `principal`; RateLimitedError once its credential is over the rate."""
+        if self._clock() < self._skip_until:
+            return
+        await self._batches(principal)
+
+    async def close(self) -> None:
+        """Close the connections to Redis."""
+        await self._pool.aclose()
+
+    async def _count_batch(self, principals: list[Principal]) -> Sequence[BaseException | None]:
+        """Count a batch, one round trip per credential in it: None (admitted) or the error."""
+        if self._clock() < self._skip_until:
+            return [None] * len(principals)
+        if self._episode.failures:
+            # During an outage only this batch asks again; the calls after it pass meanwhile.
+            self._skip_until = self._clock() + self._pause
+        calls = collections.Counter((p.tenant, p.actor) for p in principals)
+        try:
+            async with asyncio.timeout(self._timeout):
+                counted = await asyncio.gather(
+                    *(self._count(caller, n) for caller, n in calls.items()),
+                    return_exceptions=True,
+                )
+        except TimeoutError:
+            self._failed(TimeoutError(f"no answer within {self._timeout:g} s"))
+            return [None] * len(principals)
+        verdicts: dict[_Caller, tuple[int, RateLimitedError | None]] = {}
+        for (caller, n), outcome in zip(calls.items(), counted, strict=True):
+            if isinstance(outcome, RedisError | OSError):
+                verdicts[caller] = (n, None)  # uncounted, so admitted
+            elif isinstance(outcome, BaseException):
+                raise outcome  # a bug: every call of the batch fails with it, loudly
+            else:
+                verdicts[caller] = outcome
+        unavailable = [o for o in counted if isinstance(o, RedisError | OSError)]
+        if unavailable:
+            self._failed(unavailable[0])
+        elif self._episode.recovered():
+            self._skip_until = 0.0
+        return [self._verdict(verdicts, (p.tenant, p.actor)) for p in principals]
+
+    async def _count(self, caller: _Caller, calls: int) -> tuple[int, RateLimitedError | None]:
+        """Count `calls` calls of `caller`: how many are admitted, and the error of the others."""
+        async with self._connections:
+            if await self._strategy.hit(self.limit, *caller, cost=calls):
+                return calls, None
+            # Not all of them: as many as still fit, the first to come first.
+            stats = await self._strategy.get_window_stats(self.limit, *caller)
+            admitted = min(stats.remaining, calls - 1)
+            if admitted > 0 and not await self._strategy.hit(self.limit, *caller, cost=admitted):
+                admitted = 0
+        # When the sliding count has dropped enough for one more call.
+        retry_after = max(stats.reset_time - time.time(), 0.0)
+        return admitted, RateLimitedError(str(self.limit), retry_after)
+
+    @staticmethod
+    def _verdict(
+        verdicts: dict[_Caller, tuple[int, RateLimitedError | None]], caller: _Caller
+    ) -> RateLimitedError | None:
+        """Hand out a caller's admissions in the batch's order; the rest get its error."""
+        admitted, error = verdicts[caller]
+        if admitted > 0:
+            verdicts[caller] = (admitted - 1, error)
+            return None
+        return error
+
+    def _failed(self, error: BaseException) -> None:
+        self._episode.failed(error)
+        self._skip_until = self._clock() + self._pause
+
+
+def _async_uri(redis_url: str) -> str:
+    """The `limits` storage URI of a Redis URL (`async+redis://...`)."""
+    return redis_url if redis_url.startswith("async+") else f"async+{redis_url}"
+
+
+def parse_rate(text: str) -> limits.RateLimitItem:
+    """One rate in the `limits` notation ("1000/second", "50000 per minute"); ValueError if not."""
+    try:
+        items = limits.parse_many(text)
+    except ValueError:
+        items = []
+    if len(items) != 1 or items[0].amount < 1:
+        raise ValueError(
+            f"RATE_LIMIT_PER_CREDENTIAL={text!r} is not one request rate such as "
+            '"1000/second" or "50000 per minute" (at least 1 request; empty: no limit)'
+        )
+    return items[0]
+
+
+def rate_limiter(settings: Settings) -> RedisRateLimiter | None:
+    """The limiter RATE_LIMIT_PER_CREDENTIAL asks for, on REDIS_URL; None when it is empty.
+
+    A malformed rate is refused here, at start, with ValueError.
+    """
+    text = settings.rate_limit_per_credential.strip()
+    if not text:
+        logger.info("RATE_LIMIT_PER_CREDENTIAL is empty: no request rate limit")
+        return None
+    return RedisRateLimiter(parse_rate(text), redis_url=settings.redis_url)
