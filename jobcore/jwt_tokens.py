@@ -97,6 +97,14 @@ class SigningKeys:
         every = [*self.by_kid.values(), *self.unnamed]
         return every[0] if len(every) == 1 else None
 
+    def same_as(self, other: SigningKeys) -> bool:
+        """Whether `other` holds the same key ids, as far as the log is concerned."""
+        return (self.by_kid.keys(), len(self.unnamed), self.skipped) == (
+            other.by_kid.keys(),
+            len(other.unnamed),
+            other.skipped,
+        )
+
     def describe(self) -> str:
         """How many keys, and their ids (public values), for the log."""
         kids = ", ".join(sorted(self.by_kid))[:300]
@@ -293,7 +301,7 @@ class JwksSource:
         except (OSError, ValueError, http.client.HTTPException) as error:
             kept = "; the keys loaded before stay in use" if self._keys is not None else ""
             raise TransientError(f"cannot load {self.where}: {_reason(error)}{kept}") from error
-        if self._keys is None or self._keys.describe() != keys.describe():
+        if self._keys is None or not self._keys.same_as(keys):
             logger.info("loaded %s: %s", self.where, keys.describe())
         self._keys = keys
 
