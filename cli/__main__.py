@@ -1,4 +1,5 @@
-"""`jobs` command line: turn arguments into a request, call JobService, render the answer."""
+"""`jobs` command line: turn arguments into a request, call JobService (or AdminService for
+`jobs keys`), render the answer. Every call presents $JOBS_API_KEY (or --api-key)."""
 
 from __future__ import annotations
 
@@ -7,14 +8,17 @@ import asyncio
 import os
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
 from jobs.v1 import jobs_service_pb2 as pb
 from jobs.v1 import jobs_service_pb2_grpc as pb_grpc
 
 from cli import client
 from cli.output import Output, choose_output, report_error
+from jobcore.keys.expiry import EXPIRES_HELP, parse_expiry
 
 # Distinct exit codes, so scripts can tell "fix your input" from "try again later".
 EXIT_OK = 0
@@ -28,6 +32,7 @@ UNAVAILABLE_CODES = frozenset(
 )
 # Every operation the generated enum knows, so a new one needs no change here.
 OPERATIONS = [value.name for value in pb.Operation.DESCRIPTOR.values if value.number != 0]
+API_KEY_ENV = "JOBS_API_KEY"
 
 
 def _positive(text: str) -> int:
@@ -37,8 +42,18 @@ def _positive(text: str) -> int:
     return value
 
 
+def _expiry(text: str) -> Timestamp:
+    try:
+        moment = parse_expiry(text, now=datetime.now(UTC))
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    stamp = Timestamp()
+    stamp.FromDatetime(moment)
+    return stamp
+
+
 def _add_common_options(parser: argparse.ArgumentParser, *, top_level: bool) -> None:
-    """--target, --cacert and --json, accepted before the command and after it.
+    """--target, --cacert, --api-key and --json, accepted before the command and after it.
 
     Each parser gets its own option objects (argparse's `parents` would share them); a
     subcommand's are SUPPRESSed so that, when not repeated, the value given before stays.
@@ -56,6 +71,12 @@ def _add_common_options(parser: argparse.ArgumentParser, *, top_level: bool) -> 
         metavar="FILE",
         help="use TLS and trust the CA certificates in FILE, PEM (default: $JOBS_CA_FILE; "
         "an https:// target without it trusts the system's CAs)",
+    )
+    parser.add_argument(
+        "--api-key",
+        default=None if top_level else argparse.SUPPRESS,
+        metavar="KEY",
+        help=f"the API key every call presents (default: ${API_KEY_ENV})",
     )
     parser.add_argument(
         "--json",
@@ -116,7 +137,33 @@ def build_parser() -> argparse.ArgumentParser:
         command = commands.add_parser(name, help=summary)
         _add_common_options(command, top_level=False)
         command.add_argument("job_id", metavar="ID", help="the id printed by submit")
+    _add_keys_commands(commands)
     return parser
+
+
+def _add_keys_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`jobs keys create|list|revoke`: AdminService, with a key that has the `admin` scope."""
+    keys = commands.add_parser("keys", help="make, list and revoke API keys (needs `admin`)")
+    key_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="COMMAND")
+    create = key_commands.add_parser("create", help="make a key and print it (only this once)")
+    _add_common_options(create, top_level=False)
+    create.add_argument("--tenant", required=True, help="the tenant whose jobs the key reaches")
+    create.add_argument(
+        "--scope",
+        dest="scopes",
+        action="append",
+        required=True,
+        metavar="SCOPE",
+        help="what the key may do: jobs.read, jobs.write or admin; repeat for several",
+    )
+    create.add_argument("--name", default="", help="a label to recognise the key by")
+    create.add_argument("--expires", type=_expiry, default=None, help=EXPIRES_HELP)
+    listing = key_commands.add_parser("list", help="list the keys that work now, newest first")
+    _add_common_options(listing, top_level=False)
+    listing.add_argument("--all", action="store_true", help="also revoked and expired keys")
+    revoke = key_commands.add_parser("revoke", help="stop a key from working on every server")
+    _add_common_options(revoke, top_level=False)
+    revoke.add_argument("key_id", metavar="ID", help="the key's id, as create or list print it")
 
 
 async def _follow(
@@ -181,12 +228,44 @@ async def _list(stub: pb_grpc.JobServiceAsyncStub, args: argparse.Namespace, out
             return EXIT_OK
 
 
+async def _keys(channel: grpc.aio.Channel, args: argparse.Namespace, output: Output) -> int:
+    """One AdminService call: make, list or revoke keys."""
+    stub = pb_grpc.AdminServiceStub(channel)
+    timeout = client.UNARY_TIMEOUT_SECONDS
+    match args.keys_command:
+        case "create":
+            created = await stub.CreateApiKey(
+                pb.CreateApiKeyRequest(
+                    tenant=args.tenant, scopes=args.scopes, name=args.name, expires_at=args.expires
+                ),
+                timeout=timeout,
+            )
+            output.new_api_key(created)
+        case "list":
+            listed = await stub.ListApiKeys(
+                pb.ListApiKeysRequest(include_inactive=args.all), timeout=timeout
+            )
+            output.api_keys(listed.api_keys)
+        case "revoke":
+            revoked = await stub.RevokeApiKey(
+                pb.RevokeApiKeyRequest(key_id=args.key_id), timeout=timeout
+            )
+            output.api_keys([revoked])
+        case _:  # pragma: no cover - argparse allows only the commands above
+            raise AssertionError(args.keys_command)
+    return EXIT_OK
+
+
 async def run(args: argparse.Namespace, output: Output) -> int:
     """Open the channel, make the calls the command needs and render them."""
-    async with client.open_channel(args.target, ca_file=args.cacert) as channel:
+    async with client.open_channel(
+        args.target, ca_file=args.cacert, api_key=args.api_key
+    ) as channel:
         stub = pb_grpc.JobServiceStub(channel)
         timeout = client.UNARY_TIMEOUT_SECONDS
         match args.command:
+            case "keys":
+                return await _keys(channel, args, output)
             case "submit":
                 return await _submit(stub, channel, args, output)
             case "watch":
@@ -207,15 +286,20 @@ async def run(args: argparse.Namespace, output: Output) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `jobs` console script (and `python -m cli`)."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     args.target = args.target or os.environ.get("JOBS_TARGET") or client.DEFAULT_TARGET
+    args.api_key = (args.api_key or os.environ.get(API_KEY_ENV) or "").strip() or None
+    if args.api_key is not None and not (args.api_key.isascii() and args.api_key.isprintable()):
+        # gRPC would refuse it as a header value, with a less helpful message.
+        parser.error(f"the API key (--api-key or ${API_KEY_ENV}) has characters no key has")
     if args.cacert is None and os.environ.get("JOBS_CA_FILE"):
         args.cacert = Path(os.environ["JOBS_CA_FILE"])
     output = choose_output(json_lines=args.json)
     try:
         return asyncio.run(run(args, output))
     except grpc.aio.AioRpcError as error:
-        report_error(error, target=args.target)
+        report_error(error, target=args.target, api_key_given=args.api_key is not None)
         return EXIT_UNAVAILABLE if error.code() in UNAVAILABLE_CODES else EXIT_SERVER_ERROR
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import grpc
 from jobs.v1 import jobs_service_pb2 as pb
@@ -23,8 +24,46 @@ RECONNECT_TIMEOUT_SECONDS = 10.0
 SUBMIT_CONCURRENCY = 64
 
 
-def open_channel(target: str, *, ca_file: Path | None = None) -> grpc.aio.Channel:
-    """A channel that reconnects within a second once a restarted server is back.
+class BearerCredentials(
+    grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor
+):
+    """Sends `authorization: Bearer <key>` with every call of a channel, unary and streaming.
+
+    An interceptor rather than gRPC call credentials, which refuse plaintext channels: the
+    service runs without TLS on loopback and behind a gateway that terminates it.
+    """
+
+    def __init__(self, api_key: str) -> None:
+        self._header = ("authorization", f"Bearer {api_key}")
+
+    def _with_key(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+        metadata = grpc.aio.Metadata(*(details.metadata or ()), self._header)
+        return grpc.aio.ClientCallDetails(
+            details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
+        )
+
+    async def intercept_unary_unary(
+        self,
+        continuation: Callable[..., Any],
+        client_call_details: grpc.aio.ClientCallDetails,
+        request: Any,
+    ) -> Any:
+        return await continuation(self._with_key(client_call_details), request)
+
+    async def intercept_unary_stream(
+        self,
+        continuation: Callable[..., Any],
+        client_call_details: grpc.aio.ClientCallDetails,
+        request: Any,
+    ) -> Any:
+        return await continuation(self._with_key(client_call_details), request)
+
+
+def open_channel(
+    target: str, *, ca_file: Path | None = None, api_key: str | None = None
+) -> grpc.aio.Channel:
+    """A channel that reconnects within a second once a restarted server is back, and presents
+    `api_key` (if any) with every call.
 
     TLS for an `https://HOST:PORT` target or when a CA file is given (the server's certificate
     is checked against that CA, else against the system's roots); plaintext otherwise.
@@ -33,12 +72,13 @@ def open_channel(target: str, *, ca_file: Path | None = None) -> grpc.aio.Channe
         ("grpc.initial_reconnect_backoff_ms", 250),
         ("grpc.max_reconnect_backoff_ms", 1000),
     ]
+    interceptors = [BearerCredentials(api_key)] if api_key else None
     address, tls = parse_target(target)
     if not tls and ca_file is None:
-        return grpc.aio.insecure_channel(address, options=options)
+        return grpc.aio.insecure_channel(address, options=options, interceptors=interceptors)
     root_certificates = ca_file.read_bytes() if ca_file is not None else None
     credentials = grpc.ssl_channel_credentials(root_certificates=root_certificates)
-    return grpc.aio.secure_channel(address, credentials, options=options)
+    return grpc.aio.secure_channel(address, credentials, options=options, interceptors=interceptors)
 
 
 def parse_target(target: str) -> tuple[str, bool]:

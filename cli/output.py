@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import sys
 import time
 from collections import Counter
@@ -59,6 +60,12 @@ class Output(Protocol):
     def jobs(self, jobs: Sequence[pb.Job]) -> None:
         """Show a page of `list`."""
 
+    def new_api_key(self, created: pb.CreateApiKeyResponse) -> None:
+        """Show a key just made, with its secret (`keys create`)."""
+
+    def api_keys(self, keys: Sequence[pb.ApiKey]) -> None:
+        """Show keys without secrets (`keys list`, `keys revoke`)."""
+
 
 def choose_output(*, json_lines: bool) -> Output:
     """JSON lines when asked for or when stdout is not a terminal (piped, redirected)."""
@@ -70,6 +77,21 @@ def choose_output(*, json_lines: bool) -> Output:
 def to_json(message: Message) -> str:
     """One line of proto3 JSON with the proto field names (`created_at`), as REST clients see them."""
     return json_format.MessageToJson(message, preserving_proto_field_name=True, indent=None)
+
+
+def api_key_json(api_key: pb.ApiKey, *, key: str | None = None) -> dict[str, object]:
+    """A key as one flat JSON object: every ApiKey field (null for a time not set), and `key`
+    when it was just made; `python -m jobcore.keys --json` prints the same shape."""
+    fields = json_format.MessageToDict(
+        api_key, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+    described: dict[str, object] = {"id": fields.pop("id")}
+    if key is not None:
+        described["key"] = key
+    described |= fields
+    for moment in ("expires_at", "revoked_at"):
+        described.setdefault(moment, None)
+    return described
 
 
 class JsonOutput:
@@ -86,6 +108,15 @@ class JsonOutput:
         """Print each job on its own line."""
         for job in jobs:
             self._line(job)
+
+    def new_api_key(self, created: pb.CreateApiKeyResponse) -> None:
+        """Print the key's fields and the key itself, on one line."""
+        print(json.dumps(api_key_json(created.api_key, key=created.key)), flush=True)
+
+    def api_keys(self, keys: Sequence[pb.ApiKey]) -> None:
+        """Print each key on its own line."""
+        for api_key in keys:
+            print(json.dumps(api_key_json(api_key)), flush=True)
 
     @contextlib.contextmanager
     def follow(self, job: pb.Job) -> Iterator[Callable[[pb.WatchJobResponse], None]]:
@@ -157,6 +188,33 @@ class TerminalOutput:
             table.add_row("attempts", str(job.attempts))
         table.add_row("created", job.created_at.ToJsonString())
         table.add_row("updated", job.updated_at.ToJsonString())
+        self._console.print(table)
+
+    def new_api_key(self, created: pb.CreateApiKeyResponse) -> None:
+        """The key's fields, then the key with a warning that it is shown this once."""
+        self.api_keys([created.api_key])
+        self._console.print(
+            "\nThe key, shown only this once (the service keeps only its hash):", style="bold"
+        )
+        self._console.print(f"  {created.key}", soft_wrap=True)
+        self._console.print(f"export JOBS_API_KEY={created.key}", soft_wrap=True, style="dim")
+
+    def api_keys(self, keys: Sequence[pb.ApiKey]) -> None:
+        """One row per key, newest first; revoked and expired keys say so."""
+        table = Table(
+            "id", "prefix", "tenant", "scopes", "name", "expires", "state", box=None, padding=(0, 2)
+        )
+        now = time.time()
+        for api_key in keys:
+            table.add_row(
+                api_key.id,
+                api_key.prefix,
+                api_key.tenant,
+                ",".join(api_key.scopes),
+                api_key.name,
+                api_key.expires_at.ToJsonString() if api_key.HasField("expires_at") else "never",
+                _key_state(api_key, now=now),
+            )
         self._console.print(table)
 
     def jobs(self, jobs: Sequence[pb.Job]) -> None:
@@ -261,12 +319,23 @@ class _TerminalBatch:
         return Text(f"{len(self._ids)} jobs: {counts}")
 
 
-def report_error(error: grpc.aio.AioRpcError, *, target: str) -> None:
+def _key_state(api_key: pb.ApiKey, *, now: float) -> Text:
+    """`active`, or `revoked` / `expired` in red."""
+    if api_key.HasField("revoked_at"):
+        return Text("revoked", style="red")
+    if api_key.HasField("expires_at") and api_key.expires_at.seconds <= now:
+        return Text("expired", style="red")
+    return Text("active", style="green")
+
+
+def report_error(error: grpc.aio.AioRpcError, *, target: str, api_key_given: bool = True) -> None:
     """Print the server's message, its error reason and every field violation to stderr."""
     code = error.code()
     message = error.details() or code.name
     if code == grpc.StatusCode.UNAVAILABLE:
         message = f"cannot reach the job service at {target}: {message}"
+    elif code == grpc.StatusCode.UNAUTHENTICATED and not api_key_given:
+        message = f"{message} (set JOBS_API_KEY or pass --api-key)"
     reasons = [code.name]
     violations: list[str] = []
     status = rpc_status.from_call(error)
