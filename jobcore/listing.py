@@ -220,8 +220,11 @@ class PageTokenSigner:
             )
         try:
             fields = json.loads(payload)
-            cursor = PageCursor(utc_time(fields["t"]), uuid.UUID(fields["i"]))
-        except (ValueError, KeyError, TypeError):
+            created_at, job_id = fields["t"], fields["i"]
+            if not (isinstance(created_at, str) and isinstance(job_id, str)):
+                raise TypeError("not text")
+            cursor = PageCursor(utc_time(created_at), uuid.UUID(job_id))
+        except (ValueError, KeyError, TypeError, RecursionError):
             raise _invalid("page_token", "is not a token returned by ListJobs") from None
         return cursor
 

@@ -159,16 +159,16 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _no_development_secrets_in_production(self) -> Settings:
         if self.environment == "production":
+            if self.database_url == DEVELOPMENT_DATABASE_URL:
+                raise ValueError("DATABASE_URL must be set explicitly in production")
+            if self.flower_basic_auth == DEVELOPMENT_FLOWER_BASIC_AUTH:
+                raise ValueError("FLOWER_BASIC_AUTH must be set to a real secret in production")
             if self.auth_mode == "none":
                 raise ValueError("AUTH_MODE=none (no authentication) is refused in production")
             if not self.page_token_secret:
                 raise ValueError(
                     "PAGE_TOKEN_SECRET must be set in production (the same on every replica)"
                 )
-            if self.database_url == DEVELOPMENT_DATABASE_URL:
-                raise ValueError("DATABASE_URL must be set explicitly in production")
-            if self.flower_basic_auth == DEVELOPMENT_FLOWER_BASIC_AUTH:
-                raise ValueError("FLOWER_BASIC_AUTH must be set to a real secret in production")
         return self
 
 

@@ -16,9 +16,7 @@ from jobcore.listing import (
     MAX_PAGE_TOKEN_CHARS,
     Condition,
     PageCursor,
-    _filter_digest,
-    decode_page_token,
-    encode_page_token,
+    PageTokenSigner,
     page_size_of,
     parse_filter,
 )
@@ -71,18 +69,37 @@ def test_page_size_defaults_and_bounds() -> None:
             page_size_of(bad)
 
 
-def test_page_tokens_round_trip_and_are_bound_to_their_filter() -> None:
+SIGNER = PageTokenSigner(b"k" * 32)
+TENANT = "acme"
+
+
+def test_page_tokens_round_trip_and_are_bound_to_their_filter_and_tenant() -> None:
     cursor = PageCursor(datetime(2026, 11, 28, 12, 0, tzinfo=UTC), uuid.uuid4())
 
-    token = encode_page_token(cursor, filter_text='status = "FAILED"')
+    token = SIGNER.encode(cursor, tenant=TENANT, filter_text='status = "FAILED"')
 
-    assert decode_page_token(token, filter_text='status = "FAILED"') == cursor
-    assert decode_page_token("", filter_text="") is None
-    with pytest.raises(InvalidJobError, match="different filter"):
-        decode_page_token(token, filter_text="")
-    for forged in ("garbage", token[:-3], "eyJ0IjogMX0"):
+    assert SIGNER.decode(token, tenant=TENANT, filter_text='status = "FAILED"') == cursor
+    assert SIGNER.decode("", tenant=TENANT, filter_text="") is None
+    for signer, tenant, filter_text in (
+        (SIGNER, TENANT, ""),  # another filter
+        (SIGNER, "globex", 'status = "FAILED"'),  # another tenant
+        (PageTokenSigner(b"x" * 32), TENANT, 'status = "FAILED"'),  # another deployment
+    ):
+        with pytest.raises(InvalidJobError, match="not returned by ListJobs for this filter"):
+            signer.decode(token, tenant=tenant, filter_text=filter_text)
+    for forged in ("garbage", token[:-3], "eyJ0IjogMX0", token.replace(".", "")):
         with pytest.raises(InvalidJobError, match="page_token"):
-            decode_page_token(forged, filter_text='status = "FAILED"')
+            SIGNER.decode(forged, tenant=TENANT, filter_text='status = "FAILED"')
+
+
+def test_an_altered_cursor_is_refused_even_with_the_old_signature() -> None:
+    cursor = PageCursor(datetime(2026, 11, 28, 12, 0, tzinfo=UTC), uuid.uuid4())
+    payload, mac = SIGNER.encode(cursor, tenant=TENANT, filter_text="").split(".")
+    later = _b64(json.dumps({"t": "2099-01-01T00:00:00+00:00", "i": str(cursor.job_id)}).encode())
+
+    with pytest.raises(InvalidJobError, match="page_token"):
+        SIGNER.decode(f"{later}.{mac}", tenant=TENANT, filter_text="")
+    assert payload != later
 
 
 @pytest.mark.parametrize(
@@ -165,12 +182,22 @@ def test_malformed_filters_are_refused_naming_the_filter(text: str) -> None:
     assert len(violation.description) < 300
 
 
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def _signed(payload: bytes) -> str:
+    """A token with a valid signature over a hostile payload: what a holder of the server's
+    secret could make. Its cursor is still checked."""
+    return f"{_b64(payload)}.{_b64(SIGNER._mac(payload, tenant=TENANT, filter_text=''))}"
+
+
 def _token(payload: object) -> str:
-    return base64.urlsafe_b64encode(json.dumps(payload).encode()).decode().rstrip("=")
+    return _signed(json.dumps(payload).encode())
 
 
 def test_forged_page_tokens_are_refused_naming_the_token() -> None:
-    digest = _filter_digest("")
+    digest = "0" * 16
     job_id = str(uuid.uuid4())
     forged = {
         "year 1 at +14:00": _token({"t": "0001-01-01T00:00:00+14:00", "i": job_id, "f": digest}),
@@ -180,8 +207,8 @@ def test_forged_page_tokens_are_refused_naming_the_token() -> None:
         "a number for an id": _token({"t": "2026-11-01T00:00:00Z", "i": 5, "f": digest}),
         "a list": _token(["2026-11-01T00:00:00Z", job_id, digest]),
         "a string": _token("t"),
-        "nested": base64.urlsafe_b64encode(b"[" * 100 + b"]" * 100).decode(),
-        "not JSON": base64.urlsafe_b64encode(b"\xff\xfe{").decode(),
+        "nested": _token([[[[[[]]]]]]),
+        "not JSON": _signed(b"\xff\xfe{"),
         "not base64": "%%%%",
         "not ASCII": "\uff45\uff59\uff2a\uff10",  # full-width "eyJ0"
         "oversized": "A" * (MAX_PAGE_TOKEN_CHARS + 1),
@@ -189,7 +216,7 @@ def test_forged_page_tokens_are_refused_naming_the_token() -> None:
     }
     for name, token in forged.items():
         with pytest.raises(InvalidJobError) as raised:
-            decode_page_token(token, filter_text="")
+            SIGNER.decode(token, tenant=TENANT, filter_text="")
         [violation] = raised.value.violations
         assert violation.field == "page_token", name
 
@@ -197,7 +224,7 @@ def test_forged_page_tokens_are_refused_naming_the_token() -> None:
 def test_a_genuine_token_is_well_under_the_cap() -> None:
     cursor = PageCursor(datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC), uuid.uuid4())
 
-    token = encode_page_token(cursor, filter_text="x" * MAX_FILTER_BYTES)
+    token = SIGNER.encode(cursor, tenant="t" * 64, filter_text="x" * MAX_FILTER_BYTES)
 
     assert len(token) <= MAX_PAGE_TOKEN_CHARS // 2 + 32
-    assert decode_page_token(token, filter_text="x" * MAX_FILTER_BYTES) == cursor
+    assert SIGNER.decode(token, tenant="t" * 64, filter_text="x" * MAX_FILTER_BYTES) == cursor

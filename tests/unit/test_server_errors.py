@@ -10,6 +10,7 @@ from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2
 
 from jobcore.errors import (
+    ApiKeyNotFoundError,
     BrokerUnavailableError,
     FieldViolation,
     IdempotencyKeyReusedError,
@@ -17,14 +18,18 @@ from jobcore.errors import (
     JobAlreadyFinishedError,
     JobError,
     JobNotFoundError,
+    PermissionDeniedError,
+    QuotaExceededError,
+    RateLimitedError,
     ServiceShuttingDownError,
     StoreConflictError,
     StoreOverloadedError,
     StoreTimeoutError,
     StoreUnavailableError,
     TransientError,
+    UnauthenticatedError,
 )
-from server.errors import internal_status, new_correlation_id, status_for
+from server.errors import _retry_after_seconds, internal_status, new_correlation_id, status_for
 
 M = TypeVar("M", bound=Message)
 
@@ -181,3 +186,45 @@ def test_existing_mappings_keep_their_codes() -> None:
         code_pb2.FAILED_PRECONDITION
     )
     assert status_for(IdempotencyKeyReusedError("key")).code == code_pb2.ALREADY_EXISTS
+
+
+def test_callers_without_credentials_or_scope_are_unauthenticated_or_denied() -> None:
+    unauthenticated = status_for(UnauthenticatedError("invalid credentials: revoked"))
+    denied = status_for(PermissionDeniedError("jobs.write"))
+
+    assert unauthenticated.code == code_pb2.UNAUTHENTICATED
+    assert unauthenticated.message == "invalid credentials: revoked"
+    assert denied.code == code_pb2.PERMISSION_DENIED
+    [info] = _unpack(denied, error_details_pb2.ErrorInfo)
+    assert (info.reason, dict(info.metadata)) == ("MISSING_SCOPE", {"scope": "jobs.write"})
+
+
+def test_a_tenant_over_its_quota_gets_a_quota_failure() -> None:
+    status = status_for(QuotaExceededError("acme", 100_000))
+
+    assert status.code == code_pb2.RESOURCE_EXHAUSTED
+    [failure] = _unpack(status, error_details_pb2.QuotaFailure)
+    [violation] = failure.violations
+    assert violation.subject == "tenants/acme"
+    assert "100000" in violation.description
+    assert not _unpack(status, error_details_pb2.RetryInfo)
+
+
+def test_a_caller_over_its_rate_is_told_when_to_retry() -> None:
+    status = status_for(RateLimitedError("10/second", 0.4))
+
+    assert status.code == code_pb2.RESOURCE_EXHAUSTED
+    [retry] = _unpack(status, error_details_pb2.RetryInfo)
+    assert retry.retry_delay.ToTimedelta() == timedelta(seconds=0.4)
+    # HTTP's Retry-After has whole seconds only: never 0, which would invite an instant retry.
+    assert _retry_after_seconds(status) == 1
+    assert _retry_after_seconds(status_for(RateLimitedError("1/minute", 41.2))) == 42
+    assert _retry_after_seconds(status_for(JobNotFoundError("x"))) is None
+
+
+def test_an_unknown_api_key_id_is_not_found() -> None:
+    status = status_for(ApiKeyNotFoundError("0190"))
+
+    assert status.code == code_pb2.NOT_FOUND
+    [info] = _unpack(status, error_details_pb2.ErrorInfo)
+    assert (info.reason, dict(info.metadata)) == ("API_KEY_NOT_FOUND", {"key_id": "0190"})

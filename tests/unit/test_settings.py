@@ -65,3 +65,48 @@ def test_env_example_documents_every_setting() -> None:
     }
 
     assert {name.upper() for name in Settings.model_fields} <= documented
+
+
+def test_production_refuses_to_run_without_authentication_or_a_page_token_secret(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("ENVIRONMENT", "production")
+    monkeypatch.setenv("DATABASE_URL", "postgresql+asyncpg://jobs:pw@db/jobdb")
+    monkeypatch.setenv("FLOWER_BASIC_AUTH", "ops:s3cret")
+    monkeypatch.setenv("PAGE_TOKEN_SECRET", "a-long-random-secret")
+    monkeypatch.setenv("AUTH_MODE", "none")
+
+    with pytest.raises(ValidationError, match="AUTH_MODE=none"):
+        Settings()
+
+    monkeypatch.setenv("AUTH_MODE", "required")
+    monkeypatch.setenv("PAGE_TOKEN_SECRET", "")
+    with pytest.raises(ValidationError, match="PAGE_TOKEN_SECRET"):
+        Settings()
+
+    monkeypatch.setenv("PAGE_TOKEN_SECRET", "a-long-random-secret")
+    assert Settings().auth_mode == "required"
+
+
+def test_a_jwks_needs_its_issuer_and_audience(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AUTH_JWKS_FILE", "/etc/jobs/jwks.json")
+    monkeypatch.delenv("AUTH_JWT_AUDIENCE", raising=False)
+    monkeypatch.setenv("AUTH_JWT_ISSUER", "https://id.example.com/")
+
+    with pytest.raises(ValidationError, match="AUTH_JWT_AUDIENCE"):
+        Settings()
+
+    monkeypatch.setenv("AUTH_JWT_AUDIENCE", "jobs")
+    monkeypatch.setenv("AUTH_JWKS_URL", "https://id.example.com/jwks")
+    with pytest.raises(ValidationError, match="not both"):
+        Settings()
+
+
+def test_tenants_may_have_quotas_of_their_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MAX_UNFINISHED_JOBS_PER_TENANT", "50")
+    monkeypatch.setenv("TENANT_MAX_UNFINISHED_JOBS", '{"acme": 500000}')
+
+    settings = Settings()
+
+    assert settings.max_unfinished_jobs("acme") == 500_000
+    assert settings.max_unfinished_jobs("globex") == 50
