@@ -61,6 +61,7 @@ REQUIRED_SECRETS = (
     "POSTGRES_APP_PASSWORD",
     "REDIS_PASSWORD",
     "FLOWER_BASIC_AUTH",
+    "PAGE_TOKEN_SECRET",
 )
 SEED_VARIABLES = {
     "ENVIRONMENT",
@@ -470,6 +471,15 @@ def test_server_and_worker_settings() -> None:
     assert all("DB_POOL_SIZE" in environment(services()[name]) for name in ("server", "worker"))
 
 
+def test_the_servers_authenticate_every_call_and_share_the_page_token_secret() -> None:
+    server = environment(services()["server"])
+    assert server["AUTH_MODE"] == "${AUTH_MODE:-required}"
+    assert server["PAGE_TOKEN_SECRET"].startswith("${PAGE_TOKEN_SECRET:?")
+    # How to make the first admin key of a fresh deployment, straight in the database.
+    first_key = "python -m jobcore.keys create --tenant default --scope admin"
+    assert first_key in " ".join(COMPOSE_FILE.read_text().replace("\\\n#", " ").split())
+
+
 def test_flower_runs_from_the_worker_image_with_basic_auth() -> None:
     flower = services()["flower"]
     words = as_words(flower["command"])
@@ -548,7 +558,12 @@ def test_processes_listen_beyond_loopback_only_where_compose_says_so() -> None:
 
 def test_reflection_is_off_in_production_unless_asked_for() -> None:
     url, auth = "postgresql+asyncpg://app:secret@db/jobs", "admin:secret"
-    production = Settings(environment="production", database_url=url, flower_basic_auth=auth)
+    production = Settings(
+        environment="production",
+        database_url=url,
+        flower_basic_auth=auth,
+        page_token_secret="not-a-real-secret",
+    )
     assert production.reflection_enabled is False
     asked = production.model_copy(update={"grpc_reflection": True})
     assert asked.reflection_enabled is True
