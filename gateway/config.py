@@ -25,7 +25,8 @@ BLOCK_START = re.compile(r"^\s*#if (\w+)\s*$")
 BLOCK_END = re.compile(r"^\s*#endif\s*$")
 
 # What envoy.yaml's routes also spell out, for the OpenAPI document and docs page (openapi.py).
-SERVICE = "jobs.v1.JobService"
+# The services the transcoder serves as REST (its `services`), the first one naming the API.
+SERVICES = ("jobs.v1.JobService", "jobs.v1.AdminService")
 OPENAPI_PATH = "/openapi.json"
 DOCS_PATH = "/docs"
 # The submit route, which answers 201 instead of the transcoder's 200.

@@ -8,8 +8,9 @@ Timestamps as RFC 3339 strings), required and read-only fields from `google.api.
 and descriptions from the proto comments (the descriptor set keeps source info).
 
 What the descriptor cannot say comes from the gateway and the server and is listed here: the 201
-of the submit route, the error statuses Envoy maps gRPC codes to, the headers the server reads,
-and the google.rpc detail types the server sends.
+of the submit route, the error statuses Envoy maps gRPC codes to, the headers the server reads and
+sends, the google.rpc detail types the server sends, and the bearer credential every operation
+needs (which gives Swagger UI its Authorize button).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from __future__ import annotations
 import html
 import json
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from typing import Any
 from google.api import annotations_pb2, field_behavior_pb2, http_pb2
 from google.protobuf import descriptor_pb2
 
-from gateway.config import DOCS_PATH, OPENAPI_PATH, SERVICE, SUBMIT_PATH_REGEX
+from gateway.config import DOCS_PATH, OPENAPI_PATH, SERVICES, SUBMIT_PATH_REGEX
 
 OPENAPI_VERSION = "3.1.0"
 # The gateway serves its web folder at the root: these names are the URL paths.
@@ -40,10 +41,43 @@ ERROR_DETAIL_TYPES = (
     "google.rpc.ErrorInfo",
     "google.rpc.BadRequest",
     "google.rpc.PreconditionFailure",
+    "google.rpc.QuotaFailure",
     "google.rpc.RetryInfo",
 )
 STATUS_TYPE = "google.rpc.Status"
 TYPE_URL_PREFIX = "type.googleapis.com/"
+
+# Every operation needs a credential (server.auth checks it on every call): an HTTP bearer scheme,
+# which Swagger UI offers under its Authorize button and then sends with "Try it out".
+SECURITY_SCHEME = "bearerAuth"
+SECURITY_SCHEMES: dict[str, dict[str, Any]] = {
+    SECURITY_SCHEME: {
+        "type": "http",
+        "scheme": "bearer",
+        "description": (
+            "An API key made by AdminService (`jobs keys create`), or a JWT of the configured "
+            "identity provider, sent as `Authorization: Bearer <token>`. Its tenant owns the jobs "
+            "it submits and is the only one whose jobs it can see; its scopes say what it may do: "
+            "`jobs.read`, `jobs.write` (which includes reading), `admin` (the keys)."
+        ),
+    }
+}
+# Statuses every operation may answer, whatever its comment says: no or a bad credential, a
+# missing scope, a caller over its request rate.
+ACCESS_STATUSES = (401, 403, 429)
+_RETRY_AFTER = (
+    "Whole seconds to wait before calling again (RFC 9110), sent whenever the error carries a "
+    "RetryInfo (an exhausted quota has none: it passes as jobs finish)."
+)
+# Response headers the server sends with these statuses (as trailing metadata, which the
+# transcoder turns into HTTP headers): status -> {header: its description}.
+STATUS_HEADERS: dict[int, dict[str, str]] = {
+    401: {
+        "WWW-Authenticate": 'The scheme to authenticate with (RFC 6750): `Bearer realm="jobs"`.',
+    },
+    429: {"Retry-After": _RETRY_AFTER},
+    503: {"Retry-After": _RETRY_AFTER},
+}
 
 # Request headers the server reads on REST calls (Envoy passes headers on as gRPC metadata):
 # method -> (header, the request field it stands in for, whose comment describes it).
@@ -80,9 +114,25 @@ STATUS_DESCRIPTIONS: dict[int, str] = {
         "unknown query parameter or enum value). When the server decided, `details` has a "
         "BadRequest naming every offending field."
     ),
-    404: "NOT_FOUND: nothing has the id in the path (or it was deleted after its retention).",
+    401: (
+        "UNAUTHENTICATED: the request has no credential, or one that is malformed, unknown, "
+        "expired or revoked. The message says which."
+    ),
+    403: (
+        "PERMISSION_DENIED: the credential is valid but lacks the scope this operation needs; "
+        "the ErrorInfo detail names it."
+    ),
+    404: (
+        "NOT_FOUND: nothing has the id in the path (or it was deleted after its retention, or it "
+        "belongs to another tenant, which is answered exactly the same)."
+    ),
     409: "ALREADY_EXISTS: the idempotency key was already used for a different request.",
     413: "RESOURCE_EXHAUSTED: the request body is larger than the gateway accepts.",
+    429: (
+        "RESOURCE_EXHAUSTED: the credential is over its request rate (RetryInfo says when to "
+        "call again, as does `Retry-After`), or its tenant already has its maximum of unfinished "
+        "jobs (QuotaFailure)."
+    ),
     503: (
         "UNAVAILABLE: the service cannot take the request now and did nothing; retry after the "
         "delay in the RetryInfo detail."
@@ -448,47 +498,60 @@ class _Schemas:
 
 
 def build_openapi(
-    descriptor_set: descriptor_pb2.FileDescriptorSet, *, service: str = SERVICE
+    descriptor_set: descriptor_pb2.FileDescriptorSet, *, services: Sequence[str] = SERVICES
 ) -> dict[str, Any]:
-    """The OpenAPI document of `service`'s HTTP rules, as the gateway serves them."""
-    package = service.rpartition(".")[0]
+    """The OpenAPI document of the services' HTTP rules, as the gateway serves them.
+
+    The first service names the API and opens its description; each has a tag of its own.
+    """
+    package = services[0].rpartition(".")[0]
     contract = _Contract.read(descriptor_set, package=package)
-    if service not in contract.services:
-        raise ValueError(f"{service} is not in the descriptor set")
-    described = contract.services[service]
+    missing = [service for service in services if service not in contract.services]
+    if missing:
+        raise ValueError(f"{', '.join(missing)} not in the descriptor set")
+    described = [contract.services[service] for service in services]
     schemas = _Schemas(contract)
     error = schemas.error()
     paths: dict[str, dict[str, Any]] = {}
-    for method in described.methods:
-        for number, (verb, template, rule) in enumerate(_bindings(method), start=1):
-            path = _PATH_VARIABLE.sub(lambda m: "{" + m.group(1) + "}", template)
-            if verb in paths.get(path, {}):
-                raise ValueError(f"{verb.upper()} {path} is bound twice")
-            operation = _operation(
-                method,
-                path=path,
-                verb=verb,
-                rule=rule,
-                service=service,
-                schemas=schemas,
-                error=error,
-                tag=described.name,
-            )
-            if number > 1:  # an additional binding: operation ids must be unique
-                operation["operationId"] += str(number)
-            paths.setdefault(path, {})[verb] = operation
+    operation_ids: set[str] = set()
+    for service, owner in zip(services, described, strict=True):
+        for method in owner.methods:
+            for number, (verb, template, rule) in enumerate(_bindings(method), start=1):
+                path = _PATH_VARIABLE.sub(lambda m: "{" + m.group(1) + "}", template)
+                if verb in paths.get(path, {}):
+                    raise ValueError(f"{verb.upper()} {path} is bound twice")
+                operation = _operation(
+                    method,
+                    path=path,
+                    verb=verb,
+                    rule=rule,
+                    service=service,
+                    schemas=schemas,
+                    error=error,
+                    tag=owner.name,
+                )
+                if number > 1:  # an additional binding: operation ids must be unique
+                    operation["operationId"] += str(number)
+                if operation["operationId"] in operation_ids:
+                    raise ValueError(f"two operations are called {operation['operationId']}")
+                operation_ids.add(operation["operationId"])
+                paths.setdefault(path, {})[verb] = operation
+    first = described[0]
     return {
         "openapi": OPENAPI_VERSION,
         "info": {
-            "title": f"{described.name} REST API",
+            "title": f"{first.name} REST API",
             "version": package.rsplit(".", 1)[-1],
-            "description": _api_description(described),
+            "description": _api_description(first),
         },
         # Relative: "Try it out" calls the gateway that served the document.
         "servers": [{"url": "/"}],
-        "tags": [{"name": described.name, "description": described.comment}],
+        "tags": [{"name": owner.name, "description": owner.comment} for owner in described],
         "paths": paths,
-        "components": {"schemas": dict(sorted(schemas.components.items()))},
+        "components": {
+            "schemas": dict(sorted(schemas.components.items())),
+            "securitySchemes": SECURITY_SCHEMES,
+        },
     }
 
 
@@ -503,6 +566,10 @@ def _api_description(service: _Service) -> str:
             "as strings, timestamps as RFC 3339 strings. Unset optional fields are left out of "
             "responses. Errors are a google.rpc.Status (`code`, `message`, `details`) with the "
             "HTTP status the gateway maps the gRPC code to.",
+            "Every operation needs a credential, sent as `Authorization: Bearer <token>` (the "
+            "Authorize button on this page keeps one for its requests): 401 without a valid one, "
+            "403 without the scope the operation needs, 429 with `Retry-After` above the "
+            "credential's request rate.",
         ]
     )
 
@@ -561,6 +628,7 @@ def _operation(
         "operationId": proto.name,
         "summary": _summary(method.comment),
         "description": _operation_description(method, path=path, verb=verb, service=service),
+        "security": [{SECURITY_SCHEME: []}],
     }
     if parameters:
         operation["parameters"] = parameters
@@ -716,7 +784,7 @@ def _responses(
             "description": "Created." if created else "OK.",
             "content": {"application/json": {"schema": schema}},
         }
-    statuses = {400, 503}
+    statuses = {400, 503, *ACCESS_STATUSES}
     if _PATH_VARIABLE.search(path):
         statuses.add(404)
     if rule.body:
@@ -728,6 +796,11 @@ def _responses(
             "description": _status_description(status),
             "content": {"application/json": {"schema": error}},
         }
+        if status in STATUS_HEADERS:
+            responses[str(status)]["headers"] = {
+                name: {"description": description, "schema": {"type": "string"}}
+                for name, description in STATUS_HEADERS[status].items()
+            }
     responses["default"] = {
         "description": DEFAULT_ERROR_DESCRIPTION,
         "content": {"application/json": {"schema": error}},
@@ -770,6 +843,9 @@ def docs_page(*, title: str) -> str:
       deepLinking: true,
       presets: [SwaggerUIBundle.presets.apis],
       layout: "BaseLayout",
+      // The Authorize button's credential survives a reload (in this origin's localStorage,
+      // until Logout), instead of being asked for again.
+      persistAuthorization: true,
     }});
   </script>
 </body>

@@ -15,12 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 import gateway.config
 from devstack.stack import DESCRIPTOR
 from gateway import GatewayOptions, render_config
 from gateway.__main__ import parse_args
-from gateway.config import submit_body_limit
+from gateway.config import SERVICES, submit_body_limit
 from tests.tls import ThrowawayCa
 
 ENVOY = str(Path(sys.executable).parent / "envoy")
@@ -147,6 +148,39 @@ def test_the_validation_would_catch_a_broken_script(
 
     assert validated.returncode != 0
     assert "script load error" in validated.stdout + validated.stderr
+
+
+def _connection_manager(config: dict[str, Any]) -> dict[str, Any]:
+    listener = config["static_resources"]["listeners"][0]
+    manager: dict[str, Any] = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    return manager
+
+
+def _filter(config: dict[str, Any], name: str) -> dict[str, Any]:
+    filters = _connection_manager(config)["http_filters"]
+    (found,) = [f for f in filters if f["name"] == name]
+    typed: dict[str, Any] = found["typed_config"]
+    return typed
+
+
+def test_the_transcoder_serves_every_service_the_openapi_document_describes() -> None:
+    config = yaml.safe_load(render_config(options()))
+
+    transcoder = _filter(config, "envoy.filters.http.grpc_json_transcoder")
+
+    assert transcoder["services"] == list(SERVICES)
+
+
+def test_browsers_on_listed_origins_may_send_credentials_and_read_what_errors_ask() -> None:
+    config = yaml.safe_load(render_config(options(cors_origins=("https://app.example",))))
+    virtual_host = _connection_manager(config)["route_config"]["virtual_hosts"][0]
+
+    cors = virtual_host["typed_per_filter_config"]["envoy.filters.http.cors"]
+
+    assert "authorization" in cors["allow_headers"].split(", ")
+    assert {"www-authenticate", "retry-after"} <= set(cors["expose_headers"].split(", "))
+    # The credential is a header, never a cookie.
+    assert "allow_credentials" not in cors
 
 
 def test_a_host_name_without_dns_is_refused() -> None:

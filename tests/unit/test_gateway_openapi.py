@@ -24,6 +24,8 @@ from gateway.openapi import build_openapi, docs_page
 
 Field = descriptor_pb2.FieldDescriptorProto
 SERVICE = "demo.v1.Shelf"
+# A second service of the same contract, in the same document.
+SECOND_SERVICE = "demo.v1.Librarian"
 
 
 def _file(module_descriptor: FileDescriptor) -> descriptor_pb2.FileDescriptorProto:
@@ -124,8 +126,16 @@ def _contract() -> descriptor_pb2.FileDescriptorSet:
     service.method.add(  # no HTTP rule: gRPC only
         name="Internal", input_type=".demo.v1.GetBookRequest", output_type=".demo.v1.Book"
     )
+    librarian = file.service.add(name="Librarian")
+    lend = librarian.method.add(
+        name="Lend", input_type=".demo.v1.GetBookRequest", output_type=".demo.v1.Book"
+    )
+    lend.options.Extensions[annotations_pb2.http].CopyFrom(
+        http_pb2.HttpRule(post="/v1/{name}:lend", body="*")
+    )
 
     _comment(file, [6, 0], " Shelf keeps books.\n")
+    _comment(file, [6, 1], " Librarian lends them.\n")
     _comment(file, [6, 0, 2, 0], " GetBook returns one book. Or none.\n\n Errors: NOT_FOUND.\n")
     _comment(file, [6, 0, 2, 1], " ShelveBook puts a book away.\n\n CANCELLED is a word here.\n")
     _comment(file, [4, 0], " A book.\n\n Second paragraph.\n")
@@ -140,7 +150,7 @@ def _contract() -> descriptor_pb2.FileDescriptorSet:
 
 @pytest.fixture(scope="module")
 def document() -> dict[str, Any]:
-    return build_openapi(_contract(), service=SERVICE)
+    return build_openapi(_contract(), services=(SERVICE,))
 
 
 def _schemas(document: dict[str, Any]) -> dict[str, Any]:
@@ -183,7 +193,16 @@ def test_fields_not_in_the_path_are_query_parameters(document: dict[str, Any]) -
     }
     assert parameters[("query", "fields")]["explode"] is True
     assert operation["summary"] == "GetBook returns one book"
-    assert set(operation["responses"]) == {"200", "400", "404", "503", "default"}
+    assert set(operation["responses"]) == {
+        "200",
+        "400",
+        "401",
+        "403",
+        "404",
+        "429",
+        "503",
+        "default",
+    }
 
 
 def test_a_whole_body_leaves_out_path_fields_and_the_response_body_can_be_a_field(
@@ -253,6 +272,7 @@ def test_errors_are_a_status_with_the_known_details(document: dict[str, Any]) ->
         "#/components/schemas/ErrorInfo",
         "#/components/schemas/BadRequest",
         "#/components/schemas/PreconditionFailure",
+        "#/components/schemas/QuotaFailure",
         "#/components/schemas/RetryInfo",
     ]
     assert _schemas(document)["RetryInfo"]["properties"]["@type"] == {
@@ -260,9 +280,53 @@ def test_errors_are_a_status_with_the_known_details(document: dict[str, Any]) ->
     }
 
 
+def _operations(document: dict[str, Any]) -> list[dict[str, Any]]:
+    return [operation for item in document["paths"].values() for operation in item.values()]
+
+
+def test_every_operation_needs_a_bearer_credential(document: dict[str, Any]) -> None:
+    assert document["components"]["securitySchemes"]["bearerAuth"]["type"] == "http"
+    assert document["components"]["securitySchemes"]["bearerAuth"]["scheme"] == "bearer"
+    for operation in _operations(document):
+        assert operation["security"] == [{"bearerAuth": []}], operation["operationId"]
+    # Not document-wide: anything the gateway serves besides the services needs none.
+    assert "security" not in document
+
+
+def test_every_operation_documents_the_access_errors_and_their_headers(
+    document: dict[str, Any],
+) -> None:
+    for operation in _operations(document):
+        responses = operation["responses"]
+        assert {"401", "403", "429"} <= set(responses), operation["operationId"]
+        assert responses["401"]["description"].startswith("UNAUTHENTICATED")
+        assert "Bearer" in responses["401"]["headers"]["WWW-Authenticate"]["description"]
+        assert responses["403"]["description"].startswith("PERMISSION_DENIED")
+        assert set(responses["429"]["headers"]) == {"Retry-After"}
+        assert set(responses["503"]["headers"]) == {"Retry-After"}
+        assert responses["401"]["content"]["application/json"]["schema"] == {
+            "$ref": "#/components/schemas/Status"
+        }
+
+
+def test_several_services_share_one_document_each_with_its_tag() -> None:
+    document = build_openapi(_contract(), services=(SERVICE, SECOND_SERVICE))
+    validate(document)
+
+    assert document["info"]["title"] == "Shelf REST API"
+    assert document["tags"] == [
+        {"name": "Shelf", "description": "Shelf keeps books."},
+        {"name": "Librarian", "description": "Librarian lends them."},
+    ]
+    lend = document["paths"]["/v1/{name}:lend"]["post"]
+    assert lend["tags"] == ["Librarian"]
+    assert lend["security"] == [{"bearerAuth": []}]
+    assert "gRPC: `demo.v1.Librarian/Lend`." in lend["description"]
+
+
 def test_an_unknown_service_is_refused() -> None:
-    with pytest.raises(ValueError, match="not in the descriptor set"):
-        build_openapi(_contract(), service="demo.v1.Nothing")
+    with pytest.raises(ValueError, match=r"demo\.v1\.Nothing not in the descriptor set"):
+        build_openapi(_contract(), services=(SERVICE, "demo.v1.Nothing"))
 
 
 def test_the_docs_page_loads_the_document_from_the_gateway() -> None:
@@ -271,3 +335,5 @@ def test_the_docs_page_loads_the_document_from_the_gateway() -> None:
     assert "<title>A &lt;b&gt; title</title>" in page
     assert 'url: "/openapi.json"' in page
     assert '<script src="/docs/swagger-ui-bundle.js"></script>' in page
+    # The Authorize button's credential is kept across reloads of the page.
+    assert "persistAuthorization: true," in page
