@@ -24,23 +24,18 @@ RECONNECT_TIMEOUT_SECONDS = 10.0
 SUBMIT_CONCURRENCY = 64
 
 
-class BearerCredentials(
-    grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor
-):
-    """Sends `authorization: Bearer <key>` with every call of a channel, unary and streaming.
+def _with_key(
+    details: grpc.aio.ClientCallDetails, header: tuple[str, str]
+) -> grpc.aio.ClientCallDetails:
+    metadata = grpc.aio.Metadata(*(details.metadata or ()), header)
+    return grpc.aio.ClientCallDetails(
+        details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
+    )
 
-    An interceptor rather than gRPC call credentials, which refuse plaintext channels: the
-    service runs without TLS on loopback and behind a gateway that terminates it.
-    """
 
-    def __init__(self, api_key: str) -> None:
-        self._header = ("authorization", f"Bearer {api_key}")
-
-    def _with_key(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
-        metadata = grpc.aio.Metadata(*(details.metadata or ()), self._header)
-        return grpc.aio.ClientCallDetails(
-            details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
-        )
+class _UnaryBearer(grpc.aio.UnaryUnaryClientInterceptor):
+    def __init__(self, header: tuple[str, str]) -> None:
+        self._header = header
 
     async def intercept_unary_unary(
         self,
@@ -48,7 +43,12 @@ class BearerCredentials(
         client_call_details: grpc.aio.ClientCallDetails,
         request: Any,
     ) -> Any:
-        return await continuation(self._with_key(client_call_details), request)
+        return await continuation(_with_key(client_call_details, self._header), request)
+
+
+class _StreamBearer(grpc.aio.UnaryStreamClientInterceptor):
+    def __init__(self, header: tuple[str, str]) -> None:
+        self._header = header
 
     async def intercept_unary_stream(
         self,
@@ -56,7 +56,18 @@ class BearerCredentials(
         client_call_details: grpc.aio.ClientCallDetails,
         request: Any,
     ) -> Any:
-        return await continuation(self._with_key(client_call_details), request)
+        return await continuation(_with_key(client_call_details, self._header), request)
+
+
+def bearer_interceptors(api_key: str) -> list[grpc.aio.ClientInterceptor]:
+    """Interceptors that send `authorization: Bearer <key>` with every call, unary or streaming.
+
+    Interceptors rather than gRPC call credentials, which refuse plaintext channels (the
+    service runs without TLS on loopback, and behind a gateway that terminates it). One per
+    kind of call: grpc.aio files an interceptor under the first kind it implements only.
+    """
+    header = ("authorization", f"Bearer {api_key}")
+    return [_UnaryBearer(header), _StreamBearer(header)]
 
 
 def open_channel(
@@ -72,7 +83,7 @@ def open_channel(
         ("grpc.initial_reconnect_backoff_ms", 250),
         ("grpc.max_reconnect_backoff_ms", 1000),
     ]
-    interceptors = [BearerCredentials(api_key)] if api_key else None
+    interceptors = bearer_interceptors(api_key) if api_key else None
     address, tls = parse_target(target)
     if not tls and ca_file is None:
         return grpc.aio.insecure_channel(address, options=options, interceptors=interceptors)
