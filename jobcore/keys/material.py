@@ -15,7 +15,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Final
 
-# Every key starts with this (server.auth.API_KEY_PREFIX tells keys from JWTs by it).
+# Every key starts with this (server.auth tells keys from JWTs by it).
 KEY_PREFIX: Final = "jobs_"
 _PREFIX_ID_BYTES = 4  # 8 hex digits
 _SECRET_BYTES = 32  # 256 bits; token_urlsafe(32) is 43 characters

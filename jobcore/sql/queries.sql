@@ -1,4 +1,5 @@
--- Every statement the job service runs against PostgreSQL (jobcore.store.JobStore runs them).
+-- Every statement the job service runs against PostgreSQL (jobcore.store.JobStore runs the
+-- jobs' statements, jobcore.keys.store.KeyStore the API keys').
 --
 -- Format: a block starts with `-- name: <name>`; the comment lines right under it say what
 -- the statement does and the rule it keeps; the statement follows, up to the next block.

@@ -24,6 +24,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from server import interceptor
+from server.auth import CallGuard
 from tests.eventually import eventually
 
 Handler = Callable[[Any, Any], AsyncIterator[pb.WatchJobResponse]]
@@ -67,7 +68,8 @@ async def _wrapped(behaviour: _Watch) -> Handler:
     async def continuation(details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler[Any, Any]:
         return grpc.unary_stream_rpc_method_handler(behaviour)
 
-    handler = await interceptor.JobServiceInterceptor().intercept_service(
+    guard = CallGuard(api_keys=None, jwts=None, rate_limiter=None)  # AUTH_MODE=none
+    handler = await interceptor.JobServiceInterceptor(guard).intercept_service(
         continuation, _CallDetails("/jobs.v1.JobService/WatchJob")
     )
     assert handler is not None

@@ -257,6 +257,7 @@ def test_the_fault_hook_is_refused_in_production(fault_dir: Path) -> None:
         environment="production",
         database_url="postgresql+asyncpg://jobs:secret@db/jobs",
         flower_basic_auth="admin:a-real-secret",
+        page_token_secret="a-real-secret",
     )
 
     with pytest.raises(RuntimeError, match="must not be set in production"):

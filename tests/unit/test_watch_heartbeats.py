@@ -134,7 +134,10 @@ async def _next_beat(clock: FakeClock, inbox: Inbox, *, within: timedelta) -> fl
     return inbox.quiet_since  # queueing it started the quiet interval again
 
 
-def _payload(job_id: uuid.UUID, sequence: int, status: JobStatus) -> str:
+TENANT = "acme"
+
+
+def _payload(job_id: uuid.UUID, sequence: int, status: JobStatus, *, tenant: str = TENANT) -> str:
     """A notification as the job_events trigger sends it (row_to_json, columns in table order)."""
     final = status in (JobStatus.SUCCESS, JobStatus.FAILED, JobStatus.CANCELLED)
     row = {
@@ -146,6 +149,8 @@ def _payload(job_id: uuid.UUID, sequence: int, status: JobStatus) -> str:
         "traceparent": None,
         "result": 4.0 if final else None,
         "error": None,
+        "tenant": tenant,
+        "actor": "worker",
     }
     return json.dumps(row, separators=(",", ":"))
 
@@ -161,10 +166,14 @@ class _Store:
         self.job = job
         self.events = events or []
 
-    async def get(self, job_id: uuid.UUID) -> Job:
+    async def get(self, job_id: uuid.UUID, *, tenant: str | None) -> Job:
+        assert tenant == TENANT
         return self.job
 
-    async def events_after(self, job_id: uuid.UUID, sequence: int) -> list[JobEvent]:
+    async def events_after(
+        self, job_id: uuid.UUID, sequence: int, *, tenant: str
+    ) -> list[JobEvent]:
+        assert tenant == TENANT
         return [event for event in self.events if event.sequence > sequence]
 
 
@@ -189,11 +198,13 @@ def _event(job_id: uuid.UUID, sequence: int, status: JobStatus) -> JobEvent:
         occurred_at=START + timedelta(seconds=sequence),
         outcome=Outcome(result=4.0) if final else None,
         attempts=1,
+        tenant=TENANT,
+        actor="worker",
     )
 
 
 def _follow(hub: JobEventHub, store: _Store, job_id: uuid.UUID) -> AsyncGenerator[WatchUpdate]:
-    return follow_job(hub, cast(JobStore, store), job_id, heartbeat=BEAT)
+    return follow_job(hub, cast(JobStore, store), job_id, tenant=TENANT, heartbeat=BEAT)
 
 
 async def test_a_quiet_inbox_beats_first_within_the_interval_then_once_per_interval() -> None:
@@ -393,6 +404,22 @@ async def test_notifications_reach_only_the_watchers_of_their_job() -> None:
     assert hub.watcher_count == 0
 
 
+async def test_a_stream_of_one_tenant_never_receives_another_tenants_event() -> None:
+    hub = _hub()
+    job_id = uuid.uuid4()
+    with (
+        hub.subscribe(job_id, tenant=TENANT) as owners,
+        hub.subscribe(job_id, tenant="intruder") as others,
+        hub.subscribe(job_id) as service,
+    ):
+        _notify(hub, _payload(job_id, 2, JobStatus.IN_PROGRESS))
+        received = (owners.qsize(), others.qsize(), service.qsize())
+    await hub.stop()
+
+    # The service's own subscribers (workers) hear every tenant.
+    assert received == (1, 0, 1)
+
+
 async def test_a_notification_for_an_unwatched_job_is_not_parsed(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -486,7 +513,9 @@ async def test_follow_job_resumes_after_a_sequence_with_the_history_after_it() -
     )
 
     async def resumed() -> list[int]:
-        updates = follow_job(hub, cast(JobStore, store), job_id, after_sequence=1, heartbeat=BEAT)
+        updates = follow_job(
+            hub, cast(JobStore, store), job_id, tenant=TENANT, after_sequence=1, heartbeat=BEAT
+        )
         return [update.job.sequence async for update in updates]
 
     sequences = await asyncio.wait_for(resumed(), 5)  # the timeout only guards
