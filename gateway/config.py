@@ -34,6 +34,9 @@ SUBMIT_PATH_REGEX = "^/api/v1/jobs/*$"
 # What the docs page loads from the `swagger-ui-dist` package: only these are served.
 SWAGGER_UI_FILES = ("swagger-ui-bundle.js", "swagger-ui.css", "favicon-32x32.png")
 SWAGGER_UI_PACKAGE = Path("node_modules") / "swagger-ui-dist"
+# The jobs dashboard, served at /ui: Vite's build of dashboard/ (`make dashboard`).
+DASHBOARD_PATH = "/ui"
+DASHBOARD_BUILD = Path("dashboard") / "dist"
 
 # The longest JSON text of one number a valid submit can carry, with its separator and room for
 # pretty-printing: the shortest round-trip form of any double is at most 24 characters
@@ -93,6 +96,8 @@ class GatewayOptions:
     # into <root>/node_modules/swagger-ui-dist.
     web_dir: Path | None = None
     swagger_ui_dir: Path | None = None
+    # None: <root>/dashboard/dist, beside <root>/gen.
+    dashboard_dir: Path | None = None
 
     def __post_init__(self) -> None:
         """Reject values Envoy would refuse later with a far less helpful message."""
@@ -145,12 +150,18 @@ class GatewayOptions:
         """The installed `swagger-ui-dist` package."""
         return self.swagger_ui_dir or self.descriptor_path.parent.parent.parent / SWAGGER_UI_PACKAGE
 
+    @property
+    def dashboard_root(self) -> Path:
+        """The dashboard's build: index.html and assets/."""
+        return self.dashboard_dir or self.descriptor_path.parent.parent.parent / DASHBOARD_BUILD
+
     def static_files(self) -> list[Path]:
         """Every file the gateway serves from disk; Envoy would answer 404 for a missing one."""
         return [
             self.web_root / OPENAPI_PATH.removeprefix("/"),
             self.web_root / DOCS_PATH.removeprefix("/") / "index.html",
             *(self.swagger_ui_root / name for name in SWAGGER_UI_FILES),
+            self.dashboard_root / "index.html",
         ]
 
     def tls_files(self) -> list[Path]:
@@ -177,6 +188,7 @@ def template_values(options: GatewayOptions) -> dict[str, object]:
         "descriptor": str(options.descriptor_path),
         "web_root": str(options.web_root),
         "swagger_ui_root": str(options.swagger_ui_root),
+        "dashboard_root": str(options.dashboard_root),
         "submit_lua": str(SUBMIT_LUA),
         "max_request_bytes": options.max_request_bytes,
         "max_other_request_bytes": options.max_other_request_bytes,
@@ -266,7 +278,8 @@ def write_config(options: GatewayOptions, path: Path) -> None:
     if missing:
         raise FileNotFoundError(
             "the gateway's static files are missing (`make proto` generates openapi.json and "
-            "docs/; `npm ci` installs swagger-ui-dist): " + ", ".join(missing)
+            "docs/; `npm ci` installs swagger-ui-dist; `make dashboard` builds dashboard/dist): "
+            + ", ".join(missing)
         )
     unreadable = [str(file) for file in options.tls_files() if not file.is_file()]
     if unreadable:

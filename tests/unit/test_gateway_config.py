@@ -76,6 +76,7 @@ def test_every_configuration_the_gateway_renders_is_valid(
             health_check_interval_seconds=0.5,
             web_dir=tmp_path / "web" if own_folders else None,
             swagger_ui_dir=tmp_path / "swagger" if own_folders else None,
+            dashboard_dir=tmp_path / "dashboard" if own_folders else None,
         )
     )
 
