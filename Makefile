@@ -14,6 +14,9 @@ INSTALLED := $(VENV)/.installed
 NODE_INSTALLED := node_modules/.installed
 GENERATED := gen/.generated
 PROTOS := $(shell find protos -name '*.proto')
+DASHBOARD := dashboard/dist/index.html
+DASHBOARD_INSTALLED := dashboard/node_modules/.installed
+DASHBOARD_SOURCES := $(shell find dashboard -path dashboard/node_modules -prune -o -path dashboard/dist -prune -o -path dashboard/src/gen -prune -o -type f -print)
 PYTEST_ARGS ?=
 
 .PHONY: help
@@ -33,6 +36,18 @@ $(NODE_INSTALLED): package.json package-lock.json
 	npm ci --silent --no-audit --no-fund
 	touch $@
 
+$(DASHBOARD_INSTALLED): dashboard/package.json dashboard/package-lock.json
+	cd dashboard && npm ci --silent --no-audit --no-fund
+	touch $@
+
+# Generates its TypeScript from protos/ (and the googleapis protos in gen/third_party), type-checks
+# and bundles it; rebuilt only when its sources or the contract change.
+$(DASHBOARD): $(DASHBOARD_INSTALLED) $(DASHBOARD_SOURCES) $(PROTOS) | $(GENERATED)
+	cd dashboard && npm run --silent build
+
+.PHONY: dashboard
+dashboard: $(DASHBOARD) ## Build the jobs dashboard (dashboard/dist) that the gateway serves at /ui.
+
 .PHONY: venv
 venv: $(INSTALLED) ## Create .venv with the pinned dependencies.
 
@@ -44,23 +59,23 @@ $(GENERATED): $(INSTALLED) $(PROTOS) devstack/protogen.py gateway/openapi.py gat
 proto: $(GENERATED) ## Generate Python stubs (gen/python), the Envoy descriptor and the OpenAPI document (gen/envoy).
 
 .PHONY: run
-run: $(GENERATED) $(NODE_INSTALLED) ## Run the whole service locally (embedded PostgreSQL and Redis unless DATABASE_URL / REDIS_URL are set).
+run: $(GENERATED) $(NODE_INSTALLED) $(DASHBOARD) ## Run the whole service locally (embedded PostgreSQL and Redis unless DATABASE_URL / REDIS_URL are set).
 	$(BIN)/python -m devstack
 
 .PHONY: test
-test: $(GENERATED) $(NODE_INSTALLED) ## Run the full test suite against real PostgreSQL, Redis, worker, server and Envoy.
+test: $(GENERATED) $(NODE_INSTALLED) $(DASHBOARD) ## Run the full test suite against real PostgreSQL, Redis, worker, server and Envoy.
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 .PHONY: bench
-bench: $(GENERATED) $(NODE_INSTALLED) ## Benchmark the real stack against its references (about 5 minutes; see BENCHMARKS.md).
+bench: $(GENERATED) $(NODE_INSTALLED) $(DASHBOARD) ## Benchmark the real stack against its references (about 5 minutes; see BENCHMARKS.md).
 	$(BIN)/python -m benchmarks
 
 .PHONY: bench-quick
-bench-quick: $(GENERATED) $(NODE_INSTALLED) ## The same benchmark code paths at small sizes (about 2-5 minutes; CI runs it).
+bench-quick: $(GENERATED) $(NODE_INSTALLED) $(DASHBOARD) ## The same benchmark code paths at small sizes (about 2-5 minutes; CI runs it).
 	$(BIN)/python -m benchmarks --quick
 
 .PHONY: soak
-soak: $(GENERATED) ## Soak the real stack 30 minutes (SOAK_MINUTES) at half capacity, killing a worker every 5; audit, RSS, DB size, logs (not in CI).
+soak: $(GENERATED) $(NODE_INSTALLED) $(DASHBOARD) ## Soak the real stack 30 minutes (SOAK_MINUTES) at half capacity, killing a worker every 5; audit, RSS, DB size, logs (not in CI).
 	$(BIN)/python -m tests.soak
 
 # Files to mutate (default: every module in pyproject.toml's [tool.cosmic-ray.modules]).
@@ -104,8 +119,8 @@ migrate: $(GENERATED) ## Apply database migrations to DATABASE_URL.
 
 .PHONY: clean
 clean: ## Remove generated code (keeps .venv and local data).
-	rm -rf gen clients/typescript/src/gen clients/typescript/dist
+	rm -rf gen clients/typescript/src/gen clients/typescript/dist dashboard/src/gen dashboard/dist
 
 .PHONY: distclean
 distclean: clean ## Remove generated code, .venv, node_modules and local data.
-	rm -rf $(VENV) node_modules clients/typescript/node_modules .data
+	rm -rf $(VENV) node_modules clients/typescript/node_modules dashboard/node_modules .data
