@@ -110,8 +110,9 @@ def main() -> int:
 def _print_banner(
     stack: Stack, ports: StackPorts, *, database_url: str | None, redis_url: str | None
 ) -> None:
-    # No secret is printed (terminals and CI logs keep what they show): each login names the
-    # file its password is in, and URLs show *** in its place.
+    # No password is printed (terminals and CI logs keep what they show): each login names the
+    # file its password is in, and URLs show *** in its place. The development API key is the
+    # one exception: callers need it in their environment, and it grants only this laptop's jobs.
     flower_user = stack.flower_basic_auth.split(":", 1)[0]
     flower_password = (
         "FLOWER_BASIC_AUTH"
@@ -134,10 +135,40 @@ def _print_banner(
         f"  Passwords (0600 files)       {stack.secrets.folder}",
         f"  Data and logs                {Path(stack.log_dir).parent}",
         "",
-        f"Try: grpcurl -plaintext 127.0.0.1:{ports.http} list",
+        *_credentials(stack),
+        "",
+        *_examples(stack, ports),
         "Press Ctrl-C to stop everything.",
     ]
     logger.info("\n".join(lines))
+
+
+def _credentials(stack: Stack) -> list[str]:
+    if not stack.api_key:
+        return [
+            "WARNING: AUTH_MODE=none: no credentials are checked. Anyone who can reach these ports",
+            "may read, submit and cancel every job. Unset AUTH_MODE to require API keys.",
+        ]
+    kept_in = stack.secrets.path(secrets.API_KEY)
+    return [
+        "Your development API key: tenant 'default', every scope (admin included).",
+        f"The jobs CLI and the examples below read it from JOBS_API_KEY (kept in {kept_in}):",
+        f"  export JOBS_API_KEY={stack.api_key}",
+    ]
+
+
+def _examples(stack: Stack, ports: StackPorts) -> list[str]:
+    header = '-H "authorization: Bearer $JOBS_API_KEY" ' if stack.api_key else ""
+    job = """'{"data": [1, 2, 3], "operation": "square_sum"}'"""
+    return [
+        "Try:",
+        f"  curl {header}http://127.0.0.1:{ports.http}/api/v1/jobs \\",
+        f"    -H 'content-type: application/json' -d {job}",
+        f"  curl {header}http://127.0.0.1:{ports.http}/api/v1/jobs",
+        f"  grpcurl -plaintext {header}\\",
+        f"    -d {job} 127.0.0.1:{ports.http} jobs.v1.JobService/SubmitJob",
+        f"  grpcurl -plaintext 127.0.0.1:{ports.http} list",
+    ]
 
 
 def _masked(url: str) -> str:

@@ -1,8 +1,9 @@
 """The whole service on one machine: what `make run` starts and what the tests run against.
 
 PostgreSQL and Redis are embedded (from wheels) unless DATABASE_URL / REDIS_URL
-point elsewhere; then migrations, the worker(s), the gRPC server, Envoy and
-optionally Flower, each a supervised child process on loopback.
+point elsewhere; then migrations, the development API key (unless AUTH_MODE=none), the
+worker(s), the gRPC server, Envoy and optionally Flower, each a supervised child process on
+loopback.
 
 Who supervises what: the Stack restarts any of its processes that exits on its own (its
 supervisor thread calls ManagedProcess.revive), the job Compose or Kubernetes restart
@@ -14,16 +15,21 @@ them together, so a failure of one shows here as the server exiting, and it is s
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 import logging
+import os
 import ssl
 import subprocess
 import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -39,6 +45,11 @@ from devstack.processes import (
 )
 from devstack.secrets import SecretStore
 from devstack.services import EmbeddedPostgres, EmbeddedRedis
+from jobcore.database import Database, create_pool
+from jobcore.errors import UnauthenticatedError
+from jobcore.identity import ALL_SCOPES, DEFAULT_TENANT
+from jobcore.keys.ring import KeyRing
+from jobcore.keys.store import KeyStore, create_key
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +58,10 @@ DESCRIPTOR = ROOT / "gen" / "envoy" / "jobs.binpb"
 # As in the Dockerfiles: threads' freed memory is not kept in many glibc arenas, and
 # multi-MB buffers (a big job's request) go back to the system when freed.
 MALLOC_ENV = {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": "131072"}
+# The name the development API key is listed under (`jobs keys list`).
+DEVELOPMENT_KEY_NAME = "make run"
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -130,12 +145,20 @@ class Stack:
                 "REDIS_URL": self.redis_url,
                 "GRPC_HOST": "127.0.0.1",
                 "GRPC_PORT": str(ports.grpc),
+                # Every server process signs and checks ListJobs page tokens with the same secret.
+                "PAGE_TOKEN_SECRET": os.environ.get("PAGE_TOKEN_SECRET")
+                or self.secrets.get(secrets.PAGE_TOKENS),
                 **MALLOC_ENV,
                 **config.env,
             }
         )
         # Only the migration gets the migration role's URL (see migrate()).
         self.env.pop("DATABASE_MIGRATION_URL", None)
+        # AUTH_MODE=none (from the environment or `config.env`): calls need no credentials.
+        self.auth_required = self.env.get("AUTH_MODE", "required") != "none"
+        # The development API key (tenant `default`, every scope) once start() has run; empty
+        # with AUTH_MODE=none. Tests and `make run`'s banner use it.
+        self.api_key = ""
         self.workers = [
             ManagedProcess(
                 f"worker-{index}",
@@ -203,6 +226,19 @@ class Stack:
         scheme = "https" if self.env.get("GATEWAY_TLS_CERT_FILE") else "http"
         return f"{scheme}://{self.gateway_target}"
 
+    @property
+    def authorization(self) -> str:
+        """The `authorization` value that presents the development key ("" without one)."""
+        return f"Bearer {self.api_key}" if self.api_key else ""
+
+    def auth_metadata(self) -> tuple[tuple[str, str], ...]:
+        """gRPC metadata that presents the development key (none with AUTH_MODE=none)."""
+        return (("authorization", self.authorization),) if self.api_key else ()
+
+    def auth_headers(self) -> dict[str, str]:
+        """HTTP headers that present the development key (none with AUTH_MODE=none)."""
+        return {"authorization": self.authorization} if self.api_key else {}
+
     def _launch(self, process: ManagedProcess) -> None:
         process.start()
         if process not in self._started:
@@ -253,6 +289,8 @@ class Stack:
             self.redis.start()
             self._started.append(self.redis.process)
         self.migrate()
+        # Before the server starts, so that its first read of the keys finds this one.
+        self.api_key = self.development_api_key() if self.auth_required else ""
         for worker in self.workers:
             self._launch(worker)
         self.start_server()
@@ -318,6 +356,27 @@ class Stack:
             check=True,
         )
 
+    def development_api_key(self) -> str:
+        """The stored development key while the database still knows it; else a new one, stored.
+
+        A key that no longer verifies (the database was reset, or someone revoked the key) is
+        replaced, so `make run` always prints a key that works.
+        """
+        stored = self.secrets.read(secrets.API_KEY)
+        if stored is not None and _in_own_loop(_key_works(self.database_url, stored)):
+            return stored
+        _, key = _in_own_loop(
+            create_key(
+                self.database_url,
+                tenant=DEFAULT_TENANT,
+                scopes=ALL_SCOPES,
+                name=DEVELOPMENT_KEY_NAME,
+                expires_at=None,
+            )
+        )
+        self.secrets.write(secrets.API_KEY, key)
+        return key
+
     def server_serving(self) -> bool:
         """Whether the gRPC server's standard health service says SERVING."""
         if self.env.get("GRPC_TLS_CERT_FILE"):
@@ -351,6 +410,27 @@ class Stack:
                     self.postgres.stop()
                 else:
                     process.stop()
+
+
+async def _key_works(database_url: str, key: str) -> bool:
+    """Whether a server on `database_url` would accept `key` (known, not revoked or expired)."""
+    database = Database(await create_pool(database_url, pool_size=1))
+    try:
+        ring = KeyRing(KeyStore(database))
+        await ring.refresh()
+    finally:
+        await database.close()
+    try:
+        ring.verify(key)
+    except UnauthenticatedError:
+        return False
+    return True
+
+
+def _in_own_loop(coroutine: Coroutine[Any, Any, _T]) -> _T:
+    """Run `coroutine` on an event loop of its own, in a thread: the caller may be in a loop."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
 
 
 def _with_metrics(env: dict[str, str], port: int) -> dict[str, str]:

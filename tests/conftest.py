@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 
 import grpc
@@ -18,6 +18,7 @@ from jobs.v1 import jobs_service_pb2_grpc as pb_grpc
 
 from devstack.processes import free_port
 from devstack.stack import Stack, StackConfig, StackPorts
+from tests.credentials import aio_channel
 
 # Short enough to keep the suite quick, long enough to observe IN_PROGRESS.
 TEST_DELAY_SECONDS = 0.5
@@ -38,11 +39,17 @@ def stack_data_dir(name: str) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def second_server(stack: Stack, name: str, *, database_url: str | None = None) -> Iterator[Stack]:
+def second_server(
+    stack: Stack,
+    name: str,
+    *,
+    database_url: str | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Iterator[Stack]:
     """A gRPC server and gateway of their own, with no worker, on `stack`'s PostgreSQL and Redis.
 
     For tests that need a server configured unlike the session's (message limits, database
-    settings) without a second database and broker.
+    settings, rate limits in `env`) without a second database and broker.
     """
     with stack_data_dir(name) as data_dir:
         second = Stack(
@@ -59,7 +66,12 @@ def second_server(stack: Stack, name: str, *, database_url: str | None = None) -
                 database_url=database_url or stack.database_url,
                 database_migration_url=stack.migration_database_url,
                 redis_url=stack.redis_url,
-                env={"ENVIRONMENT": "test"},
+                # One deployment: page tokens of either server are good at both.
+                env={
+                    "ENVIRONMENT": "test",
+                    "PAGE_TOKEN_SECRET": stack.env["PAGE_TOKEN_SECRET"],
+                    **(env or {}),
+                },
                 workers=0,
                 flower=False,
             )
@@ -138,15 +150,15 @@ def isolated_database_url(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture(scope="session")
 async def grpc_channel(stack: Stack) -> AsyncIterator[grpc.aio.Channel]:
-    """A channel straight to the gRPC server."""
-    async with grpc.aio.insecure_channel(stack.grpc_target) as channel:
+    """A channel straight to the gRPC server, presenting the stack's API key."""
+    async with aio_channel(stack.grpc_target, stack.api_key) as channel:
         yield channel
 
 
 @pytest.fixture(scope="session")
 async def gateway_channel(stack: Stack) -> AsyncIterator[grpc.aio.Channel]:
-    """A native gRPC channel through Envoy."""
-    async with grpc.aio.insecure_channel(stack.gateway_target) as channel:
+    """A native gRPC channel through Envoy, presenting the stack's API key."""
+    async with aio_channel(stack.gateway_target, stack.api_key) as channel:
         yield channel
 
 
@@ -158,6 +170,8 @@ def jobs_stub(grpc_channel: grpc.aio.Channel) -> pb_grpc.JobServiceAsyncStub:
 
 @pytest.fixture(scope="session")
 async def http(stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
-    """A REST client for the Envoy gateway."""
-    async with httpx.AsyncClient(base_url=stack.http_base, timeout=30) as client:
+    """A REST client for the Envoy gateway, presenting the stack's API key."""
+    async with httpx.AsyncClient(
+        base_url=stack.http_base, headers=stack.auth_headers(), timeout=30
+    ) as client:
         yield client

@@ -1,4 +1,7 @@
-"""Blocking clients of the session stack, for tests that send hostile or raw requests one by one."""
+"""Blocking clients of the session stack, for tests that send hostile or raw requests one by one.
+
+Each presents the stack's API key, so that what a test sends reaches the code it is aimed at.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ import pytest
 from jobs.v1 import jobs_service_pb2_grpc as pb_grpc
 
 from devstack.stack import Stack
+from tests.credentials import blocking_channel
 
 # Above the server's message limit, so that the server, not the client, refuses large requests.
 _MAX_SEND_BYTES = 64 * 1024 * 1024
@@ -18,8 +22,10 @@ _MAX_SEND_BYTES = 64 * 1024 * 1024
 @pytest.fixture(scope="module")
 def channel(stack: Stack) -> Iterator[grpc.Channel]:
     """Native gRPC straight to the server."""
-    with grpc.insecure_channel(
-        stack.grpc_target, options=[("grpc.max_send_message_length", _MAX_SEND_BYTES)]
+    with blocking_channel(
+        stack.grpc_target,
+        stack.api_key,
+        options=[("grpc.max_send_message_length", _MAX_SEND_BYTES)],
     ) as opened:
         yield opened
 
@@ -27,7 +33,7 @@ def channel(stack: Stack) -> Iterator[grpc.Channel]:
 @pytest.fixture(scope="module")
 def gateway(stack: Stack) -> Iterator[grpc.Channel]:
     """Native gRPC through Envoy."""
-    with grpc.insecure_channel(stack.gateway_target) as opened:
+    with blocking_channel(stack.gateway_target, stack.api_key) as opened:
         yield opened
 
 
@@ -39,5 +45,5 @@ def stub(channel: grpc.Channel) -> pb_grpc.JobServiceStub:
 @pytest.fixture(scope="module")
 def rest(stack: Stack) -> Iterator[httpx.Client]:
     """REST through Envoy."""
-    with httpx.Client(base_url=stack.http_base, timeout=30) as client:
+    with httpx.Client(base_url=stack.http_base, headers=stack.auth_headers(), timeout=30) as client:
         yield client
