@@ -22,6 +22,7 @@ from jobs.v1 import jobs_service_pb2_grpc as pb_grpc
 
 from devstack.stack import Stack
 from tests.conftest import second_server
+from tests.credentials import aio_channel
 
 CLAUSE = 'status = "FAILED" AND '
 # About 48,000 clauses: what froze the server for seconds before filters were capped.
@@ -72,7 +73,7 @@ async def _refusals(
 
 async def test_a_1_mb_filter_is_refused_while_get_status_stays_fast(roomy: Stack) -> None:
     options = [("grpc.max_send_message_length", 4 * 1024 * 1024)]
-    async with grpc.aio.insecure_channel(roomy.gateway_target, options=options) as channel:
+    async with aio_channel(roomy.gateway_target, roomy.api_key, options=options) as channel:
         stub = pb_grpc.JobServiceStub(channel)
         job = await stub.SubmitJob(pb.SubmitJobRequest(data=[1.0], operation=pb.square_sum))
         baseline = await _status_latencies(stub, job.id)
@@ -117,7 +118,9 @@ async def _raw_get(stack: Stack, target: str) -> bytes:
 
 
 async def test_long_filters_over_rest_are_refused_naming_the_filter(roomy: Stack) -> None:
-    async with httpx.AsyncClient(base_url=roomy.http_base, timeout=30) as http:
+    async with httpx.AsyncClient(
+        base_url=roomy.http_base, headers=roomy.auth_headers(), timeout=30
+    ) as http:
         long = await http.get("/api/v1/jobs", params={"filter": LONG_REST_FILTER})
     huge = await _raw_get(roomy, "/api/v1/jobs?" + urllib.parse.urlencode({"filter": HUGE_FILTER}))
 

@@ -26,6 +26,12 @@ ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 EXIT_SERVER_ERROR, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_JOB_UNSUCCESSFUL = 1, 2, 3, 4
 
 
+@pytest.fixture(autouse=True)
+def api_key(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every `jobs` command presents the stack's key, as `make run`'s banner tells users to."""
+    monkeypatch.setenv("JOBS_API_KEY", stack.api_key)
+
+
 def _argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "cli", *args]
 

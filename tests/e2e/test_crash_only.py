@@ -20,6 +20,7 @@ from devstack.processes import ManagedProcess
 from devstack.stack import Stack, StackConfig, StackPorts
 from jobcore.supervision import FAILED_TASK_EXIT_STATUS, FAULT_DIR_ENV
 from tests.conftest import stack_data_dir
+from tests.credentials import aio_channel
 from tests.eventually import eventually
 from tests.faults.harness import LoadRecord, audit, run_load, submit_grpc
 
@@ -70,7 +71,7 @@ def crash_stack() -> Iterator[tuple[Stack, Path]]:
 
 @pytest.fixture
 async def stub(crash_stack: tuple[Stack, Path]) -> AsyncIterator[pb_grpc.JobServiceAsyncStub]:
-    async with grpc.aio.insecure_channel(crash_stack[0].grpc_target) as channel:
+    async with aio_channel(crash_stack[0].grpc_target, crash_stack[0].api_key) as channel:
         yield pb_grpc.JobServiceStub(channel)
 
 

@@ -140,6 +140,7 @@ def test_an_upstream_found_by_dns_serves_requests(stack: Stack, tmp_path: Path) 
         response = httpx.post(
             f"http://127.0.0.1:{port}/api/v1/jobs",
             json={"data": [1], "operation": "square_sum"},
+            headers=stack.auth_headers(),
             timeout=10,
         )
         assert response.status_code == 201, response.text

@@ -17,8 +17,10 @@ GRPCURL = str(Path(sys.executable).parent / "grpcurl")
 
 
 def _grpcurl(stack: Stack, *args: str) -> str:
+    """`grpcurl ARGS` through Envoy as the README shows it, with the stack's key in a header."""
+    credentials = ["-H", f"authorization: {stack.authorization}"] if stack.api_key else []
     completed = subprocess.run(
-        [GRPCURL, "-plaintext", *args[:-1], stack.gateway_target, args[-1]],
+        [GRPCURL, "-plaintext", *credentials, *args[:-1], stack.gateway_target, args[-1]],
         capture_output=True,
         text=True,
         timeout=60,

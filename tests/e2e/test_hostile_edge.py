@@ -42,10 +42,17 @@ class Gateway:
 
     port: int
     process: ManagedProcess
+    # The session stack's API key as HTTP headers, so that requests Envoy passes on are served.
+    auth: dict[str, str]
 
     @property
     def base(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def auth_lines(self) -> bytes:
+        """The same headers as raw HTTP/1.1 header lines."""
+        return "".join(f"{name}: {value}\r\n" for name, value in self.auth.items()).encode()
 
     def rss_bytes(self) -> int:
         assert self.process.pid is not None
@@ -81,7 +88,7 @@ def _start_gateway(stack: Stack, folder: Path, **env: str) -> Generator[Gateway]
         log_path=folder / "envoy.log",
     )
     process.start()
-    gateway = Gateway(port=port, process=process)
+    gateway = Gateway(port=port, process=process, auth=stack.auth_headers())
     try:
         wait_for(
             # Any answer: the shedding gateway answers 503 to everything.
@@ -147,7 +154,9 @@ def test_stalled_uploads_keep_envoy_memory_bounded_and_are_cut(gateway: Gateway)
             sock = socket.create_connection(("127.0.0.1", gateway.port), timeout=10)
             sock.sendall(
                 b"POST /api/v1/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                b"Content-Type: application/json\r\n" + f"Content-Length: {limit}\r\n\r\n".encode()
+                + gateway.auth_lines
+                + b"Content-Type: application/json\r\n"
+                + f"Content-Length: {limit}\r\n\r\n".encode()
             )
             sock.sendall(b'{"data": [' + b"1," * ((limit - 64) // 2))
             sockets.append(sock)
@@ -174,13 +183,13 @@ def test_bodies_above_their_routes_cap_get_413(gateway: Gateway) -> None:
     submit = httpx.post(
         f"{gateway.base}/api/v1/jobs",
         content=b"[" + b" " * limit + b"]",
-        headers={"content-type": "application/json"},
+        headers={"content-type": "application/json", **gateway.auth},
         timeout=30,
     )
     cancel = httpx.post(
         f"{gateway.base}/api/v1/jobs/019a0000-0000-7000-8000-000000000000:cancel",
         content=b"{" + b" " * (64 * 1024) + b"}",
-        headers={"content-type": "application/json"},
+        headers={"content-type": "application/json", **gateway.auth},
         timeout=30,
     )
 
@@ -192,8 +201,10 @@ def test_bodies_above_their_routes_cap_get_413(gateway: Gateway) -> None:
 
 @pytest.mark.parametrize("path", ["/api/v1/jobs?page_size=1", "/health"])
 def test_only_listed_origins_get_cors_headers(gateway: Gateway, path: str) -> None:
-    foreign = httpx.get(f"{gateway.base}{path}", headers={"origin": "https://evil.example"})
-    listed = httpx.get(f"{gateway.base}{path}", headers={"origin": LISTED_ORIGIN})
+    foreign = httpx.get(
+        f"{gateway.base}{path}", headers={"origin": "https://evil.example", **gateway.auth}
+    )
+    listed = httpx.get(f"{gateway.base}{path}", headers={"origin": LISTED_ORIGIN, **gateway.auth})
     preflight = httpx.options(
         f"{gateway.base}/api/v1/jobs",
         headers={"origin": "https://evil.example", "access-control-request-method": "POST"},
@@ -205,8 +216,13 @@ def test_only_listed_origins_get_cors_headers(gateway: Gateway, path: str) -> No
 
 
 def test_a_host_not_on_the_list_is_refused(gateway: Gateway) -> None:
-    refused = httpx.get(f"{gateway.base}/api/v1/jobs", headers={"host": "rebound.example:80"})
-    local = httpx.get(f"{gateway.base}/api/v1/jobs", headers={"host": f"localhost:{gateway.port}"})
+    refused = httpx.get(
+        f"{gateway.base}/api/v1/jobs", headers={"host": "rebound.example:80", **gateway.auth}
+    )
+    local = httpx.get(
+        f"{gateway.base}/api/v1/jobs",
+        headers={"host": f"localhost:{gateway.port}", **gateway.auth},
+    )
 
     assert refused.status_code == 421
     assert refused.json()["code"] == 3
@@ -218,6 +234,7 @@ def _raw_submit(gateway: Gateway, head: bytes, request_id: str) -> bytes:
     with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
         sock.sendall(
             head
+            + gateway.auth_lines
             + b"Content-Type: application/json\r\n"
             + f"Content-Length: {len(body)}\r\n\r\n".encode()
             + body
@@ -230,6 +247,7 @@ def _no_job_was_created(gateway: Gateway, request_id: str) -> None:
     response = httpx.post(
         f"{gateway.base}/api/v1/jobs",
         json={"data": [2], "operation": "square_sum", "request_id": request_id},
+        headers=gateway.auth,
     )
     assert response.status_code == 201, response.text
 

@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
-import grpc
 import psutil
 import pytest
 import redis
@@ -23,6 +22,7 @@ from devstack.services import PG_HBA
 from devstack.stack import Stack, StackConfig, StackPorts
 from jobcore.database import asyncpg_dsn
 from tests.conftest import stack_data_dir
+from tests.credentials import aio_channel
 from tests.eventually import eventually
 
 # What initdb --auth=trust wrote before passwords: every local login as anyone.
@@ -241,7 +241,7 @@ async def test_data_from_before_passwords_is_upgraded_and_keeps_its_jobs() -> No
                 await asyncpg.connect(
                     host="127.0.0.1", port=port, user="postgres", database="jobdb", password=""
                 )
-            async with grpc.aio.insecure_channel(second.grpc_target) as channel:
+            async with aio_channel(second.grpc_target, second.api_key) as channel:
                 again = await pb_grpc.JobServiceStub(channel).GetResult(
                     pb.GetResultRequest(job_id=job.id)
                 )
@@ -249,7 +249,7 @@ async def test_data_from_before_passwords_is_upgraded_and_keeps_its_jobs() -> No
 
 
 async def _submit_and_finish(stack: Stack) -> pb.Job:
-    async with grpc.aio.insecure_channel(stack.grpc_target) as channel:
+    async with aio_channel(stack.grpc_target, stack.api_key) as channel:
         stub = pb_grpc.JobServiceStub(channel)
         job = await stub.SubmitJob(pb.SubmitJobRequest(data=[1, 2], operation=pb.square_sum))
         return await eventually(

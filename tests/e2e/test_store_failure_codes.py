@@ -23,6 +23,7 @@ from jobs.v1 import jobs_service_pb2_grpc as pb_grpc
 from devstack.stack import Stack
 from jobcore.database import asyncpg_dsn
 from tests.conftest import second_server
+from tests.credentials import aio_channel
 from tests.eventually import eventually
 
 STATEMENT_TIMEOUT_MS = 2000
@@ -53,7 +54,7 @@ async def connections(stack: Stack) -> AsyncIterator[tuple[asyncpg.Connection, a
 
 
 async def _pending_job(strict: Stack) -> str:
-    async with grpc.aio.insecure_channel(strict.grpc_target) as channel:
+    async with aio_channel(strict.grpc_target, strict.api_key) as channel:
         job = await pb_grpc.JobServiceStub(channel).SubmitJob(
             pb.SubmitJobRequest(data=[1, 2], operation=pb.square_sum)
         )
@@ -100,12 +101,14 @@ async def test_a_statement_past_statement_timeout_is_deadline_exceeded_and_504(
     await blocker.execute("BEGIN")
     await blocker.execute("SELECT id FROM jobs WHERE id = $1 FOR UPDATE", job_id)
     try:
-        async with grpc.aio.insecure_channel(strict.gateway_target) as channel:
+        async with aio_channel(strict.gateway_target, strict.api_key) as channel:
             with pytest.raises(grpc.aio.AioRpcError) as raised:
                 await pb_grpc.JobServiceStub(channel).CancelJob(
                     pb.CancelJobRequest(job_id=job_id), timeout=30
                 )
-        async with httpx.AsyncClient(base_url=strict.http_base, timeout=30) as http:
+        async with httpx.AsyncClient(
+            base_url=strict.http_base, headers=strict.auth_headers(), timeout=30
+        ) as http:
             answer = await http.post(f"/api/v1/jobs/{job_id}:cancel")
     finally:
         await blocker.execute("ROLLBACK")
@@ -131,9 +134,11 @@ async def test_a_serialization_failure_is_aborted_and_409(
 
     async def cancel() -> grpc.aio.AioRpcError | httpx.Response:
         if transport == "rest":
-            async with httpx.AsyncClient(base_url=strict.http_base, timeout=30) as http:
+            async with httpx.AsyncClient(
+                base_url=strict.http_base, headers=strict.auth_headers(), timeout=30
+            ) as http:
                 return await http.post(f"/api/v1/jobs/{job_id}:cancel")
-        async with grpc.aio.insecure_channel(strict.gateway_target) as channel:
+        async with aio_channel(strict.gateway_target, strict.api_key) as channel:
             try:
                 await pb_grpc.JobServiceStub(channel).CancelJob(
                     pb.CancelJobRequest(job_id=job_id), timeout=30

@@ -24,7 +24,8 @@ async def _submit_and_hang_up(stack: Stack, key: str, *, after_seconds: float) -
     request = (
         "POST /api/v1/jobs HTTP/1.1\r\n"
         f"Host: {stack.gateway_target}\r\n"
-        "Content-Type: application/json\r\n"
+        + "".join(f"{name}: {value}\r\n" for name, value in stack.auth_headers().items())
+        + "Content-Type: application/json\r\n"
         f"Idempotency-Key: {key}\r\n"
         f"Content-Length: {len(body)}\r\n"
         "\r\n"

@@ -26,6 +26,7 @@ from jobs.v1 import jobs_service_pb2_grpc as pb_grpc
 
 from devstack.stack import ROOT, Stack, StackConfig, StackPorts
 from tests.conftest import stack_data_dir
+from tests.credentials import aio_channel
 from tests.tls import ThrowawayCa
 
 GRPCURL = str(Path(sys.executable).parent / "grpcurl")
@@ -85,7 +86,9 @@ def _submit_body() -> dict[str, object]:
 def test_rest_over_tls_submits_and_reads_a_job(stack: Stack, ca_file: Path) -> None:
     assert stack.http_base.startswith("https://")
     with httpx.Client(
-        base_url=stack.http_base, verify=ssl.create_default_context(cafile=ca_file)
+        base_url=stack.http_base,
+        headers=stack.auth_headers(),
+        verify=ssl.create_default_context(cafile=ca_file),
     ) as http:
         # 200 only while Envoy's gRPC health checks of the server succeed over upstream TLS.
         assert http.get("/health").json() == {"status": "SERVING"}
@@ -133,7 +136,7 @@ async def test_grpc_over_tls_through_the_gateway_and_to_the_server(
 ) -> None:
     credentials = grpc.ssl_channel_credentials(root_certificates=ca_pem)
     for target in (stack.gateway_target, stack.grpc_target):
-        async with grpc.aio.secure_channel(target, credentials) as channel:
+        async with aio_channel(target, stack.api_key, credentials=credentials) as channel:
             jobs = pb_grpc.JobServiceStub(channel)
             job = await jobs.SubmitJob(
                 pb.SubmitJobRequest(data=[2, 3], operation=pb.square_sum), timeout=10
@@ -169,6 +172,8 @@ def test_grpcurl_with_the_ca_calls_through_the_gateway(stack: Stack, ca_file: Pa
     submitted = grpcurl(
         "-cacert",
         str(ca_file),
+        "-H",
+        f"authorization: {stack.authorization}",
         "-d",
         json.dumps(_submit_body()),
         stack.gateway_target,
@@ -190,7 +195,11 @@ def test_grpc_web_over_tls(stack: Stack, ca_file: Path) -> None:
         response = http.post(
             f"{stack.http_base}/jobs.v1.JobService/SubmitJob",
             content=b"\x00" + struct.pack(">I", len(payload)) + payload,
-            headers={"content-type": "application/grpc-web+proto", "x-grpc-web": "1"},
+            headers={
+                "content-type": "application/grpc-web+proto",
+                "x-grpc-web": "1",
+                **stack.auth_headers(),
+            },
         )
 
     assert response.status_code == 200
@@ -211,7 +220,7 @@ def test_the_cli_takes_a_ca_file(stack: Stack, ca_file: Path) -> None:
         return subprocess.run(
             [sys.executable, "-m", "cli", "--target", stack.gateway_target, *args],
             cwd=ROOT,
-            env={**os.environ, "JOBS_CA_FILE": "", **env},
+            env={**os.environ, "JOBS_CA_FILE": "", "JOBS_API_KEY": stack.api_key, **env},
             capture_output=True,
             text=True,
             timeout=60,
@@ -253,6 +262,7 @@ def test_the_typescript_client_takes_a_ca(stack: Stack, ca_file: Path) -> None:
             **os.environ,
             "JOBS_GATEWAY_TARGET": stack.gateway_target,
             "JOBS_CA_FILE": str(ca_file),
+            "JOBS_API_KEY": stack.api_key,
         },
         capture_output=True,
         text=True,

@@ -47,7 +47,11 @@ def test_typescript_client_submits_watches_and_reads_error_details(npm: str, sta
     completed = subprocess.run(
         [npm, "test"],
         cwd=CLIENT,
-        env={**os.environ, "JOBS_GATEWAY_TARGET": stack.gateway_target},
+        env={
+            **os.environ,
+            "JOBS_GATEWAY_TARGET": stack.gateway_target,
+            "JOBS_API_KEY": stack.api_key,
+        },
         capture_output=True,
         text=True,
         timeout=TEST_TIMEOUT_SECONDS,

@@ -9,7 +9,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-import grpc
 import httpx
 import pytest
 from jobs.v1 import jobs_service_pb2_grpc as pb_grpc
@@ -18,6 +17,7 @@ from devstack.stack import Stack
 from jobcore.celery_app import Wakeup, create_celery_app
 from jobcore.settings import Settings
 from jobcore.wakeup_publisher import WakeupPublisher
+from tests.credentials import aio_channel
 from tests.faults.harness import (
     Audit,
     LoadRecord,
@@ -37,7 +37,7 @@ pytestmark = pytest.mark.timeout(300)
 
 @pytest.fixture
 async def direct(fault_stack: Stack) -> AsyncIterator[pb_grpc.JobServiceAsyncStub]:
-    async with grpc.aio.insecure_channel(fault_stack.grpc_target) as channel:
+    async with aio_channel(fault_stack.grpc_target, fault_stack.api_key) as channel:
         yield pb_grpc.JobServiceStub(channel)
 
 
@@ -45,7 +45,10 @@ async def direct(fault_stack: Stack) -> AsyncIterator[pb_grpc.JobServiceAsyncStu
 async def rest(fault_stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
     limits = httpx.Limits(max_connections=500)
     async with httpx.AsyncClient(
-        base_url=fault_stack.http_base, timeout=30, limits=limits
+        base_url=fault_stack.http_base,
+        headers=fault_stack.auth_headers(),
+        timeout=30,
+        limits=limits,
     ) as client:
         yield client
 

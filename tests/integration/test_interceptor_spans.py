@@ -7,13 +7,13 @@ grpc.aio drops the handler's generator at a `yield` and the event loop closes it
 
 from __future__ import annotations
 
-import grpc
 import httpx
 from jobs.v1 import jobs_service_pb2 as pb
 from jobs.v1 import jobs_service_pb2_grpc as pb_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from devstack.stack import Stack
+from tests.credentials import aio_channel
 from tests.eventually import eventually
 
 _DETACH_ERROR = "Failed to detach context"
@@ -45,7 +45,7 @@ async def test_watch_streams_ended_or_cancelled_mid_write_log_no_detach_error(
     job = await jobs_stub.SubmitJob(pb.SubmitJobRequest(data=[2], operation=pb.square_sum))
 
     updates = [u async for u in jobs_stub.WatchJob(pb.WatchJobRequest(job_id=job.id))]
-    async with grpc.aio.insecure_channel(stack.grpc_target, options=_TIGHT_WINDOW) as tight:
+    async with aio_channel(stack.grpc_target, stack.api_key, options=_TIGHT_WINDOW) as tight:
         call = pb_grpc.JobServiceStub(tight).WatchJob(pb.WatchJobRequest(job_id=job.id))
         await call.initial_metadata()  # sent with the first message, whose body is held back
         call.cancel()

@@ -33,13 +33,13 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-import grpc
 import psutil
 from jobs.v1 import jobs_service_pb2_grpc as pb_grpc
 
 from devstack.processes import ManagedProcess, wait_for
 from devstack.stack import ROOT, Stack, StackConfig, StackPorts
 from jobcore.database import asyncpg_dsn
+from tests.credentials import aio_channel
 from tests.faults.harness import FINAL, Audit, LoadRecord, Submitted, audit, run_load, submit_grpc
 
 logger = logging.getLogger("soak")
@@ -365,7 +365,7 @@ async def soak(plan: Plan, stack: Stack) -> dict[str, Any]:
     auditor = RollingAudit(stack.database_url, record)
     load_done = asyncio.Event()
     started = time.monotonic()
-    async with grpc.aio.insecure_channel(stack.grpc_target) as channel:
+    async with aio_channel(stack.grpc_target, stack.api_key) as channel:
         stub = pb_grpc.JobServiceStub(channel)
         sampler = asyncio.create_task(sample_until(stack, plan, samples, started, load_done))
         auditing = asyncio.create_task(audit_until(stack, auditor, load_done))
