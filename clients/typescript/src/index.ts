@@ -4,7 +4,7 @@
  * Everything under ./gen is generated from ../../protos at build time
  * (`npm run generate`); this module only adds a one-line way to connect.
  */
-import { type Client, createClient } from "@connectrpc/connect";
+import { type Client, type Interceptor, createClient } from "@connectrpc/connect";
 import { Http2SessionManager, createGrpcTransport } from "@connectrpc/connect-node";
 import { JobService } from "./gen/jobs/v1/jobs_service_pb.js";
 
@@ -36,6 +36,21 @@ export interface ConnectOptions {
    * Giving one makes a "host:port" target use TLS (https).
    */
   readonly ca?: string | Buffer;
+  /**
+   * The API key (or identity-provider token) every call presents as
+   * `authorization: Bearer <apiKey>`; `make run` prints one as JOBS_API_KEY.
+   * Without it, calls are refused with UNAUTHENTICATED unless the service
+   * runs with AUTH_MODE=none.
+   */
+  readonly apiKey?: string;
+}
+
+/** An interceptor that adds `authorization: Bearer <token>` to every call. */
+export function bearerToken(token: string): Interceptor {
+  return (next) => (request) => {
+    request.header.set("authorization", `Bearer ${token}`);
+    return next(request);
+  };
 }
 
 /**
@@ -57,7 +72,8 @@ export function connectJobService(
     undefined,
     options.ca === undefined ? undefined : { ca: options.ca },
   );
-  const transport = createGrpcTransport({ baseUrl, sessionManager });
+  const interceptors = options.apiKey ? [bearerToken(options.apiKey)] : [];
+  const transport = createGrpcTransport({ baseUrl, sessionManager, interceptors });
   return {
     client: createClient(JobService, transport),
     close: () => sessionManager.abort(),

@@ -2,9 +2,10 @@
  * The generated client against the running service through Envoy (native
  * gRPC over HTTP/2 cleartext): submit, watch to SUCCESS, read error details.
  *
- * JOBS_GATEWAY_TARGET names Envoy's "host:port"; tests/e2e/test_typescript_client.py
- * sets it to the pytest session's stack. With JOBS_CA_FILE (a PEM CA) the client
- * talks TLS to it (tests/e2e/test_tls.py).
+ * JOBS_GATEWAY_TARGET names Envoy's "host:port" and JOBS_API_KEY the key every call
+ * presents (as `make run` prints it); tests/e2e/test_typescript_client.py sets both
+ * to the pytest session's stack. With JOBS_CA_FILE (a PEM CA) the client talks TLS
+ * to it (tests/e2e/test_tls.py).
  */
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
@@ -29,8 +30,13 @@ const UNKNOWN_ID = "019a0000-0000-7000-8000-000000000000";
 // The states a successful job passes through; sequence N is the Nth of them.
 const LIFE = [JobStatus.PENDING, JobStatus.IN_PROGRESS, JobStatus.SUCCESS];
 
+// Empty only against a service running with AUTH_MODE=none.
+const apiKey = process.env.JOBS_API_KEY ?? "";
 const caFile = process.env.JOBS_CA_FILE;
-const connection = connectJobService(target, caFile ? { ca: readFileSync(caFile) } : {});
+const connection = connectJobService(target, {
+  apiKey,
+  ...(caFile ? { ca: readFileSync(caFile) } : {}),
+});
 const jobs = connection.client;
 after(() => connection.close());
 
