@@ -7,6 +7,9 @@ would need a thread, whose CPU and GIL contention slow every call the server's l
 (BENCHMARKS.md, item 3). Upgrading either package means checking this envelope again:
 tests/integration/test_wakeup_messages.py compares it with what `send_task` pushes and has
 the real worker of the pinned version run a message built here.
+
+A message goes onto the list of its priority step (jobcore.celery_app.queue_key), where
+kombu's consumer looks for it in step order.
 """
 
 from __future__ import annotations
@@ -20,7 +23,34 @@ import redis.asyncio
 from celery import Celery
 from kombu import serialization
 
-from jobcore.celery_app import JOBS_QUEUE, PROCESS_JOBS_TASK, Wakeup
+from jobcore.celery_app import (
+    JOBS_QUEUE,
+    PROCESS_JOBS_TASK,
+    QUEUE_KEYS,
+    Wakeup,
+    priority_step,
+    queue_key,
+)
+
+# How many job ids a message's argsrepr names (Flower shows it as the task's arguments).
+ARGSREPR_JOB_IDS = 3
+
+
+def wakeup_argsrepr(wakeups: Sequence[Wakeup]) -> str:
+    """What monitors (Flower) show as a message's arguments: the count and the first few job ids.
+
+    Not every id: a message carries up to a hundred jobs, and Flower keeps this per task.
+    """
+    ids = [str(wakeup.job_id) for wakeup in wakeups[:ARGSREPR_JOB_IDS]]
+    if len(wakeups) > ARGSREPR_JOB_IDS:
+        ids.append("...")
+    noun = "job" if len(wakeups) == 1 else "jobs"
+    return f"[{len(wakeups)} {noun}: {', '.join(ids)}]"
+
+
+def message_priority(wakeups: Sequence[Wakeup]) -> int:
+    """The priority step of a message: that of its most urgent job (0 is the most urgent)."""
+    return priority_step(min(wakeup.priority for wakeup in wakeups))
 
 
 class WakeupPublisher:
@@ -33,12 +63,18 @@ class WakeupPublisher:
         )
 
     async def publish(self, wakeups: Sequence[Wakeup]) -> None:
-        """Queue one message waking a worker for these jobs (redis errors propagate)."""
-        await self._redis.lpush(JOBS_QUEUE, self.message(wakeups))
+        """Queue one message waking a worker for these (one or more) jobs, on the list of its
+        priority (redis errors propagate)."""
+        await self._redis.lpush(queue_key(message_priority(wakeups)), self.message(wakeups))
 
     async def waiting(self) -> int:
-        """How many wake-up messages wait in the broker for a worker (redis errors propagate)."""
-        return int(await self._redis.llen(JOBS_QUEUE))
+        """How many wake-up messages wait in the broker for a worker, at every priority (redis
+        errors propagate)."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for key in QUEUE_KEYS:
+                pipe.llen(key)
+            lengths = await pipe.execute()
+        return sum(int(length) for length in lengths)
 
     async def ping(self) -> None:
         """Raise (a redis error) unless the broker answers PING."""
@@ -51,13 +87,13 @@ class WakeupPublisher:
     def message(self, wakeups: Sequence[Wakeup]) -> str:
         """The JSON envelope kombu's Redis transport would push for this task message."""
         task_id = str(uuid.uuid4())
+        priority = message_priority(wakeups)
         headers, properties, body, _ = self._app.amqp.create_task_message(
             task_id,
             PROCESS_JOBS_TASK,
             [[wakeup.to_message() for wakeup in wakeups]],
             {},
-            # What monitors (Flower) show as the arguments: a count, not every id.
-            argsrepr=f"[{len(wakeups)} jobs]",
+            argsrepr=wakeup_argsrepr(wakeups),
             # The outcome lives in PostgreSQL; nobody waits for a Celery result.
             ignore_result=True,
         )
@@ -75,7 +111,8 @@ class WakeupPublisher:
                     **properties,
                     "delivery_mode": 2,  # persistent
                     "delivery_info": {"exchange": "", "routing_key": JOBS_QUEUE},
-                    "priority": 0,
+                    # kombu restores an unacknowledged message to its priority's list by this.
+                    "priority": priority,
                     "body_encoding": "base64",
                     # kombu acknowledges (and, unacknowledged, restores) a message by this tag.
                     "delivery_tag": str(uuid.uuid4()),
