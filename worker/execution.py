@@ -105,23 +105,19 @@ async def _until_taken_away(inbox: asyncio.Queue[InboxItem], store: JobStore, cl
 async def start_jobs(
     services: WorkerServices, wakeups: Sequence[Wakeup], *, delay: timedelta, deadline: timedelta
 ) -> None:
-    """Start each job on this loop as capacity allows; return once every claim was tried.
+    """Queue each job for a slot at its priority and start it there; return once every claim
+    was tried.
 
-    The jobs keep running after this returns; `services.running` holds them.
+    The jobs keep running after this returns; `services.running` holds them. Every job of
+    the message queues at once, so the messages held by this process get their slots in the
+    order they came (within a priority) and the oldest frees its claiming thread first.
     """
+    loop = asyncio.get_running_loop()
     claims: list[asyncio.Future[None]] = []
     for wakeup in wakeups:
-        await services.capacity.acquire()
-        claimed = asyncio.get_running_loop().create_future()
+        claimed = loop.create_future()
         task = asyncio.create_task(
-            execute_job(
-                services,
-                wakeup.job_id,
-                delay=delay,
-                deadline=deadline,
-                trace_context=context_from({"traceparent": wakeup.traceparent or ""}),
-                claimed=claimed,
-            )
+            _run_in_slot(services, wakeup, delay=delay, deadline=deadline, claimed=claimed)
         )
         services.running.add(task)
         task.add_done_callback(functools.partial(_job_ended, services))
@@ -129,9 +125,36 @@ async def start_jobs(
     await asyncio.gather(*claims)
 
 
+async def _run_in_slot(
+    services: WorkerServices,
+    wakeup: Wakeup,
+    *,
+    delay: timedelta,
+    deadline: timedelta,
+    claimed: asyncio.Future[None],
+) -> None:
+    """Wait for a slot at the wake-up's priority, then run the job in it."""
+    try:
+        await services.capacity.acquire(wakeup.priority)
+    except BaseException:
+        # Never claimed: start_jobs must not report it as tried.
+        claimed.cancel()
+        raise
+    try:
+        await execute_job(
+            services,
+            wakeup.job_id,
+            delay=delay,
+            deadline=deadline,
+            trace_context=context_from({"traceparent": wakeup.traceparent or ""}),
+            claimed=claimed,
+        )
+    finally:
+        services.capacity.release()
+
+
 def _job_ended(services: WorkerServices, task: asyncio.Task[None]) -> None:
     services.running.discard(task)
-    services.capacity.release()
     if not task.cancelled() and task.exception() is not None:
         logger.error("a job ended with an unexpected error", exc_info=task.exception())
 

@@ -28,6 +28,7 @@ from jobcore.settings import Settings
 from jobcore.store import JobStore
 from jobcore.supervision import FAILED_TASK_EXIT_STATUS, Supervisor, TaskFailure
 from worker.leases import LEASE_TASK, LeaseKeeper
+from worker.slots import JobSlots
 
 T = TypeVar("T")
 
@@ -38,13 +39,14 @@ logger = logging.getLogger(__name__)
 class WorkerServices:
     """What running a job needs: the store, the event hub (for cancellation) and the leases.
 
-    `capacity` bounds the jobs in flight; `running` holds their tasks.
+    `capacity` bounds the jobs in flight, giving slots to the most urgent jobs first;
+    `running` holds the tasks of the jobs started or waiting for a slot.
     """
 
     store: JobStore
     hub: JobEventHub
     leases: LeaseKeeper
-    capacity: asyncio.Semaphore
+    capacity: JobSlots
     running: set[asyncio.Task[None]]
 
     @classmethod
@@ -59,7 +61,7 @@ class WorkerServices:
             store=store,
             hub=hub,
             leases=leases,
-            capacity=asyncio.Semaphore(settings.worker_concurrency),
+            capacity=JobSlots(settings.worker_concurrency),
             running=set(),
         )
 

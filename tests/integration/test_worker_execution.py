@@ -21,6 +21,7 @@ from tests.owners import TEST_OWNER
 from worker.execution import _until_taken_away, execute_job, start_jobs
 from worker.leases import LeaseKeeper
 from worker.runtime import WorkerServices
+from worker.slots import JobSlots
 
 CAPACITY = 4
 
@@ -34,7 +35,7 @@ async def services(isolated_database_url: str) -> AsyncIterator[WorkerServices]:
         store=store,
         hub=hub,
         leases=LeaseKeeper(store, lease=timedelta(seconds=30)),
-        capacity=asyncio.Semaphore(CAPACITY),
+        capacity=JobSlots(CAPACITY),
         running=set(),
     )
     await hub.stop()
