@@ -5,6 +5,10 @@ waits on Redis. The jobs stored within a few milliseconds, or while the previous
 message was being published, go out together in one message. A publish that fails marks its jobs
 undispatched in PostgreSQL, and maintenance sends them again: the broker can lose
 a wake-up, never a job.
+
+Fair dispatch: each wake-up has a priority chosen by how deep its tenant is in backlog
+(`priority_for_backlog`), and messages are published and consumed most urgent first, so a
+tenant with a few jobs does not wait behind the thousands another has queued.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import uuid
 
 import redis.exceptions
 
-from jobcore.celery_app import Wakeup
+from jobcore.celery_app import LOWEST_PRIORITY, TOP_PRIORITY, Wakeup
 from jobcore.errors import TransientError
 from jobcore.store import JobStore
 from jobcore.supervision import TransientEpisode, inject_fault
@@ -38,14 +42,38 @@ DISPATCHER_TASK = "dispatcher"
 # else is a bug and ends the task, and with it the process.
 _BROKER_ERRORS = (redis.exceptions.RedisError, OSError, TimeoutError, TransientError)
 
+# The rule: a job whose tenant has fewer unfinished jobs ahead of it than one message holds
+# (a tenant submitting by hand, or keeping up with its work) gets the top priority; each lower
+# step is for a backlog ten times deeper; 10,000 and more wait at the lowest. A tenant with a
+# deep backlog keeps getting served (workers take lower steps whenever the upper ones are
+# empty), but a newcomer's job overtakes its queue instead of waiting for all of it. The
+# steps are kombu's Redis steps, 0 first (jobcore.celery_app.PRIORITY_STEPS).
+_PRIORITY_BY_BACKLOG = (
+    (MAX_JOBS_PER_MESSAGE, TOP_PRIORITY),
+    (10 * MAX_JOBS_PER_MESSAGE, 3),
+    (100 * MAX_JOBS_PER_MESSAGE, 6),
+)
+
+
+def priority_for_backlog(backlog: int) -> int:
+    """The wake-up priority of a job with `backlog` unfinished jobs of its tenant ahead of it."""
+    for below, priority in _PRIORITY_BY_BACKLOG:
+        if backlog < below:
+            return priority
+    return LOWEST_PRIORITY
+
 
 class Dispatcher:
-    """Publishes wake-up messages from one task, one message in flight at a time."""
+    """Publishes wake-up messages from one task, one message in flight at a time.
+
+    A message holds jobs of one priority; the most urgent waiting are published first.
+    """
 
     def __init__(self, publisher: WakeupPublisher, store: JobStore) -> None:
         self._publisher = publisher
         self._store = store
-        self._waiting: list[Wakeup] = []
+        # Wake-ups not yet published, by priority.
+        self._waiting: dict[int, list[Wakeup]] = {}
         self._more = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -63,9 +91,12 @@ class Dispatcher:
         """Queue a wake-up for a committed job; never blocks.
 
         It carries `traceparent`, or else the trace context of the code that calls this.
-        `backlog` is how many unfinished jobs the job's tenant had ahead of it.
+        `backlog` is how many unfinished jobs the job's tenant had ahead of it: it sets the
+        wake-up's priority.
         """
-        self._waiting.append(Wakeup(job_id, traceparent or trace_headers().get("traceparent")))
+        priority = priority_for_backlog(backlog)
+        wakeup = Wakeup(job_id, traceparent or trace_headers().get("traceparent"), priority)
+        self._waiting.setdefault(priority, []).append(wakeup)
         self._idle.clear()
         self._more.set()
 
@@ -74,14 +105,25 @@ class Dispatcher:
         while True:
             await self._more.wait()
             inject_fault(DISPATCHER_TASK)
-            if len(self._waiting) < MAX_JOBS_PER_MESSAGE:
+            if all(len(level) < MAX_JOBS_PER_MESSAGE for level in self._waiting.values()):
                 await asyncio.sleep(LINGER_SECONDS)
             self._more.clear()
-            while self._waiting:
-                batch = self._waiting[:MAX_JOBS_PER_MESSAGE]
-                del self._waiting[:MAX_JOBS_PER_MESSAGE]
+            # Chosen again after each publish: an urgent wake-up stored meanwhile goes next.
+            while batch := self._take_batch():
                 await self._publish(batch)
             self._idle.set()
+
+    def _take_batch(self) -> list[Wakeup]:
+        """Up to a message's worth of the most urgent waiting wake-ups (none: empty)."""
+        if not self._waiting:
+            return []
+        priority = min(self._waiting)
+        level = self._waiting[priority]
+        batch = level[:MAX_JOBS_PER_MESSAGE]
+        del level[:MAX_JOBS_PER_MESSAGE]
+        if not level:
+            del self._waiting[priority]
+        return batch
 
     async def flush(self, *, timeout_seconds: float) -> None:
         """Wait (at most `timeout_seconds`) until every queued wake-up was published or handed back."""
