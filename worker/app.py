@@ -15,7 +15,8 @@ from jobcore.supervision import enable_fault_injection
 from jobcore.tracing import configure_tracing
 from worker.runtime import running_runtime
 
-# Celery threads per worker process; each holds one message while it claims its jobs.
+# Celery threads per worker process; each holds one message while its jobs wait for slots
+# and are claimed. A more urgent message is taken only when one of them is free again.
 CLAIMING_THREADS = 4
 
 settings = get_settings()
