@@ -19,7 +19,7 @@ import redis.asyncio
 from jobs.v1 import jobs_service_pb2_grpc as pb_grpc
 
 from devstack.stack import Stack, StackConfig, StackPorts
-from jobcore.celery_app import JOBS_QUEUE
+from jobcore.celery_app import QUEUE_KEYS
 from jobcore.store import JobStore
 from tests.conftest import stack_data_dir
 from tests.eventually import eventually
@@ -90,8 +90,12 @@ async def broker(backlog_stack: Stack) -> AsyncIterator[redis.asyncio.Redis]:
 
 
 async def queue_length(broker: redis.asyncio.Redis) -> int:
-    """Wake-up messages waiting in the broker."""
-    return int(await broker.llen(JOBS_QUEUE))
+    """Wake-up messages waiting in the broker, on the lists of every priority."""
+    async with broker.pipeline(transaction=False) as pipe:
+        for key in QUEUE_KEYS:
+            pipe.llen(key)
+        lengths = await pipe.execute()
+    return sum(int(length) for length in lengths)
 
 
 async def submit_jobs(stack: Stack, record: LoadRecord, *, count: int) -> None:
@@ -178,7 +182,7 @@ async def test_wakeups_the_broker_lost_are_sent_again(
     record = LoadRecord()
     await submit_jobs(backlog_stack, record, count=300)
     await eventually(lambda: queue_length(broker), until=lambda length: length > 0)
-    await broker.delete(JOBS_QUEUE)
+    await broker.delete(*QUEUE_KEYS)
 
     start_workers(backlog_stack)
     result = await audit(backlog_stack.database_url, record, settle_seconds=30)
