@@ -2,8 +2,10 @@
 
 Rows look like the service's own: UUIDv7 ids, packed numbers, one event per state
 change. The session runs with session_replication_role = replica, which skips the
-notify trigger (nobody should receive a million notifications) and the foreign-key
-check (every event's job is inserted by the same statement).
+notify trigger (nobody should receive a million notifications), the foreign-key
+check (every event's job is inserted by the same statement) and the triggers that count
+each tenant's unfinished jobs (so the fill adds its unfinished jobs to the count itself).
+Every job is the tenant `default`'s, whose key the bench's load generators present.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import struct
 import asyncpg
 
 from jobcore.database import asyncpg_dsn
+from jobcore.identity import DEFAULT_TENANT
 
 # Matches the load generator's job: square_sum of [1, 2, 3, 4, 5] = 55.
 NUMBERS = (1.0, 2.0, 3.0, 4.0, 5.0)
@@ -22,15 +25,15 @@ _BATCH_ROWS = 200_000
 
 _FINISHED_JOBS = """
 WITH inserted AS (
-    INSERT INTO jobs (id, operation, status, numbers, number_count, result, attempt,
+    INSERT INTO jobs (id, tenant, operation, status, numbers, number_count, result, attempt,
                       dispatched_at, last_sequence, created_at, updated_at)
-    SELECT uuidv7(), 'square_sum', 'SUCCESS', $2::bytea, $3::int, $4::float8, 1,
+    SELECT uuidv7(), $5::text, 'square_sum', 'SUCCESS', $2::bytea, $3::int, $4::float8, 1,
            now(), 3, now(), now()
     FROM generate_series(1, $1::int)
     RETURNING id, updated_at
 )
-INSERT INTO job_events (job_id, sequence, status, occurred_at, result, attempt)
-SELECT inserted.id, step.sequence, step.status, inserted.updated_at,
+INSERT INTO job_events (job_id, tenant, sequence, status, occurred_at, result, attempt)
+SELECT inserted.id, $5::text, step.sequence, step.status, inserted.updated_at,
        CASE WHEN step.status = 'SUCCESS' THEN $4::float8 END, step.attempt
 FROM inserted
 CROSS JOIN (VALUES (1, 'PENDING', 0), (2, 'IN_PROGRESS', 1), (3, 'SUCCESS', 1))
@@ -40,15 +43,15 @@ CROSS JOIN (VALUES (1, 'PENDING', 0), (2, 'IN_PROGRESS', 1), (3, 'SUCCESS', 1))
 # Jobs a worker holds for a day: their watchers stay open and idle, as behind a long job.
 _RUNNING_JOBS = """
 WITH inserted AS (
-    INSERT INTO jobs (id, operation, status, numbers, number_count, attempt, lease_expires_at,
-                      dispatched_at, last_sequence, created_at, updated_at)
-    SELECT uuidv7(), 'square_sum', 'IN_PROGRESS', $2::bytea, $3::int, 1,
+    INSERT INTO jobs (id, tenant, operation, status, numbers, number_count, attempt,
+                      lease_expires_at, dispatched_at, last_sequence, created_at, updated_at)
+    SELECT uuidv7(), $4::text, 'square_sum', 'IN_PROGRESS', $2::bytea, $3::int, 1,
            now() + interval '1 day', now(), 2, now(), now()
     FROM generate_series(1, $1::int)
     RETURNING id, updated_at
 ), events AS (
-    INSERT INTO job_events (job_id, sequence, status, occurred_at, attempt)
-    SELECT inserted.id, step.sequence, step.status, inserted.updated_at, step.attempt
+    INSERT INTO job_events (job_id, tenant, sequence, status, occurred_at, attempt)
+    SELECT inserted.id, $4::text, step.sequence, step.status, inserted.updated_at, step.attempt
     FROM inserted
     CROSS JOIN (VALUES (1, 'PENDING', 0), (2, 'IN_PROGRESS', 1)) AS step(sequence, status, attempt)
 )
@@ -72,7 +75,13 @@ async def fill_finished_jobs(database_url: str, *, until_total: int) -> int:
         while left > 0:
             batch = min(left, _BATCH_ROWS)
             await connection.execute(
-                _FINISHED_JOBS, batch, PACKED_NUMBERS, len(NUMBERS), RESULT, timeout=600
+                _FINISHED_JOBS,
+                batch,
+                PACKED_NUMBERS,
+                len(NUMBERS),
+                RESULT,
+                DEFAULT_TENANT,
+                timeout=600,
             )
             left -= batch
         # Fresh statistics, as autovacuum would eventually give a real table.
@@ -86,9 +95,15 @@ async def insert_running_jobs(database_url: str, *, count: int) -> list[str]:
     """Insert `count` IN_PROGRESS jobs leased for a day; their ids."""
     connection = await _connect(database_url)
     try:
-        rows = await connection.fetch(
-            _RUNNING_JOBS, count, PACKED_NUMBERS, len(NUMBERS), timeout=600
-        )
+        async with connection.transaction():
+            rows = await connection.fetch(
+                _RUNNING_JOBS, count, PACKED_NUMBERS, len(NUMBERS), DEFAULT_TENANT, timeout=600
+            )
+            await connection.execute(
+                "SELECT add_unfinished_jobs($1::text[], $2::bigint[])",
+                [DEFAULT_TENANT],
+                [len(rows)],
+            )
         return [str(row[0]) for row in rows]
     finally:
         await connection.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Mapping
 
 _HEADER_END = b"\r\n\r\n"
 _MAX_HEADER_BYTES = 64 * 1024
@@ -19,12 +20,15 @@ class HttpError(Exception):
     """The server answered with something this client cannot use."""
 
 
-def encode_request(*, method: str, host: str, path: str, json_body: bytes) -> bytes:
+def encode_request(
+    *, method: str, host: str, path: str, json_body: bytes, headers: Mapping[str, str]
+) -> bytes:
     """One complete HTTP/1.1 request, built once and written as is for every call."""
     head = (
         f"{method} {path} HTTP/1.1\r\n"
         f"Host: {host}\r\n"
-        "Content-Type: application/json\r\n"
+        + "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+        + "Content-Type: application/json\r\n"
         f"Content-Length: {len(json_body)}\r\n"
         "\r\n"
     )

@@ -52,6 +52,17 @@ _STREAM_SETTLE_SECONDS = 3.0
 _STREAM_OPEN_TIMEOUT_SECONDS = 300.0
 _RSS_SAMPLE_SECONDS = 0.005
 
+Metadata = tuple[tuple[str, str], ...]
+
+
+def _auth_metadata(api_key: str) -> Metadata:
+    """What every call sends: the key as `authorization: Bearer` (nothing for an empty key).
+
+    Given per call, as a client library does: a grpc.aio channel interceptor would add
+    Python work per call to the client whose rate is measured.
+    """
+    return (("authorization", f"Bearer {api_key}"),) if api_key else ()
+
 
 def _open_channels(
     target: str, count: int, *, max_message_bytes: int | None = None
@@ -122,6 +133,8 @@ class Throughput:
 
     name: str
     target: str
+    # Presented by every call (make run's kind of key); empty: none.
+    api_key: str
     in_flight: int
     channels: int
     warmup_seconds: float
@@ -150,9 +163,12 @@ def submit_grpc(spec: Throughput) -> Samples:
 async def _submit_grpc(spec: Throughput) -> Samples:
     channels = _open_channels(spec.target, spec.channels)
     stubs = [pb_grpc.JobServiceStub(channel) for channel in channels]
+    metadata = _auth_metadata(spec.api_key)
 
     async def call(lane: int) -> None:
-        await stubs[lane % len(stubs)].SubmitJob(SMALL_JOB, timeout=CALL_TIMEOUT_SECONDS)
+        await stubs[lane % len(stubs)].SubmitJob(
+            SMALL_JOB, timeout=CALL_TIMEOUT_SECONDS, metadata=metadata
+        )
 
     try:
         return await _repeated(call, spec)
@@ -168,7 +184,11 @@ def submit_rest(spec: Throughput) -> Samples:
 async def _submit_rest(spec: Throughput) -> Samples:
     host, port = spec.target.rsplit(":", 1)
     request = encode_request(
-        method="POST", host=spec.target, path="/api/v1/jobs", json_body=SMALL_JOB_JSON
+        method="POST",
+        host=spec.target,
+        path="/api/v1/jobs",
+        json_body=SMALL_JOB_JSON,
+        headers=dict(_auth_metadata(spec.api_key)),
     )
     connections = [Http1Connection(host, int(port)) for _ in range(spec.in_flight)]
 
@@ -193,6 +213,7 @@ class Lookups:
 
     suffix: str
     target: str
+    api_key: str
     job_ids: tuple[str, ...]
     calls: int
     repeats: int
@@ -207,12 +228,15 @@ async def _get_status_latency(spec: Lookups) -> Samples:
     [channel] = _open_channels(spec.target, 1)
     stub = pb_grpc.JobServiceStub(channel)
     requests = [pb.GetStatusRequest(job_id=job_id) for job_id in spec.job_ids]
+    metadata = _auth_metadata(spec.api_key)
     counter = 0
 
     async def call(_lane: int) -> None:
         nonlocal counter
         counter += 1
-        await stub.GetStatus(requests[counter % len(requests)], timeout=CALL_TIMEOUT_SECONDS)
+        await stub.GetStatus(
+            requests[counter % len(requests)], timeout=CALL_TIMEOUT_SECONDS, metadata=metadata
+        )
 
     samples: Samples = {
         f"getstatus_p50_ms_{spec.suffix}": [],
@@ -295,6 +319,7 @@ class Lifecycle:
 
     name: str
     target: str
+    api_key: str
     dsn: str
     in_flight: int
     channels: int
@@ -310,6 +335,7 @@ async def _submit_many(
     stubs: list[pb_grpc.JobServiceAsyncStub],
     completions: _Completions,
     *,
+    metadata: Metadata,
     in_flight: int,
     count: int,
     deadline: float,
@@ -331,7 +357,7 @@ async def _submit_many(
             issued += 1
             try:
                 job = await stubs[index % len(stubs)].SubmitJob(
-                    SMALL_JOB, timeout=CALL_TIMEOUT_SECONDS
+                    SMALL_JOB, timeout=CALL_TIMEOUT_SECONDS, metadata=metadata
                 )
             except grpc.aio.AioRpcError:
                 completions.slots.release()
@@ -374,7 +400,12 @@ async def _lifecycle_batches(
         timeout = 60 + batch / 20  # generous: 20 jobs/s would still finish
         started = time.perf_counter()
         job_ids = await _submit_many(
-            stubs, completions, in_flight=spec.in_flight, count=batch, deadline=started + timeout
+            stubs,
+            completions,
+            metadata=_auth_metadata(spec.api_key),
+            in_flight=spec.in_flight,
+            count=batch,
+            deadline=started + timeout,
         )
         if len(job_ids) < batch:
             raise TimeoutError(f"submitted only {len(job_ids)} of {batch} jobs in {timeout:.0f} s")
@@ -390,7 +421,12 @@ async def _lifecycle_sustained(
     measured_from = started + spec.warmup_seconds + 2 * spec.delay_seconds
     deadline = measured_from + spec.repeats * spec.window_seconds
     await _submit_many(
-        stubs, completions, in_flight=spec.in_flight, count=1 << 62, deadline=deadline
+        stubs,
+        completions,
+        metadata=_auth_metadata(spec.api_key),
+        in_flight=spec.in_flight,
+        count=1 << 62,
+        deadline=deadline,
     )
     rates = []
     for index in range(spec.repeats):
@@ -409,6 +445,7 @@ class WatchLoad:
     """Idle streams held open on one server, then jobs submitted at a fixed event rate and watched."""
 
     target: str
+    api_key: str
     server_pid: int
     idle_job_ids: tuple[str, ...]
     channels: int
@@ -442,12 +479,17 @@ class _Streams:
 
 
 async def _hold_idle_stream(
-    stub: pb_grpc.JobServiceAsyncStub, job_id: str, opening: asyncio.Semaphore, state: _Streams
+    stub: pb_grpc.JobServiceAsyncStub,
+    job_id: str,
+    opening: asyncio.Semaphore,
+    state: _Streams,
+    *,
+    metadata: Metadata,
 ) -> None:
     """Open one stream, count it when its first message arrives, then read heartbeats until cancelled."""
     # The RPC starts when the call object is created, so create it inside the semaphore.
     async with opening:
-        call = stub.WatchJob(pb.WatchJobRequest(job_id=job_id))
+        call = stub.WatchJob(pb.WatchJobRequest(job_id=job_id), metadata=metadata)
         try:
             first = await call.read()
         except grpc.aio.AioRpcError as error:
@@ -469,14 +511,20 @@ async def _hold_idle_stream(
 
 
 async def _submit_and_watch(
-    stub: pb_grpc.JobServiceAsyncStub, submitting: asyncio.Semaphore, state: _Streams
+    stub: pb_grpc.JobServiceAsyncStub,
+    submitting: asyncio.Semaphore,
+    state: _Streams,
+    *,
+    metadata: Metadata,
 ) -> None:
     """Submit a job and watch it to the end, recording (receive time, commit→receive latency)."""
     try:
-        job = await stub.SubmitJob(SMALL_JOB, timeout=CALL_TIMEOUT_SECONDS)
+        job = await stub.SubmitJob(SMALL_JOB, timeout=CALL_TIMEOUT_SECONDS, metadata=metadata)
     finally:
         submitting.release()
-    call = stub.WatchJob(pb.WatchJobRequest(job_id=job.id), timeout=CALL_TIMEOUT_SECONDS)
+    call = stub.WatchJob(
+        pb.WatchJobRequest(job_id=job.id), timeout=CALL_TIMEOUT_SECONDS, metadata=metadata
+    )
     state.live += 1
     try:
         snapshot = True
@@ -506,7 +554,15 @@ async def _watch(spec: WatchLoad) -> Samples:
         rss_before = server.memory_info().rss
         opening = asyncio.Semaphore(_STREAM_OPEN_CONCURRENCY)
         holders = [
-            asyncio.create_task(_hold_idle_stream(stubs[index % len(stubs)], job_id, opening, idle))
+            asyncio.create_task(
+                _hold_idle_stream(
+                    stubs[index % len(stubs)],
+                    job_id,
+                    opening,
+                    idle,
+                    metadata=_auth_metadata(spec.api_key),
+                )
+            )
             for index, job_id in enumerate(spec.idle_job_ids)
         ]
         await asyncio.wait_for(idle.all_answered.wait(), _STREAM_OPEN_TIMEOUT_SECONDS)
@@ -555,7 +611,12 @@ async def _flow(
         await submitting.acquire()
         submitted_at.append(time.time())
         watcher = asyncio.create_task(
-            _submit_and_watch(stubs[index % len(stubs)], submitting, flowing)
+            _submit_and_watch(
+                stubs[index % len(stubs)],
+                submitting,
+                flowing,
+                metadata=_auth_metadata(spec.api_key),
+            )
         )
         watchers.add(watcher)
         watcher.add_done_callback(watchers.discard)
@@ -590,6 +651,7 @@ class BigJob:
 
     name: str
     target: str
+    api_key: str
     dsn: str
     numbers: int
     repeats: int
@@ -644,7 +706,7 @@ async def _big_job(spec: BigJob) -> Samples:
         for attempt in range(spec.repeats + 1):  # the first one warms up
             sampler.reset()
             started = time.perf_counter()
-            job = await stub.SubmitJob(request, timeout=120)
+            job = await stub.SubmitJob(request, timeout=120, metadata=_auth_metadata(spec.api_key))
             completions.submitted(job.id)
             finished = await completions.wait_all([job.id], timeout_seconds=120)
             await asyncio.sleep(0.05)  # let the sampler see the tail of the work

@@ -50,6 +50,9 @@ BASE_ENV = {
     "SIMULATED_DELAY_SECONDS": "2",
     "WORKER_CONCURRENCY": "500",
     "SERVER_PROCESSES": "1",
+    # Every call presents the stack's development key, and counts against its rate.
+    "AUTH_MODE": "required",
+    "RATE_LIMIT_PER_CREDENTIAL": "10000/second",
     # devstack gives every process these anyway; listed so the report shows them.
     **MALLOC_ENV,
 }
@@ -72,6 +75,8 @@ PHASE_ENVS: dict[str, dict[str, str]] = {
 }
 PHASE_WORKERS = {"edge": 0, "flow": WORKER_PROCESSES, "delay0": WORKER_PROCESSES}
 _SAMPLED_IDS = 1000
+# The shape of a real API key, for R1's client to send (the echo server reads no metadata).
+ECHO_API_KEY = "jobs_00000000_" + "0" * 43
 
 
 @dataclass
@@ -154,11 +159,12 @@ def service_pids(stack: Stack) -> dict[str, int | None]:
     return servers | {worker.name: worker.pid for worker in stack.workers}
 
 
-def _throughput(run: Run, name: str, target: str) -> loadgen.Throughput:
+def _throughput(run: Run, name: str, target: str, *, api_key: str) -> loadgen.Throughput:
     sizes = run.sizes
     return loadgen.Throughput(
         name=name,
         target=target,
+        api_key=api_key,
         in_flight=sizes.in_flight,
         channels=sizes.channels,
         warmup_seconds=sizes.warmup_seconds,
@@ -182,7 +188,9 @@ def references(run: Run) -> None:
         wait_for_port(echo, port)
         run.load(
             loadgen.submit_grpc,
-            _throughput(run, "echo_grpc_c128", f"127.0.0.1:{port}"),
+            # The echo server ignores the key; the client sends one so that it does the same
+            # work per call as against the service.
+            _throughput(run, "echo_grpc_c128", f"127.0.0.1:{port}", api_key=ECHO_API_KEY),
             timeout_seconds=_throughput_timeout(sizes),
         )
     url = run.infra.new_redis_url()
@@ -235,14 +243,14 @@ def edge(run: Run) -> None:
         run.say("edge: SubmitJob over gRPC, 128 in flight")
         run.load(
             loadgen.submit_grpc,
-            _throughput(run, "submit_grpc_c128", stack.grpc_target),
+            _throughput(run, "submit_grpc_c128", stack.grpc_target, api_key=stack.api_key),
             timeout_seconds=_throughput_timeout(sizes),
             profile=service_pids(stack),
         )
         run.say("edge: SubmitJob over REST through Envoy, 128 in flight")
         run.load(
             loadgen.submit_rest,
-            _throughput(run, "submit_rest_c128", stack.gateway_target),
+            _throughput(run, "submit_rest_c128", stack.gateway_target, api_key=stack.api_key),
             timeout_seconds=_throughput_timeout(sizes),
             profile=service_pids(stack),
         )
@@ -261,6 +269,7 @@ def _get_status(run: Run, stack: Stack, *, rows: int, suffix: str) -> None:
         loadgen.Lookups(
             suffix=suffix,
             target=stack.grpc_target,
+            api_key=stack.api_key,
             job_ids=tuple(job_ids),
             calls=run.sizes.getstatus_calls,
             repeats=run.sizes.repeats,
@@ -286,6 +295,7 @@ def flow(run: Run) -> None:
             loadgen.watch,
             loadgen.WatchLoad(
                 target=stack.grpc_target,
+                api_key=stack.api_key,
                 server_pid=stack.server.pid,
                 idle_job_ids=tuple(idle_ids),
                 channels=max(sizes.channels, sizes.watch_streams // 500),
@@ -306,6 +316,7 @@ def flow(run: Run) -> None:
             loadgen.Lifecycle(
                 name="lifecycle_delay2",
                 target=stack.grpc_target,
+                api_key=stack.api_key,
                 dsn=asyncpg_dsn(stack.database_url),
                 in_flight=sizes.in_flight,
                 channels=sizes.channels,
@@ -333,6 +344,7 @@ def delay0(run: Run) -> None:
             loadgen.Lifecycle(
                 name="lifecycle_delay0",
                 target=stack.grpc_target,
+                api_key=stack.api_key,
                 dsn=asyncpg_dsn(stack.database_url),
                 in_flight=sizes.in_flight,
                 channels=sizes.channels,
@@ -356,6 +368,7 @@ def delay0(run: Run) -> None:
             loadgen.BigJob(
                 name="bigjob_1m",
                 target=stack.grpc_target,
+                api_key=stack.api_key,
                 dsn=asyncpg_dsn(stack.database_url),
                 numbers=sizes.bigjob_numbers,
                 repeats=sizes.repeats,
