@@ -2,8 +2,8 @@
  * The table's filter as the person sets it, and as ListJobs' filter grammar spells it:
  * conditions joined by AND, each `field operator "value"` (see ListJobsRequest.filter).
  */
-import type { JobStatus, Operation } from "./gen/jobs/v1/jobs_service_pb";
-import { operationName, statusName } from "./format";
+import type { Job, JobStatus, Operation } from "./gen/jobs/v1/jobs_service_pb";
+import { ms, operationName, statusName } from "./format";
 
 export interface JobFilter {
   readonly status: JobStatus | null;
@@ -47,4 +47,21 @@ export function filterExpression(filter: JobFilter): string {
     conditions.push(`create_time < "${before}"`);
   }
   return conditions.join(" AND ");
+}
+
+/** Whether `job` is one of the jobs `filter` selects (as the service would decide). */
+export function matches(job: Job, filter: JobFilter): boolean {
+  if (filter.status !== null && job.status !== filter.status) {
+    return false;
+  }
+  if (filter.operation !== null && job.operation !== filter.operation) {
+    return false;
+  }
+  const created = ms(job.createdAt);
+  const from = localToRfc3339(filter.createdFrom);
+  if (from !== null && created < Date.parse(from)) {
+    return false;
+  }
+  const before = localToRfc3339(filter.createdBefore);
+  return before === null || created < Date.parse(before);
 }

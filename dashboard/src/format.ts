@@ -1,5 +1,5 @@
 /** Names and times as the page shows them. */
-import { timestampMs, type Timestamp } from "@bufbuild/protobuf/wkt";
+import type { Timestamp } from "@bufbuild/protobuf/wkt";
 import { JobStatus, Operation, type Job } from "./gen/jobs/v1/jobs_service_pb";
 
 /** The statuses a job can have, in the order of its life. */
@@ -32,8 +32,11 @@ export function isFinal(job: Job): boolean {
   return FINAL_STATUSES.has(job.status);
 }
 
+/** Milliseconds since the epoch, truncated (a time is never shown later than it happened). */
 export function ms(timestamp: Timestamp | undefined): number {
-  return timestamp === undefined ? 0 : timestampMs(timestamp);
+  return timestamp === undefined
+    ? 0
+    : Number(timestamp.seconds) * 1000 + Math.floor(timestamp.nanos / 1_000_000);
 }
 
 /** Which of two states of one job is the later one (a final state wins a tie). */
@@ -59,7 +62,7 @@ export function shortTime(timestamp: Timestamp | undefined): string {
   if (timestamp === undefined) {
     return "";
   }
-  const date = new Date(timestampMs(timestamp));
+  const date = new Date(ms(timestamp));
   const today = new Date();
   const time = TIME.format(date);
   return date.toDateString() === today.toDateString() ? time : `${DATE.format(date)} ${time}`;
@@ -67,7 +70,7 @@ export function shortTime(timestamp: Timestamp | undefined): string {
 
 /** The exact instant, for a tooltip. */
 export function isoTime(timestamp: Timestamp | undefined): string {
-  return timestamp === undefined ? "" : new Date(timestampMs(timestamp)).toISOString();
+  return timestamp === undefined ? "" : new Date(ms(timestamp)).toISOString();
 }
 
 /** A result as the service computed it, without float noise hiding the digits that matter. */

@@ -10,10 +10,11 @@
  */
 import { effect, signal } from "@preact/signals";
 import { describeError, handleCallError, jobs } from "./api";
+import { matches } from "./filter";
 import type { Job } from "./gen/jobs/v1/jobs_service_pb";
 import { sawJobs } from "./overview";
 import { repeat } from "./schedule";
-import { pageRequest, type PageRequest } from "./view";
+import { filter, pageRequest, type PageRequest } from "./view";
 
 /** How often the page is asked for again. */
 const POLL_INTERVAL_MS = 1000;
@@ -36,6 +37,25 @@ let poller: { poke(): void } | null = null;
 /** Read the page again now (after a submit or a cancel, for instance). */
 export function refreshLivePage(): void {
   poller?.poke();
+}
+
+/**
+ * Put a job this page just submitted at the top of the first page at once (when the filter
+ * selects it), then read the page again to confirm it.
+ */
+export function showSubmitted(job: Job): void {
+  const page = livePage.peek();
+  const request = pageRequest.peek();
+  if (
+    page !== null &&
+    page.request === request &&
+    request.pageToken === "" &&
+    matches(job, filter.peek()) &&
+    !page.jobs.some((shown) => shown.id === job.id)
+  ) {
+    livePage.value = { ...page, jobs: [job, ...page.jobs].slice(0, request.pageSize) };
+  }
+  refreshLivePage();
 }
 
 async function readPage(signal: AbortSignal): Promise<void> {

@@ -1,9 +1,15 @@
 import { useSignal } from "@preact/signals";
+import { useEffect, useRef } from "preact/hooks";
 import { keyPromptReason } from "../api";
 
 /** Asks for the API key that every call presents; it is kept in this tab's sessionStorage only. */
 export function KeyPrompt({ onKey }: { onKey: (key: string) => void }) {
   const key = useSignal("");
+  const input = useRef<HTMLInputElement>(null);
+  // Browsers honour `autofocus` once per document; the prompt may come back later (a refused key).
+  useEffect(() => {
+    input.current?.focus();
+  }, []);
   return (
     <main class="key-prompt">
       <form
@@ -35,7 +41,7 @@ export function KeyPrompt({ onKey }: { onKey: (key: string) => void }) {
           autocomplete="off"
           spellcheck={false}
           required
-          autoFocus
+          ref={input}
           value={key.value}
           aria-describedby={keyPromptReason.value ? "key-error key-note" : "key-note"}
           onInput={(event) => {

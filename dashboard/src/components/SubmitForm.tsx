@@ -2,7 +2,7 @@ import { useSignal } from "@preact/signals";
 import { describeError, fieldViolations, handleCallError, jobs } from "../api";
 import { Operation } from "../gen/jobs/v1/jobs_service_pb";
 import { operationName, OPERATIONS } from "../format";
-import { refreshLivePage } from "../live";
+import { showSubmitted } from "../live";
 
 interface FormErrors {
   readonly numbers: readonly string[];
@@ -79,7 +79,7 @@ export function SubmitForm({ onSubmitted }: { onSubmitted: (id: string) => void 
       const job = await jobs.submitJob({ data: parsed.data, operation: operation.value });
       errors.value = NO_ERRORS;
       submitted.value = job.id;
-      refreshLivePage();
+      showSubmitted(job);
       onSubmitted(job.id);
     } catch (error) {
       if (handleCallError(error) === "failed") {
