@@ -64,6 +64,23 @@ include-operation-id = "WatchJob"
 # The server ignores Last-Event-ID when after_sequence is set, so a malformed header is
 # accepted then.
 checks.negative_data_rejection.enabled = false
+
+[[operations]]
+include-operation-id = "RevokeApiKey"
+# It would revoke the key the run presents, the session's (schemathesis takes ids from what
+# ListApiKeys returns). tests/e2e/test_edge_auth.py revokes keys of its own.
+enabled = false
+"""
+# The credential, given for the document's security scheme: schemathesis then sends it as the
+# scheme says, and also checks that every operation refuses a request without it (401 or 403).
+SCHEMATHESIS_AUTH = """
+[auth.openapi.bearerAuth]
+bearer = "${JOBS_API_KEY}"
+"""
+# AUTH_MODE=none: no credential to give, and every request is let in.
+SCHEMATHESIS_NO_AUTH = """
+[checks.ignored_auth]
+enabled = false
 """
 
 OPERATIONS = {
@@ -73,6 +90,16 @@ OPERATIONS = {
     ("get", "/api/v1/jobs/{job_id}/result"): "GetResult",
     ("get", "/api/v1/jobs/{job_id}/watch"): "WatchJob",
     ("post", "/api/v1/jobs/{job_id}:cancel"): "CancelJob",
+}
+# AdminService, in the same document under a tag of its own.
+ADMIN_OPERATIONS = {
+    ("post", "/api/v1/keys"): "CreateApiKey",
+    ("get", "/api/v1/keys"): "ListApiKeys",
+    ("post", "/api/v1/keys/{key_id}:revoke"): "RevokeApiKey",
+}
+# Swagger UI's id of each operation's block: operations-<tag>-<operationId>.
+BLOCK_IDS = {f"operations-JobService-{op}" for op in OPERATIONS.values()} | {
+    f"operations-AdminService-{op}" for op in ADMIN_OPERATIONS.values()
 }
 
 
@@ -107,7 +134,7 @@ def test_every_http_rule_is_an_operation(document: dict[str, Any]) -> None:
         for verb, operation in item.items()
     }
 
-    assert found == OPERATIONS
+    assert found == OPERATIONS | ADMIN_OPERATIONS
 
 
 def _operation(document: dict[str, Any], operation_id: str) -> dict[str, Any]:
@@ -144,7 +171,17 @@ def test_submit_takes_the_job_as_json_and_answers_201(document: dict[str, Any]) 
         "data": [1, 2, 3],
         "operation": "square_sum",
     }
-    assert set(submit["responses"]) == {"201", "400", "409", "413", "503", "default"}
+    assert set(submit["responses"]) == {
+        "201",
+        "400",
+        "401",
+        "403",
+        "409",
+        "413",
+        "429",
+        "503",
+        "default",
+    }
     assert submit["responses"]["201"]["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/Job"
     }
@@ -229,7 +266,13 @@ def test_errors_share_the_status_schema_with_its_details(document: dict[str, Any
     details = [
         ref["$ref"].rsplit("/", 1)[-1] for ref in error["properties"]["details"]["items"]["anyOf"]
     ]
-    assert details == ["ErrorInfo", "BadRequest", "PreconditionFailure", "RetryInfo"]
+    assert details == [
+        "ErrorInfo",
+        "BadRequest",
+        "PreconditionFailure",
+        "QuotaFailure",
+        "RetryInfo",
+    ]
     bad_request = _schema(document, "BadRequest")
     assert bad_request["properties"]["@type"] == {
         "const": "type.googleapis.com/google.rpc.BadRequest"
@@ -296,16 +339,17 @@ async def test_swagger_ui_renders_every_operation_and_try_it_out_submits_a_job(
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
         try:
-            page = await browser.new_page()
+            # What Swagger UI's Authorize button would add to every request it makes.
+            page = await browser.new_page(extra_http_headers=stack.auth_headers())
             errors: list[str] = []
             page.on("pageerror", lambda error: errors.append(str(error)))
             await page.goto(f"{stack.http_base}/docs")
 
             blocks = page.locator(".opblock")
-            await blocks.nth(len(OPERATIONS) - 1).wait_for(timeout=30_000)
-            assert await blocks.count() == len(OPERATIONS)
+            await blocks.nth(len(BLOCK_IDS) - 1).wait_for(timeout=30_000)
+            assert await blocks.count() == len(BLOCK_IDS)
             shown = {await block.get_attribute("id") for block in await blocks.all()}
-            assert shown == {f"operations-JobService-{op}" for op in OPERATIONS.values()}
+            assert shown == BLOCK_IDS
             title = await page.locator(".info .title").inner_text()
             assert "JobService REST API" in title
 
@@ -458,9 +502,13 @@ async def test_grpc_web_errors_carry_status_details(http: httpx.AsyncClient) -> 
 @pytest.mark.parametrize(
     ("path", "method", "headers"),
     [
-        (f"{SERVICE_PATH}/SubmitJob", "POST", "content-type,x-grpc-web,x-user-agent"),
-        ("/api/v1/jobs", "POST", "content-type,idempotency-key"),
-        ("/api/v1/jobs/abc/watch", "GET", "last-event-id"),
+        (
+            f"{SERVICE_PATH}/SubmitJob",
+            "POST",
+            "authorization,content-type,x-grpc-web,x-user-agent",
+        ),
+        ("/api/v1/jobs", "POST", "authorization,content-type,idempotency-key"),
+        ("/api/v1/jobs/abc/watch", "GET", "authorization,last-event-id"),
     ],
 )
 async def test_cors_preflight_allows_a_listed_origin(
@@ -503,7 +551,8 @@ async def test_schemathesis_finds_no_server_error(
     started = datetime.now(UTC)
     report = tmp_path / "schemathesis.json"
     config = tmp_path / "schemathesis.toml"
-    await asyncio.to_thread(config.write_text, SCHEMATHESIS_CONFIG)
+    auth = SCHEMATHESIS_AUTH if stack.api_key else SCHEMATHESIS_NO_AUTH
+    await asyncio.to_thread(config.write_text, SCHEMATHESIS_CONFIG + auth)
     process = await asyncio.create_subprocess_exec(
         SCHEMATHESIS,
         f"--config-file={config}",
@@ -517,6 +566,8 @@ async def test_schemathesis_finds_no_server_error(
         "--report=json",
         f"--report-json-path={report}",
         cwd=tmp_path,  # its Hypothesis database stays out of the checkout
+        # As a caller with every scope, so that its requests reach the handlers.
+        env={**os.environ, "JOBS_API_KEY": stack.api_key},
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )
@@ -527,9 +578,10 @@ async def test_schemathesis_finds_no_server_error(
     summary = json.loads(await asyncio.to_thread(report.read_text))
     assert summary["failures"] == [], text
     assert summary["errors"] == [], text
-    assert summary["operations"]["tested"] == len(OPERATIONS)
+    operations = len(OPERATIONS | ADMIN_OPERATIONS) - 1  # all but RevokeApiKey
+    assert summary["operations"]["tested"] == operations
     cases = summary["test_cases"]["generated"]
-    assert cases > len(OPERATIONS) * 10
+    assert cases > operations * 10
     print(f"\nschemathesis: {cases} test cases, no failures")
 
     # Let the jobs it submitted finish, so later tests get an idle worker.
