@@ -140,10 +140,10 @@ class RedisRateLimiter:
         except TimeoutError:
             self._failed(TimeoutError(f"no answer within {self._timeout:g} s"))
             return [None] * len(principals)
-        verdicts: dict[_Caller, tuple[int, RateLimitedError | None]] = {}
+        verdicts: dict[_Caller, tuple[int, float]] = {}
         for (caller, n), outcome in zip(calls.items(), counted, strict=True):
             if isinstance(outcome, RedisError | OSError):
-                verdicts[caller] = (n, None)  # uncounted, so admitted
+                verdicts[caller] = (n, 0.0)  # uncounted, so admitted
             elif isinstance(outcome, BaseException):
                 raise outcome  # a bug: every call of the batch fails with it, loudly
             else:
@@ -155,30 +155,28 @@ class RedisRateLimiter:
             self._skip_until = 0.0
         return [self._verdict(verdicts, (p.tenant, p.actor)) for p in principals]
 
-    async def _count(self, caller: _Caller, calls: int) -> tuple[int, RateLimitedError | None]:
-        """Count `calls` calls of `caller`: how many are admitted, and the error of the others."""
+    async def _count(self, caller: _Caller, calls: int) -> tuple[int, float]:
+        """Count `calls` calls of `caller`: how many are admitted, and when the others may retry."""
         async with self._connections:
             if await self._strategy.hit(self.limit, *caller, cost=calls):
-                return calls, None
+                return calls, 0.0
             # Not all of them: as many as still fit, the first to come first.
             stats = await self._strategy.get_window_stats(self.limit, *caller)
             admitted = min(stats.remaining, calls - 1)
             if admitted > 0 and not await self._strategy.hit(self.limit, *caller, cost=admitted):
                 admitted = 0
         # When the sliding count has dropped enough for one more call.
-        retry_after = max(stats.reset_time - time.time(), 0.0)
-        return admitted, RateLimitedError(str(self.limit), retry_after)
+        return admitted, max(stats.reset_time - time.time(), 0.0)
 
-    @staticmethod
     def _verdict(
-        verdicts: dict[_Caller, tuple[int, RateLimitedError | None]], caller: _Caller
+        self, verdicts: dict[_Caller, tuple[int, float]], caller: _Caller
     ) -> RateLimitedError | None:
-        """Hand out a caller's admissions in the batch's order; the rest get its error."""
-        admitted, error = verdicts[caller]
+        """Hand out a caller's admissions in the batch's order; the others get an error each."""
+        admitted, retry_after = verdicts[caller]
         if admitted > 0:
-            verdicts[caller] = (admitted - 1, error)
+            verdicts[caller] = (admitted - 1, retry_after)
             return None
-        return error
+        return RateLimitedError(str(self.limit), retry_after)
 
     def _failed(self, error: BaseException) -> None:
         self._episode.failed(error)
