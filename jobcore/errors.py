@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 
@@ -94,8 +95,9 @@ class RateLimitedError(JobError):
     def __init__(self, limit: str, retry_after_seconds: float) -> None:
         self.limit = limit
         self.retry_after_seconds = retry_after_seconds
+        # Whole seconds, rounded up, as Retry-After says it: never "retry in 0 s".
         super().__init__(
-            f"request rate limit of {limit} exceeded; retry in {retry_after_seconds:.0f} s"
+            f"request rate limit of {limit} exceeded; retry in {math.ceil(retry_after_seconds)} s"
         )
 
 
