@@ -13,7 +13,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
-import grpc
 import pytest
 import redis.asyncio
 from jobs.v1 import jobs_service_pb2_grpc as pb_grpc
@@ -22,6 +21,7 @@ from devstack.stack import Stack, StackConfig, StackPorts
 from jobcore.celery_app import QUEUE_KEYS
 from jobcore.store import JobStore
 from tests.conftest import stack_data_dir
+from tests.credentials import aio_channel
 from tests.eventually import eventually
 from tests.faults.harness import LoadRecord, audit, submit_grpc
 
@@ -100,7 +100,7 @@ async def queue_length(broker: redis.asyncio.Redis) -> int:
 
 async def submit_jobs(stack: Stack, record: LoadRecord, *, count: int) -> None:
     """Submit `count` jobs through SubmitJob, `SUBMITTERS` at a time, each with its idempotency key."""
-    channels = [grpc.aio.insecure_channel(stack.grpc_target) for _ in range(CHANNELS)]
+    channels = [aio_channel(stack.grpc_target, stack.api_key) for _ in range(CHANNELS)]
     stubs = [pb_grpc.JobServiceStub(channel) for channel in channels]
     rng = random.Random(11)
     tickets = iter(range(count))
