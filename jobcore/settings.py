@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEVELOPMENT_DATABASE_URL = "postgresql+asyncpg://postgres:postgres@localhost:5432/jobdb"
 DEVELOPMENT_FLOWER_BASIC_AUTH = "admin:admin"
@@ -89,7 +90,9 @@ class Settings(BaseSettings):
     # Unfinished (PENDING or IN_PROGRESS) jobs a tenant may have at once, and per-tenant values
     # as JSON, e.g. {"acme": 500000}.
     max_unfinished_jobs_per_tenant: int = Field(default=100_000, ge=1)
-    tenant_max_unfinished_jobs: dict[str, int] = Field(default_factory=dict)
+    tenant_max_unfinished_jobs: Annotated[dict[str, Annotated[int, Field(ge=1)]], NoDecode] = Field(
+        default_factory=dict
+    )
     # Requests per credential, shared by every replica through Redis, in the `limits`
     # library's notation ("1000/second", "50000 per minute"); empty: no limit.
     rate_limit_per_credential: str = "10000/second"
@@ -127,6 +130,14 @@ class Settings(BaseSettings):
         compare-and-set) but wasteful; lost jobs are recovered by the lease instead.
         """
         return self.job_timeout_seconds + self.job_lease_seconds + 60
+
+    @field_validator("tenant_max_unfinished_jobs", mode="before")
+    @classmethod
+    def _tenant_limits_from_json(cls, value: object) -> object:
+        # A JSON object; empty (Compose passes `TENANT_MAX_UNFINISHED_JOBS=` through) means none.
+        if isinstance(value, str):
+            return json.loads(value) if value.strip() else {}
+        return value
 
     @field_validator("grpc_reflection", mode="before")
     @classmethod

@@ -171,8 +171,9 @@ async def test_unexpected_failure_mid_stream_ends_it_with_internal(
         # it: the stream sees a gap, re-reads the history and fails on the unknown status.
         await database.execute(
             """
-            INSERT INTO job_events (job_id, sequence, status, occurred_at, attempt)
-            VALUES ($1, 2, 'NOT_A_STATUS', now(), 0), ($1, 3, 'IN_PROGRESS', now(), 1)
+            INSERT INTO job_events (job_id, sequence, tenant, status, occurred_at, attempt)
+            VALUES ($1, 2, 'default', 'NOT_A_STATUS', now(), 0),
+                   ($1, 3, 'default', 'IN_PROGRESS', now(), 1)
             """,
             uuid.UUID(job.id),
         )

@@ -76,9 +76,10 @@ async def test_a_refused_caller_is_admitted_again_once_the_window_slides(stack: 
                 return False
             return True
 
-        await eventually(admitted, until=bool, timeout_seconds=5)
-    # Refused calls are not counted, so polling does not push the moment back.
-    assert time.monotonic() - started <= refused.value.retry_after_seconds + 1.0
+        await eventually(admitted, until=bool, timeout_seconds=10)
+    # Refused calls are not counted, so polling does not push the moment back: admitted again
+    # about when the refusal said (the margin is for a loaded host's scheduling).
+    assert time.monotonic() - started <= refused.value.retry_after_seconds + 3.0
 
 
 async def test_every_limiter_on_the_same_redis_shares_the_count(stack: Stack) -> None:

@@ -110,3 +110,15 @@ def test_tenants_may_have_quotas_of_their_own(monkeypatch: pytest.MonkeyPatch) -
 
     assert settings.max_unfinished_jobs("acme") == 500_000
     assert settings.max_unfinished_jobs("globex") == 50
+
+
+def test_per_tenant_quotas_empty_means_none_and_each_must_be_positive(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TENANT_MAX_UNFINISHED_JOBS", "")
+    assert Settings().tenant_max_unfinished_jobs == {}
+
+    for bad in ('{"acme": 0}', '{"acme": "many"}', "acme=5"):
+        monkeypatch.setenv("TENANT_MAX_UNFINISHED_JOBS", bad)
+        with pytest.raises(ValidationError, match="tenant_max_unfinished_jobs"):
+            Settings()
