@@ -31,6 +31,7 @@ class Target:
 RATIOS: dict[str, tuple[str, str]] = {
     "ratio_submit_grpc_vs_echo": ("submit_grpc_c128_per_s", "echo_grpc_c128_per_s"),
     "ratio_submit_rest_vs_grpc": ("submit_rest_c128_per_s", "submit_grpc_c128_per_s"),
+    "ratio_submit_grpc_auth_vs_noauth": ("submit_grpc_c128_per_s", "submit_grpc_noauth_c128_per_s"),
     "ratio_lifecycle_delay0_vs_celery_noop": (
         "lifecycle_delay0_per_s",
         "celery_noop_roundtrip_per_s",
@@ -44,6 +45,7 @@ TARGETS = [
     Target("ratio_submit_grpc_vs_echo", ">= 0.4 x R1", lambda value: value >= 0.4),
     Target("submit_grpc_c128_p99_ms", "< 100 ms", lambda value: value < 100),
     Target("ratio_submit_rest_vs_grpc", ">= 0.8 x gRPC", lambda value: value >= 0.8),
+    Target("ratio_submit_grpc_auth_vs_noauth", ">= 0.9 x without auth", lambda value: value >= 0.9),
     Target("ratio_lifecycle_delay0_vs_celery_noop", ">= 1.5 x R2", lambda value: value >= 1.5),
     Target("lifecycle_delay2_per_s", ">= 300 jobs/s", lambda value: value >= 300),
     Target("watch_streams", ">= 10,000 streams", lambda value: value >= 10_000),
@@ -62,6 +64,9 @@ LABELS: dict[str, str] = {
     "submit_grpc_c128_per_s": "SubmitJob gRPC, 128 in flight (/s)",
     "submit_grpc_c128_p99_ms": "SubmitJob gRPC p99 (ms)",
     "ratio_submit_grpc_vs_echo": "  ratio SubmitJob gRPC / R1",
+    "submit_grpc_noauth_c128_per_s": "SubmitJob gRPC without authentication (/s)",
+    "submit_grpc_noauth_c128_p99_ms": "  without authentication p99 (ms)",
+    "ratio_submit_grpc_auth_vs_noauth": "  ratio with / without authentication",
     "submit_rest_c128_per_s": "SubmitJob REST via Envoy, 128 in flight (/s)",
     "submit_rest_c128_p99_ms": "SubmitJob REST p99 (ms)",
     "ratio_submit_rest_vs_grpc": "  ratio REST / gRPC",

@@ -31,7 +31,7 @@ from jobcore.database import asyncpg_dsn
 
 logger = logging.getLogger(__name__)
 
-PHASES = ("references", "edge", "flow", "delay0")
+PHASES = ("references", "edge", "edge-noauth", "flow", "delay0")
 WORKER_PROCESSES = 2
 MIB = 1024 * 1024
 
@@ -64,6 +64,9 @@ PHASE_ENVS: dict[str, dict[str, str]] = {
     # but 0.6-0.7 x its REST throughput, and the kernel spread the client's connections
     # unevenly between them (p99 about 2 x p50 instead of 1.3 x).
     "edge": BASE_ENV | {"REDISPATCH_AFTER_SECONDS": "3600"},
+    # The same edge without authentication: what checking keys and counting rates costs.
+    "edge-noauth": BASE_ENV
+    | {"REDISPATCH_AFTER_SECONDS": "3600", "AUTH_MODE": "none", "RATE_LIMIT_PER_CREDENTIAL": ""},
     # The streams and their memory are measured on one server process.
     "flow": dict(BASE_ENV),
     "delay0": BASE_ENV
@@ -73,7 +76,7 @@ PHASE_ENVS: dict[str, dict[str, str]] = {
         "GRPC_MAX_MESSAGE_BYTES": str(64 * MIB),
     },
 }
-PHASE_WORKERS = {"edge": 0, "flow": WORKER_PROCESSES, "delay0": WORKER_PROCESSES}
+PHASE_WORKERS = {"edge": 0, "edge-noauth": 0, "flow": WORKER_PROCESSES, "delay0": WORKER_PROCESSES}
 _SAMPLED_IDS = 1000
 # The shape of a real API key, for R1's client to send (the echo server reads no metadata).
 ECHO_API_KEY = "jobs_00000000_" + "0" * 43
@@ -258,6 +261,20 @@ def edge(run: Run) -> None:
         _get_status(run, stack, rows=sizes.getstatus_large_rows, suffix="1m")
 
 
+def edge_without_authentication(run: Run) -> None:
+    """SubmitJob over gRPC as in `edge`, on a stack with AUTH_MODE=none and no rate limit."""
+    sizes = run.sizes
+    with run.infra.stack("edge-noauth", env=PHASE_ENVS["edge-noauth"], workers=0) as stack:
+        run.say("edge-noauth: SubmitJob over gRPC without authentication, 128 in flight")
+        run.load(
+            loadgen.submit_grpc,
+            # The same client as in `edge`, key included (the server reads none).
+            _throughput(run, "submit_grpc_noauth_c128", stack.grpc_target, api_key=ECHO_API_KEY),
+            timeout_seconds=_throughput_timeout(sizes),
+            profile=service_pids(stack),
+        )
+
+
 def _get_status(run: Run, stack: Stack, *, rows: int, suffix: str) -> None:
     started = time.monotonic()
     # Bulk fills skip triggers (session_replication_role), which only the schema's owner may.
@@ -383,6 +400,7 @@ def delay0(run: Run) -> None:
 PHASE_FUNCTIONS: dict[str, Callable[[Run], None]] = {
     "references": references,
     "edge": edge,
+    "edge-noauth": edge_without_authentication,
     "flow": flow,
     "delay0": delay0,
 }
