@@ -21,10 +21,12 @@ from jobcore.keys.material import KEY_PREFIX
 # The scope each method needs. A method missing here is refused: a new RPC must be listed.
 METHOD_SCOPES: Final[Mapping[str, Scope]] = {
     "/jobs.v1.JobService/SubmitJob": Scope.JOBS_WRITE,
+    "/jobs.v1.JobService/BatchSubmitJobs": Scope.JOBS_WRITE,
     "/jobs.v1.JobService/CancelJob": Scope.JOBS_WRITE,
     "/jobs.v1.JobService/GetStatus": Scope.JOBS_READ,
     "/jobs.v1.JobService/GetResult": Scope.JOBS_READ,
     "/jobs.v1.JobService/WatchJob": Scope.JOBS_READ,
+    "/jobs.v1.JobService/WatchJobs": Scope.JOBS_READ,
     "/jobs.v1.JobService/ListJobs": Scope.JOBS_READ,
     "/jobs.v1.AdminService/CreateApiKey": Scope.ADMIN,
     "/jobs.v1.AdminService/ListApiKeys": Scope.ADMIN,
