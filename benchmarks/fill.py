@@ -30,12 +30,19 @@ WITH inserted AS (
     SELECT uuidv7(), $5::text, 'square_sum', 'SUCCESS', $2::bytea, $3::int, $4::float8, 1,
            now(), 3, now(), now()
     FROM generate_series(1, $1::int)
-    RETURNING id, updated_at
+    RETURNING id, created_at, updated_at
+), first AS (
+    SELECT take_event_positions($5::text, 3 * $1::bigint) AS position
 )
-INSERT INTO job_events (job_id, tenant, sequence, status, occurred_at, result, attempt)
-SELECT inserted.id, $5::text, step.sequence, step.status, inserted.updated_at,
-       CASE WHEN step.status = 'SUCCESS' THEN $4::float8 END, step.attempt
+INSERT INTO job_events (job_id, tenant, sequence, position, status, occurred_at, result, attempt,
+                        operation, job_created_at)
+SELECT inserted.id, $5::text, step.sequence,
+       first.position - 1 + row_number() OVER (ORDER BY inserted.id, step.sequence),
+       step.status, inserted.updated_at,
+       CASE WHEN step.status = 'SUCCESS' THEN $4::float8 END, step.attempt, 'square_sum',
+       inserted.created_at
 FROM inserted
+CROSS JOIN first
 CROSS JOIN (VALUES (1, 'PENDING', 0), (2, 'IN_PROGRESS', 1), (3, 'SUCCESS', 1))
     AS step(sequence, status, attempt)
 """
@@ -48,11 +55,17 @@ WITH inserted AS (
     SELECT uuidv7(), $4::text, 'square_sum', 'IN_PROGRESS', $2::bytea, $3::int, 1,
            now() + interval '1 day', now(), 2, now(), now()
     FROM generate_series(1, $1::int)
-    RETURNING id, updated_at
+    RETURNING id, created_at, updated_at
+), first AS (
+    SELECT take_event_positions($4::text, 2 * $1::bigint) AS position
 ), events AS (
-    INSERT INTO job_events (job_id, tenant, sequence, status, occurred_at, attempt)
-    SELECT inserted.id, $4::text, step.sequence, step.status, inserted.updated_at, step.attempt
+    INSERT INTO job_events (job_id, tenant, sequence, position, status, occurred_at, attempt,
+                            operation, job_created_at)
+    SELECT inserted.id, $4::text, step.sequence,
+           first.position - 1 + row_number() OVER (ORDER BY inserted.id, step.sequence),
+           step.status, inserted.updated_at, step.attempt, 'square_sum', inserted.created_at
     FROM inserted
+    CROSS JOIN first
     CROSS JOIN (VALUES (1, 'PENDING', 0), (2, 'IN_PROGRESS', 1)) AS step(sequence, status, attempt)
 )
 SELECT id::text FROM inserted

@@ -84,6 +84,7 @@ def _parse_notification(payload: str) -> JobEvent:
     row: dict[str, Any] = json.loads(payload)
     row["job_id"] = uuid.UUID(row["job_id"])
     row["occurred_at"] = datetime.fromisoformat(row["occurred_at"])
+    row["job_created_at"] = datetime.fromisoformat(row["job_created_at"])
     return event_from_row(row)
 
 

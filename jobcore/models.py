@@ -63,6 +63,26 @@ class JobEvent:
     traceparent: str | None = None  # trace context of the change, when tracing is on
     tenant: str | None = None  # whose job it is (always set on events read from PostgreSQL)
     actor: str | None = None  # who caused the change (see jobcore.identity.Principal.actor)
+    # Set on events read from PostgreSQL: the change's place in its tenant's history (commit
+    # order), and the job's operation and creation time, so the event alone describes the job.
+    position: int | None = None
+    operation: Operation | None = None
+    job_created_at: datetime | None = None
+
+    def job(self) -> Job:
+        """The job as it is right after this event (an event read from PostgreSQL has all of it)."""
+        if self.operation is None or self.job_created_at is None:
+            raise ValueError(f"event {self.job_id}/{self.sequence} does not describe its job")
+        return Job(
+            id=self.job_id,
+            status=self.status,
+            operation=self.operation,
+            created_at=self.job_created_at,
+            updated_at=self.occurred_at,
+            sequence=self.sequence,
+            outcome=self.outcome,
+            attempts=self.attempts,
+        )
 
     def apply_to(self, job: Job) -> Job:
         """The job as it is right after this event."""

@@ -21,6 +21,8 @@ QueryName = Literal[
     "get_job",
     "get_job_by_request_id",
     "tenant_unfinished_jobs",
+    "tenant_events_after",
+    "tenant_last_event_position",
     "list_jobs",
     "events_after",
     "create_jobs",

@@ -49,6 +49,9 @@ def event_from_row(row: Row) -> JobEvent:
         traceparent=row["traceparent"],
         tenant=row["tenant"],
         actor=row["actor"],
+        position=row["position"],
+        operation=Operation(row["operation"]),
+        job_created_at=row["job_created_at"],
     )
 
 

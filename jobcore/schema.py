@@ -115,8 +115,16 @@ job_events = Table(
     # Who caused the change: `key:<prefix>` or `jwt:<subject>` for a caller, `worker` or
     # `maintenance` for the service itself.
     Column("actor", Text, nullable=True),
+    # Where the change stands in its tenant's history: positions follow commit order
+    # (take_event_positions, migration 0006), so "every change after position N" is exact.
+    Column("position", BigInteger, nullable=False),
+    # What a watcher of many jobs shows with each change, without reading the job.
+    Column("operation", Text, nullable=False),
+    Column("job_created_at", DateTime(timezone=True), nullable=False),
     PrimaryKeyConstraint("job_id", "sequence"),
 )
+# WatchJobs: a tenant's changes after a position.
+Index("job_events_by_tenant_position", job_events.c.tenant, job_events.c.position, unique=True)
 
 # Credentials the service issues. Only a SHA-256 of each key's 256-bit secret is kept; the
 # prefix is the key's public start, shown in listings and in job histories.
@@ -141,4 +149,6 @@ tenant_usage = Table(
     metadata,
     Column("tenant", Text, primary_key=True),
     Column("unfinished_jobs", BigInteger, nullable=False, server_default="0"),
+    # The position of the tenant's latest event (see job_events.position).
+    Column("last_event_position", BigInteger, nullable=False, server_default="0"),
 )

@@ -401,6 +401,18 @@ class JobStore:
         rows = await self._fetch("events_after", job_id, sequence, tenant)
         return [event_from_row(row) for row in rows]
 
+    async def tenant_events_after(
+        self, tenant: str, position: int, *, limit: int
+    ) -> list[JobEvent]:
+        """The tenant's events after `position`, in commit order, at most `limit`."""
+        rows = await self._fetch("tenant_events_after", tenant, position, limit)
+        return [event_from_row(row) for row in rows]
+
+    async def last_event_position(self, tenant: str) -> int:
+        """The position of the tenant's latest committed event (0 before its first)."""
+        rows = await self._fetch("tenant_last_event_position", tenant)
+        return int(rows[0]["last_event_position"])
+
     async def claim(self, job_id: uuid.UUID, *, lease: timedelta) -> Claim | None:
         """Move a PENDING job to IN_PROGRESS for a new attempt; None if it is not PENDING.
 

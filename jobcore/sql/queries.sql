@@ -15,7 +15,9 @@
 --   (WHERE status = 'PENDING', 'IN_PROGRESS', or one of the final statuses).
 -- * A state change updates the job row and appends its numbered job_events row in the same
 --   statement (the `changed` and `recorded` CTEs), so the two commit together; the event's
---   insert trigger notifies listeners when, and only if, it commits. The event records the
+--   insert trigger notifies listeners when, and only if, it commits. Each event also takes
+--   the next position of its tenant's history (the `positions` CTE: take_event_positions,
+--   one call per tenant, in tenant order), which follows commit order. The event records the
 --   trace context of the change, so whoever delivers it can join the trace.
 -- * Every job and event has a tenant. What a caller asks for is looked up within its tenant
 --   ($n::text parameters named tenant below): another tenant's job is not there for it.
@@ -79,13 +81,33 @@ SELECT id, status, operation, created_at, updated_at, last_sequence, result, err
 -- name: events_after
 -- A job's ($1) events numbered above $2, oldest first, within the tenant $3: what a watcher
 -- may have missed.
-SELECT job_id, sequence, tenant, status, occurred_at, result, error, attempt, traceparent,
-       actor
+SELECT job_id, sequence, tenant, position, status, occurred_at, result, error, attempt,
+       traceparent, actor, operation, job_created_at
   FROM job_events
  WHERE job_id = $1::uuid
    AND sequence > $2::integer
    AND tenant = $3::text
  ORDER BY sequence;
+
+
+-- name: tenant_events_after
+-- The tenant $1's events after position $2, in position (commit) order, at most $3: what a
+-- watcher of many jobs missed. Positions of a tenant have no gaps, so a reader that saw N
+-- and reads "after N" misses nothing.
+SELECT job_id, sequence, tenant, position, status, occurred_at, result, error, attempt,
+       traceparent, actor, operation, job_created_at
+  FROM job_events
+ WHERE tenant = $1::text
+   AND position > $2::bigint
+ ORDER BY position
+ LIMIT $3::integer;
+
+
+-- name: tenant_last_event_position
+-- The position of the tenant $1's latest committed event (0 before its first).
+SELECT coalesce(max(last_event_position), 0) AS last_event_position
+  FROM tenant_usage
+ WHERE tenant = $1::text;
 
 
 -- name: create_jobs
@@ -131,14 +153,23 @@ changed AS (
     RETURNING jobs.id, jobs.tenant, jobs.status, jobs.operation, jobs.created_at,
               jobs.updated_at, jobs.last_sequence, jobs.result, jobs.error, jobs.attempt
 ),
+positions AS (
+    SELECT tenant, take_event_positions(tenant, events) AS first_position
+      FROM (SELECT tenant, count(*) AS events
+              FROM changed
+             GROUP BY tenant
+             ORDER BY tenant) AS per_tenant
+),
 recorded AS (
-    INSERT INTO job_events (job_id, sequence, tenant, status, occurred_at, result, error,
-                            attempt, traceparent, actor)
-    SELECT changed.id, changed.last_sequence, changed.tenant, changed.status,
-           changed.updated_at, changed.result, changed.error, changed.attempt,
-           admitted.traceparent, admitted.actor
+    INSERT INTO job_events (job_id, sequence, tenant, position, status, occurred_at, result,
+                            error, attempt, traceparent, actor, operation, job_created_at)
+    SELECT changed.id, changed.last_sequence, changed.tenant, positions.first_position - 1
+           + row_number() OVER (PARTITION BY changed.tenant ORDER BY changed.id),
+           changed.status, changed.updated_at, changed.result, changed.error, changed.attempt,
+           admitted.traceparent, admitted.actor, changed.operation, changed.created_at
       FROM changed
       JOIN admitted ON admitted.id = changed.id
+      JOIN positions ON positions.tenant = changed.tenant
 )
 SELECT changed.id, changed.status, changed.operation, changed.created_at, changed.updated_at,
        changed.last_sequence, changed.result, changed.error, changed.attempt, admitted.backlog
@@ -178,12 +209,22 @@ changed AS (
               jobs.updated_at, jobs.last_sequence, jobs.result, jobs.error, jobs.attempt,
               jobs.numbers, wanted.traceparent
 ),
+positions AS (
+    SELECT tenant, take_event_positions(tenant, events) AS first_position
+      FROM (SELECT tenant, count(*) AS events
+              FROM changed
+             GROUP BY tenant
+             ORDER BY tenant) AS per_tenant
+),
 recorded AS (
-    INSERT INTO job_events (job_id, sequence, tenant, status, occurred_at, result, error,
-                            attempt, traceparent, actor)
-    SELECT id, last_sequence, tenant, status, updated_at, result, error, attempt, traceparent,
-           'worker'
+    INSERT INTO job_events (job_id, sequence, tenant, position, status, occurred_at, result,
+                            error, attempt, traceparent, actor, operation, job_created_at)
+    SELECT changed.id, changed.last_sequence, changed.tenant, positions.first_position - 1
+           + row_number() OVER (PARTITION BY changed.tenant ORDER BY changed.id),
+           changed.status, changed.updated_at, changed.result, changed.error, changed.attempt,
+           changed.traceparent, 'worker', changed.operation, changed.created_at
       FROM changed
+      JOIN positions ON positions.tenant = changed.tenant
 )
 SELECT id, status, operation, created_at, updated_at, last_sequence, result, error, attempt,
        numbers
@@ -248,12 +289,22 @@ changed AS (
               jobs.updated_at, jobs.last_sequence, jobs.result, jobs.error, jobs.attempt,
               outcomes.traceparent
 ),
+positions AS (
+    SELECT tenant, take_event_positions(tenant, events) AS first_position
+      FROM (SELECT tenant, count(*) AS events
+              FROM changed
+             GROUP BY tenant
+             ORDER BY tenant) AS per_tenant
+),
 recorded AS (
-    INSERT INTO job_events (job_id, sequence, tenant, status, occurred_at, result, error,
-                            attempt, traceparent, actor)
-    SELECT id, last_sequence, tenant, status, updated_at, result, error, attempt, traceparent,
-           'worker'
+    INSERT INTO job_events (job_id, sequence, tenant, position, status, occurred_at, result,
+                            error, attempt, traceparent, actor, operation, job_created_at)
+    SELECT changed.id, changed.last_sequence, changed.tenant, positions.first_position - 1
+           + row_number() OVER (PARTITION BY changed.tenant ORDER BY changed.id),
+           changed.status, changed.updated_at, changed.result, changed.error, changed.attempt,
+           changed.traceparent, 'worker', changed.operation, changed.created_at
       FROM changed
+      JOIN positions ON positions.tenant = changed.tenant
 )
 SELECT id, status, operation, created_at, updated_at, last_sequence, result, error, attempt
   FROM changed;
@@ -276,12 +327,22 @@ WITH changed AS (
     RETURNING id, tenant, status, operation, created_at, updated_at, last_sequence, result,
               error, attempt
 ),
+positions AS (
+    SELECT tenant, take_event_positions(tenant, events) AS first_position
+      FROM (SELECT tenant, count(*) AS events
+              FROM changed
+             GROUP BY tenant
+             ORDER BY tenant) AS per_tenant
+),
 recorded AS (
-    INSERT INTO job_events (job_id, sequence, tenant, status, occurred_at, result, error,
-                            attempt, traceparent, actor)
-    SELECT id, last_sequence, tenant, status, updated_at, result, error, attempt, $3::text,
-           $5::text
+    INSERT INTO job_events (job_id, sequence, tenant, position, status, occurred_at, result,
+                            error, attempt, traceparent, actor, operation, job_created_at)
+    SELECT changed.id, changed.last_sequence, changed.tenant, positions.first_position - 1
+           + row_number() OVER (PARTITION BY changed.tenant ORDER BY changed.id),
+           changed.status, changed.updated_at, changed.result, changed.error, changed.attempt,
+           $3::text, $5::text, changed.operation, changed.created_at
       FROM changed
+      JOIN positions ON positions.tenant = changed.tenant
 )
 SELECT id, status, operation, created_at, updated_at, last_sequence, result, error, attempt
   FROM changed;
@@ -317,12 +378,22 @@ changed AS (
     RETURNING jobs.id, jobs.tenant, jobs.status, jobs.operation, jobs.created_at,
               jobs.updated_at, jobs.last_sequence, jobs.result, jobs.error, jobs.attempt
 ),
+positions AS (
+    SELECT tenant, take_event_positions(tenant, events) AS first_position
+      FROM (SELECT tenant, count(*) AS events
+              FROM changed
+             GROUP BY tenant
+             ORDER BY tenant) AS per_tenant
+),
 recorded AS (
-    INSERT INTO job_events (job_id, sequence, tenant, status, occurred_at, result, error,
-                            attempt, traceparent, actor)
-    SELECT id, last_sequence, tenant, status, updated_at, result, error, attempt, $3::text,
-           'maintenance'
+    INSERT INTO job_events (job_id, sequence, tenant, position, status, occurred_at, result,
+                            error, attempt, traceparent, actor, operation, job_created_at)
+    SELECT changed.id, changed.last_sequence, changed.tenant, positions.first_position - 1
+           + row_number() OVER (PARTITION BY changed.tenant ORDER BY changed.id),
+           changed.status, changed.updated_at, changed.result, changed.error, changed.attempt,
+           $3::text, 'maintenance', changed.operation, changed.created_at
       FROM changed
+      JOIN positions ON positions.tenant = changed.tenant
 )
 SELECT id, status, operation, created_at, updated_at, last_sequence, result, error, attempt
   FROM changed;

@@ -171,9 +171,12 @@ async def test_unexpected_failure_mid_stream_ends_it_with_internal(
         # it: the stream sees a gap, re-reads the history and fails on the unknown status.
         await database.execute(
             """
-            INSERT INTO job_events (job_id, sequence, tenant, status, occurred_at, attempt)
-            VALUES ($1, 2, 'default', 'NOT_A_STATUS', now(), 0),
-                   ($1, 3, 'default', 'IN_PROGRESS', now(), 1)
+            INSERT INTO job_events (job_id, sequence, tenant, position, status, occurred_at,
+                                    attempt, operation, job_created_at)
+            VALUES ($1, 2, 'default', take_event_positions('default', 1), 'NOT_A_STATUS', now(),
+                    0, 'square_sum', now()),
+                   ($1, 3, 'default', take_event_positions('default', 1), 'IN_PROGRESS', now(),
+                    1, 'square_sum', now())
             """,
             uuid.UUID(job.id),
         )

@@ -151,6 +151,9 @@ def _payload(job_id: uuid.UUID, sequence: int, status: JobStatus, *, tenant: str
         "error": None,
         "tenant": tenant,
         "actor": "worker",
+        "position": sequence,
+        "operation": "square_sum",
+        "job_created_at": START.isoformat(),
     }
     return json.dumps(row, separators=(",", ":"))
 
@@ -200,6 +203,9 @@ def _event(job_id: uuid.UUID, sequence: int, status: JobStatus) -> JobEvent:
         attempts=1,
         tenant=TENANT,
         actor="worker",
+        position=sequence,
+        operation=Operation.SQUARE_SUM,
+        job_created_at=START,
     )
 
 
