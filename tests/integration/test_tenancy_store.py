@@ -195,3 +195,58 @@ async def test_the_unfinished_count_follows_requeues_and_deletes(
         )
     finally:
         await connection.close()
+
+
+async def test_a_tenants_events_are_numbered_densely_in_commit_order(
+    isolated_database_url: str,
+) -> None:
+    tenant = Principal(f"positions-{uuid.uuid4().hex[:8]}", ALL_SCOPES, "test")
+    # Several processes' worth of pools, so that statements of the tenant really overlap.
+    stores = [await JobStore.connect(isolated_database_url, pool_size=2) for _ in range(3)]
+    try:
+        jobs = await asyncio.gather(*(_submit(stores[i % 3], tenant) for i in range(60)))
+        claims = await asyncio.gather(
+            *(stores[i % 3].claim(job.id, lease=LEASE) for i, job in enumerate(jobs))
+        )
+        await asyncio.gather(
+            *(
+                stores[i % 3].finish(claim, Outcome(result=4.0))
+                for i, claim in enumerate(claims)
+                if claim is not None
+            )
+        )
+        events = await stores[0].tenant_events_after(tenant.tenant, 0, limit=1000)
+        last = await stores[0].last_event_position(tenant.tenant)
+        later = await stores[0].tenant_events_after(tenant.tenant, 100, limit=1000)
+    finally:
+        for store in stores:
+            await store.close()
+
+    assert [event.position for event in events] == list(range(1, 181))
+    assert last == 180
+    assert [event.position for event in later] == list(range(101, 181))
+    # Each job's changes appear in its own order, and each event describes its job.
+    for job in jobs:
+        mine = [event for event in events if event.job_id == job.id]
+        assert [event.sequence for event in mine] == [1, 2, 3]
+        assert {event.job().created_at for event in mine} == {job.created_at}
+
+
+async def test_a_rolled_back_change_gives_its_positions_back(
+    store: JobStore, isolated_database_url: str
+) -> None:
+    tenant = Principal(f"rollback-{uuid.uuid4().hex[:8]}", ALL_SCOPES, "test")
+    await _submit(store, tenant)
+    connection = await asyncpg.connect(asyncpg_dsn(isolated_database_url))
+    try:
+        transaction = connection.transaction()
+        await transaction.start()
+        taken = await connection.fetchval("SELECT take_event_positions($1, 5)", tenant.tenant)
+        await transaction.rollback()
+    finally:
+        await connection.close()
+    await _submit(store, tenant)
+
+    events = await store.tenant_events_after(tenant.tenant, 0, limit=10)
+    assert taken == 2
+    assert [event.position for event in events] == [1, 2]
