@@ -105,5 +105,8 @@ class Claim:
     job_id: uuid.UUID
     attempt: int
     operation: Operation
-    numbers: bytes
+    # pack_numbers' storage form; None for a job too large to come with its claim (its numbers
+    # are read when it is computed, JobStore.numbers).
+    numbers: bytes | None
     sequence: int  # the claim's own event; later events mean the job changed under us
+    number_count: int

@@ -27,6 +27,7 @@ QueryName = Literal[
     "events_after",
     "create_jobs",
     "claim_jobs",
+    "job_numbers",
     "renew_leases",
     "finish_jobs",
     "cancel_job",

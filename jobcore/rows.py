@@ -56,11 +56,13 @@ def event_from_row(row: Row) -> JobEvent:
 
 
 def claim_from_row(row: Row) -> Claim:
-    """A Claim from a claimed jobs row (id, operation, numbers, attempt, last_sequence)."""
+    """A Claim from a claimed jobs row (id, operation, numbers, number_count, attempt,
+    last_sequence)."""
     return Claim(
         job_id=row["id"],
         attempt=row["attempt"],
         operation=Operation(row["operation"]),
         numbers=row["numbers"],
         sequence=row["last_sequence"],
+        number_count=row["number_count"],
     )

@@ -60,6 +60,9 @@ _MAX_BATCH_NUMBER_BYTES = 16 * 1024 * 1024
 # insert and the lookup is free again, so the job is inserted anew; a key freed every
 # time means retention races that submit, which is then told to retry.
 _CREATE_ROUNDS = 3
+# A claim brings the numbers of a job of up to this many (8 KiB); a larger job's are read when
+# it is computed (JobStore.numbers), so a job waiting out its delay holds no numbers in memory.
+CLAIM_NUMBERS_MAX = 1024
 # Errors are stored and sent in notifications; keep them far below pg_notify's 8000 bytes.
 MAX_ERROR_CHARS = 1000
 CANCELLED_ERROR = "cancelled by request"
@@ -145,6 +148,16 @@ class _ClaimRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class _NumbersRequest:
+    job_id: uuid.UUID
+    number_count: int
+
+
+def _requested_bytes(request: _NumbersRequest) -> int:
+    return 8 * request.number_count
+
+
+@dataclass(frozen=True, slots=True)
 class _Finish:
     claim: Claim
     outcome: Outcome
@@ -195,6 +208,7 @@ class JobStore:
         self._max_unfinished_jobs = max_unfinished_jobs
         self._creates = _batched(self._create_batch, size_of=_number_bytes)
         self._claims = _batched(self._claim_batch)
+        self._numbers = _batched(self._numbers_batch, size_of=_requested_bytes)
         self._finishes = _batched(self._finish_batch)
 
     @classmethod
@@ -429,6 +443,7 @@ class JobStore:
             [request.job_id for request in unique],
             [request.lease for request in unique],
             [request.traceparent for request in unique],
+            CLAIM_NUMBERS_MAX,
         )
         claimed = {row["id"]: row for row in rows}
         answers: list[Claim | None] = []
@@ -436,6 +451,18 @@ class JobStore:
             row = claimed.pop(request.job_id, None)
             answers.append(None if row is None else claim_from_row(row))
         return answers
+
+    async def numbers(self, job_id: uuid.UUID, *, number_count: int) -> bytes | None:
+        """The stored numbers of a job (of `number_count` numbers); None if it is gone.
+
+        For a claimed job whose numbers did not come with the claim (Claim.numbers is None).
+        """
+        return await self._numbers(_NumbersRequest(job_id, number_count))
+
+    async def _numbers_batch(self, requests: list[_NumbersRequest]) -> list[bytes | None]:
+        rows = await self._fetch("job_numbers", list({request.job_id for request in requests}))
+        found = {row["id"]: row["numbers"] for row in rows}
+        return [found.get(request.job_id) for request in requests]
 
     async def renew(
         self, claims: Sequence[Claim], *, lease: timedelta

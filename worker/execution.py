@@ -64,10 +64,10 @@ async def _retry_transient(
         return result
 
 
-def _outcome_of(claim: Claim) -> Outcome:
+def _outcome_of(claim: Claim, numbers: bytes) -> Outcome:
     """Compute the job's result, turning any failure into a readable error."""
     try:
-        return Outcome(result=compute(claim.operation, unpack_numbers(claim.numbers)))
+        return Outcome(result=compute(claim.operation, unpack_numbers(numbers)))
     except ComputationError as error:
         return Outcome(error=str(error))
     except Exception:
@@ -76,12 +76,29 @@ def _outcome_of(claim: Claim) -> Outcome:
         return Outcome(error="internal error while computing the result")
 
 
-async def _compute_after_delay(claim: Claim, delay: timedelta) -> Outcome:
+async def _compute_after_delay(services: WorkerServices, claim: Claim, delay: timedelta) -> Outcome:
     await asyncio.sleep(delay.total_seconds())
-    if len(claim.numbers) <= _COMPUTE_INLINE_BYTES:
-        return _outcome_of(claim)  # a small job: a thread hop would cost more than computing it
+    if claim.numbers is not None:
+        return await _compute(claim, claim.numbers)
+    # A large job's numbers are read only now, within the process's budget for them, so the
+    # jobs waiting out their delay hold none.
+    async with services.numbers_memory.hold(8 * claim.number_count):
+        numbers = await _retry_transient(
+            f"job {claim.job_id}: reading its numbers",
+            lambda: services.store.numbers(claim.job_id, number_count=claim.number_count),
+            give_up_after=services.leases.lease,
+        )
+        if numbers is None:
+            return Outcome(error="the job's numbers are no longer stored")
+        return await _compute(claim, numbers)
+
+
+async def _compute(claim: Claim, numbers: bytes) -> Outcome:
+    if len(numbers) <= _COMPUTE_INLINE_BYTES:
+        # A small job: a thread hop would cost more than computing it.
+        return _outcome_of(claim, numbers)
     # Large jobs take real CPU; keep the loop free for the other jobs in flight.
-    return await asyncio.to_thread(_outcome_of, claim)
+    return await asyncio.to_thread(_outcome_of, claim, numbers)
 
 
 async def _until_taken_away(inbox: asyncio.Queue[InboxItem], store: JobStore, claim: Claim) -> str:
@@ -229,7 +246,7 @@ async def _attempt(
     deadline: timedelta,
 ) -> Outcome | None:
     """The outcome of the attempt, or None if it stopped early (cancelled, claim lost)."""
-    work = asyncio.create_task(_compute_after_delay(claim, delay))
+    work = asyncio.create_task(_compute_after_delay(services, claim, delay))
     taken_away = asyncio.create_task(_until_taken_away(inbox, services.store, claim))
     with services.leases.hold(claim, work):
         done, _ = await asyncio.wait(

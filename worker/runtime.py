@@ -28,11 +28,15 @@ from jobcore.settings import Settings
 from jobcore.store import JobStore
 from jobcore.supervision import FAILED_TASK_EXIT_STATUS, Supervisor, TaskFailure
 from worker.leases import LEASE_TASK, LeaseKeeper
-from worker.slots import JobSlots
+from worker.slots import ByteBudget, JobSlots
 
 T = TypeVar("T")
 
 logger = logging.getLogger(__name__)
+
+# The numbers of large jobs one worker process holds at once while computing them (a job
+# larger than this is computed alone); small jobs' numbers come with their claims.
+NUMBERS_IN_MEMORY_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,7 @@ class WorkerServices:
     """What running a job needs: the store, the event hub (for cancellation) and the leases.
 
     `capacity` bounds the jobs in flight, giving slots to the most urgent jobs first;
+    `numbers_memory` bounds the numbers of large jobs held while they are computed;
     `running` holds the tasks of the jobs started or waiting for a slot.
     """
 
@@ -47,6 +52,7 @@ class WorkerServices:
     hub: JobEventHub
     leases: LeaseKeeper
     capacity: JobSlots
+    numbers_memory: ByteBudget
     running: set[asyncio.Task[None]]
 
     @classmethod
@@ -62,6 +68,7 @@ class WorkerServices:
             hub=hub,
             leases=leases,
             capacity=JobSlots(settings.worker_concurrency),
+            numbers_memory=ByteBudget(NUMBERS_IN_MEMORY_BYTES),
             running=set(),
         )
 

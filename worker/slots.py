@@ -1,4 +1,5 @@
-"""The worker's job slots: a semaphore that hands a freed slot to the most urgent waiter.
+"""The worker's job slots, a semaphore that hands a freed slot to the most urgent waiter, and
+the budget of numbers it holds in memory while computing.
 
 A worker process runs at most WORKER_CONCURRENCY jobs at once; the jobs of the messages
 its claiming threads hold wait here for a slot. asyncio.Semaphore would serve them in
@@ -11,8 +12,11 @@ first), in arrival order within a priority.
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import heapq
 import itertools
+from collections.abc import AsyncIterator
 
 
 class JobSlots:
@@ -76,3 +80,58 @@ class JobSlots:
         if self._free >= self._size:
             raise ValueError("released a slot that was not held")
         self._free += 1
+
+
+class ByteBudget:
+    """At most `limit` bytes held at once, granted in arrival order: what bounds the numbers a
+    worker process holds while it computes, however many jobs wake up together.
+
+    A request above the whole limit holds all of it (so it runs alone rather than never).
+    """
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError(f"a byte budget needs at least one byte, not {limit}")
+        self._limit = limit
+        self._held = 0
+        self._waiters: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
+
+    @property
+    def held(self) -> int:
+        """Bytes granted and not yet given back."""
+        return self._held
+
+    @contextlib.asynccontextmanager
+    async def hold(self, size: int) -> AsyncIterator[None]:
+        """Hold `size` bytes (at most the whole limit) for the block, waiting behind earlier callers."""
+        size = min(size, self._limit)
+        if not self._waiters and self._held + size <= self._limit:
+            self._held += size
+        else:
+            future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            entry = (size, future)
+            self._waiters.append(entry)
+            try:
+                await future
+            except asyncio.CancelledError:
+                if future.done() and not future.cancelled():
+                    self._release(size)  # granted as it was cancelled: pass it on
+                else:
+                    self._waiters.remove(entry)
+                    self._grant()  # the head may have been what held the others back
+                raise
+        try:
+            yield
+        finally:
+            self._release(size)
+
+    def _release(self, size: int) -> None:
+        self._held -= size
+        self._grant()
+
+    def _grant(self) -> None:
+        while self._waiters and self._held + self._waiters[0][0] <= self._limit:
+            size, future = self._waiters.popleft()
+            if not future.done():
+                self._held += size
+                future.set_result(None)

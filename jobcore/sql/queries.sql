@@ -181,7 +181,9 @@ SELECT changed.id, changed.status, changed.operation, changed.created_at, change
 -- Move PENDING jobs to IN_PROGRESS for a new attempt, each with its own lease: ids $1,
 -- leases $2, trace contexts $3 (one row per job; each id once). The compare-and-set on
 -- PENDING makes duplicate deliveries harmless: a job not PENDING any more is not returned.
--- The claim's numbers come back with it, so the worker needs no second read.
+-- A small job's numbers (at most $4 of them) come back with the claim, so the worker needs no
+-- second read; a larger job's come back NULL and are read when it is computed (job_numbers),
+-- so a sleeping job holds none in the worker's memory.
 WITH locked AS (
     SELECT id
       FROM jobs
@@ -207,7 +209,9 @@ changed AS (
        AND jobs.status = 'PENDING'
     RETURNING jobs.id, jobs.tenant, jobs.status, jobs.operation, jobs.created_at,
               jobs.updated_at, jobs.last_sequence, jobs.result, jobs.error, jobs.attempt,
-              jobs.numbers, wanted.traceparent
+              jobs.number_count,
+              CASE WHEN jobs.number_count <= $4::integer THEN jobs.numbers END AS numbers,
+              wanted.traceparent
 ),
 positions AS (
     SELECT tenant, take_event_positions(tenant, events) AS first_position
@@ -227,8 +231,16 @@ recorded AS (
       JOIN positions ON positions.tenant = changed.tenant
 )
 SELECT id, status, operation, created_at, updated_at, last_sequence, result, error, attempt,
-       numbers
+       number_count, numbers
   FROM changed;
+
+
+-- name: job_numbers
+-- The numbers of jobs $1 (ids), read by a worker just before it computes a job whose
+-- numbers did not come with its claim.
+SELECT id, numbers
+  FROM jobs
+ WHERE id = ANY ($1::uuid[]);
 
 
 -- name: renew_leases

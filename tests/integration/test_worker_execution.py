@@ -15,13 +15,13 @@ from jobcore.events import RESYNC, InboxItem, JobEventHub
 from jobcore.ids import new_job_id
 from jobcore.models import Claim, JobStatus
 from jobcore.operations import Operation, pack_numbers
-from jobcore.store import JobStore
+from jobcore.store import CLAIM_NUMBERS_MAX, JobStore
 from tests.eventually import eventually
 from tests.owners import TEST_OWNER
 from worker.execution import _until_taken_away, execute_job, start_jobs
 from worker.leases import LeaseKeeper
 from worker.runtime import WorkerServices
-from worker.slots import JobSlots
+from worker.slots import ByteBudget, JobSlots
 
 CAPACITY = 4
 
@@ -36,6 +36,8 @@ async def services(isolated_database_url: str) -> AsyncIterator[WorkerServices]:
         hub=hub,
         leases=LeaseKeeper(store, lease=timedelta(seconds=30)),
         capacity=JobSlots(CAPACITY),
+        # Smaller than the large job below, which must then run alone rather than never.
+        numbers_memory=ByteBudget(1024),
         running=set(),
     )
     await hub.stop()
@@ -56,6 +58,51 @@ async def test_a_job_runs_to_success(services: WorkerServices) -> None:
     assert done.status == JobStatus.SUCCESS
     assert done.outcome is not None
     assert done.outcome.result == 35.0
+
+
+async def test_a_large_job_is_claimed_without_its_numbers_and_computed_from_them(
+    services: WorkerServices,
+) -> None:
+    small, _ = await services.store.create(
+        owner=TEST_OWNER,
+        job_id=new_job_id(),
+        operation=Operation.SQUARE_SUM,
+        numbers=pack_numbers([1.0] * CLAIM_NUMBERS_MAX),
+    )
+    large, _ = await services.store.create(
+        owner=TEST_OWNER,
+        job_id=new_job_id(),
+        operation=Operation.SQUARE_SUM,
+        numbers=pack_numbers([2.0] * (CLAIM_NUMBERS_MAX + 1)),
+    )
+    lease = timedelta(seconds=30)
+
+    small_claim = await services.store.claim(small.id, lease=lease)
+    large_claim = await services.store.claim(large.id, lease=lease)
+
+    assert small_claim is not None
+    assert small_claim.numbers == pack_numbers([1.0] * CLAIM_NUMBERS_MAX)
+    assert large_claim is not None
+    assert large_claim.numbers is None
+    assert large_claim.number_count == CLAIM_NUMBERS_MAX + 1
+    assert await services.store.numbers(
+        large.id, number_count=CLAIM_NUMBERS_MAX + 1
+    ) == pack_numbers([2.0] * (CLAIM_NUMBERS_MAX + 1))
+    assert await services.store.numbers(new_job_id(), number_count=1) is None
+
+    another, _ = await services.store.create(
+        owner=TEST_OWNER,
+        job_id=new_job_id(),
+        operation=Operation.CUBE_SUM,
+        numbers=pack_numbers([2.0] * (CLAIM_NUMBERS_MAX + 1)),
+    )
+    await execute_job(services, another.id, delay=timedelta(0), deadline=timedelta(seconds=30))
+
+    done = await services.store.get(another.id, tenant=None)
+    assert done.status == JobStatus.SUCCESS
+    assert done.outcome is not None
+    assert done.outcome.result == 8.0 * (CLAIM_NUMBERS_MAX + 1)
+    assert services.numbers_memory.held == 0
 
 
 async def test_a_job_past_its_deadline_fails_as_timed_out(services: WorkerServices) -> None:

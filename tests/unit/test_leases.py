@@ -32,7 +32,12 @@ class _Store:
 
 def _claim(job_id: uuid.UUID, attempt: int) -> Claim:
     return Claim(
-        job_id=job_id, attempt=attempt, operation=Operation.SQUARE_SUM, numbers=b"", sequence=0
+        job_id=job_id,
+        attempt=attempt,
+        operation=Operation.SQUARE_SUM,
+        numbers=b"",
+        sequence=0,
+        number_count=0,
     )
 
 

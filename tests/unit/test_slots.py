@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from worker.slots import JobSlots
+from worker.slots import ByteBudget, JobSlots
 
 
 async def _settle() -> None:
@@ -143,3 +143,53 @@ def test_releasing_a_slot_nobody_holds_is_an_error() -> None:
 def test_a_worker_has_at_least_one_slot() -> None:
     with pytest.raises(ValueError, match="at least one slot"):
         JobSlots(0)
+
+
+async def test_a_byte_budget_grants_in_arrival_order_and_a_request_above_it_runs_alone() -> None:
+    budget = ByteBudget(100)
+    served: list[str] = []
+    release = asyncio.Event()
+
+    async def hold(name: str, size: int) -> None:
+        async with budget.hold(size):
+            served.append(name)
+            await release.wait()
+
+    first = asyncio.create_task(hold("first", 60))
+    await _settle()
+    # 50 does not fit beside 60; 10 would, but waits behind the earlier caller.
+    rest = [asyncio.create_task(hold("big", 500)), asyncio.create_task(hold("small", 10))]
+    await _settle()
+    assert served == ["first"]
+    assert budget.held == 60
+
+    release.set()
+    await asyncio.gather(first, *rest)
+    assert served == ["first", "big", "small"]
+    assert budget.held == 0
+
+
+async def test_a_cancelled_byte_budget_waiter_lets_the_next_one_in() -> None:
+    budget = ByteBudget(100)
+    release = asyncio.Event()
+    served: list[str] = []
+
+    async def hold(name: str, size: int) -> None:
+        async with budget.hold(size):
+            served.append(name)
+            await release.wait()
+
+    holder = asyncio.create_task(hold("holder", 50))
+    await _settle()
+    blocked = asyncio.create_task(hold("blocked", 100))
+    behind = asyncio.create_task(hold("behind", 50))
+    await _settle()
+    assert served == ["holder"]
+
+    blocked.cancel()
+    await _settle()
+    assert served == ["holder", "behind"]
+    release.set()
+    await asyncio.gather(holder, behind)
+    assert blocked.cancelled()
+    assert budget.held == 0
