@@ -1,8 +1,9 @@
-"""The ListJobs filter language and page tokens."""
+"""The ListJobs filter language and page tokens; WatchJobs selections and cursors."""
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import uuid
 from datetime import UTC, datetime
@@ -14,12 +15,18 @@ from jobcore.listing import (
     MAX_FILTER_BYTES,
     MAX_FILTER_CLAUSES,
     MAX_PAGE_TOKEN_CHARS,
+    WATCH_CURSOR_PURPOSE,
     Condition,
+    JobSelection,
     PageCursor,
     PageTokenSigner,
+    WatchCursor,
+    WatchCursors,
     page_size_of,
     parse_filter,
 )
+from jobcore.models import Job, JobStatus
+from jobcore.operations import Operation
 
 
 def test_the_documented_example_parses() -> None:
@@ -228,3 +235,134 @@ def test_a_genuine_token_is_well_under_the_cap() -> None:
 
     assert len(token) <= MAX_PAGE_TOKEN_CHARS // 2 + 32
     assert SIGNER.decode(token, tenant="t" * 64, filter_text="x" * MAX_FILTER_BYTES) == cursor
+
+
+# --- WatchJobs: selection and cursors ----------------------------------------------------------
+
+ISSUED = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
+IDS = frozenset({uuid.UUID(int=1), uuid.UUID(int=2)})
+
+
+def _cursors(
+    *,
+    signer: PageTokenSigner = SIGNER,
+    tenant: str = TENANT,
+    filter_text: str = 'status = "FAILED"',
+    job_ids: frozenset[uuid.UUID] | None = IDS,
+) -> WatchCursors:
+    return WatchCursors(signer, tenant=tenant, filter_text=filter_text, job_ids=job_ids)
+
+
+def test_watch_cursors_round_trip_whatever_order_the_ids_came_in() -> None:
+    cursor = _cursors().encode(41, now=ISSUED)
+
+    again = WatchCursors(
+        SIGNER, tenant=TENANT, filter_text='status = "FAILED"', job_ids=frozenset(sorted(IDS))
+    )
+    assert again.decode(cursor) == WatchCursor(41, ISSUED)
+    assert _cursors().decode(cursor, field="Last-Event-ID") == WatchCursor(
+        41, ISSUED, "Last-Event-ID"
+    )
+    assert len(cursor) < MAX_PAGE_TOKEN_CHARS // 2
+
+
+def test_a_watch_cursor_is_bound_to_its_tenant_filter_and_job_ids() -> None:
+    cursor = _cursors().encode(41, now=ISSUED)
+
+    for name, other in {
+        "another tenant": _cursors(tenant="globex"),
+        "another filter": _cursors(filter_text=""),
+        "fewer ids": _cursors(job_ids=frozenset({uuid.UUID(int=1)})),
+        "any job": _cursors(job_ids=None),
+        "another deployment": _cursors(signer=PageTokenSigner(b"x" * 32)),
+    }.items():
+        with pytest.raises(InvalidJobError) as raised:
+            other.decode(cursor)
+        [violation] = raised.value.violations
+        assert violation.field == "after_cursor", name
+        assert "not returned by WatchJobs for this filter and these job ids" in (
+            violation.description
+        ), name
+
+
+def test_page_tokens_and_watch_cursors_never_pass_for_each_other() -> None:
+    token = SIGNER.encode(PageCursor(ISSUED, uuid.uuid4()), tenant=TENANT, filter_text="")
+    cursor = _cursors(filter_text="", job_ids=None).encode(41, now=ISSUED)
+
+    with pytest.raises(InvalidJobError, match="after_cursor"):
+        _cursors(filter_text="", job_ids=None).decode(token)
+    with pytest.raises(InvalidJobError, match="page_token"):
+        SIGNER.decode(cursor, tenant=TENANT, filter_text="")
+
+
+def test_forged_watch_cursors_are_refused_naming_the_field() -> None:
+    bound = SIGNER.derive(WATCH_CURSOR_PURPOSE).bind(TENANT, "", "")
+
+    def signed(payload: object) -> str:
+        return bound.sign(payload) if isinstance(payload, dict) else _raw(payload)
+
+    def _raw(payload: object) -> str:
+        data = json.dumps(payload).encode()
+        return f"{_b64(data)}.{_b64(bound.mac(data))}"
+
+    forged = {
+        "negative": signed({"p": -1, "t": 0}),
+        "too large": signed({"p": 2**63, "t": 0}),
+        "a boolean": signed({"p": True, "t": 0}),
+        "a float": signed({"p": 1.0, "t": 0}),
+        "text": signed({"p": "1", "t": 0}),
+        "no time": signed({"p": 1}),
+        "a time past 9999": signed({"p": 1, "t": 10**12}),
+        "a list": signed([1, 0]),
+        "nested": signed([[[[[[]]]]]]),
+        "not base64": "%%%%.%%%%",
+        "no signature": "eyJwIjoxfQ",
+        "oversized": "A" * (MAX_PAGE_TOKEN_CHARS + 1),
+    }
+    for name, token in forged.items():
+        with pytest.raises(InvalidJobError) as raised:
+            _cursors(filter_text="", job_ids=None).decode(token)
+        [violation] = raised.value.violations
+        assert violation.field == "after_cursor", name
+
+
+def _a_job(**changes: object) -> Job:
+    job = Job(
+        id=uuid.UUID(int=1),
+        status=JobStatus.IN_PROGRESS,
+        operation=Operation.CUBE_SUM,
+        created_at=datetime(2026, 11, 15, tzinfo=UTC),
+        updated_at=datetime(2026, 11, 15, tzinfo=UTC),
+        sequence=2,
+        outcome=None,
+    )
+    return dataclasses.replace(job, **changes)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("text", "selected"),
+    [
+        ("", True),
+        ('status = "IN_PROGRESS"', True),
+        ('status != "IN_PROGRESS"', False),
+        ("operation = cube_sum", True),
+        ("operation != cube_sum", False),
+        ('create_time >= "2026-11-15T00:00:00Z"', True),
+        ('create_time > "2026-11-15T00:00:00Z"', False),
+        ('create_time < "2026-11-15T01:00:00+01:00"', False),
+        ('create_time <= "2026-11-15T01:00:00+01:00"', True),
+        ('create_time = "2026-11-15T00:00:00Z"', True),
+        ('create_time != "2026-11-15T00:00:00Z"', False),
+        ('status = "IN_PROGRESS" AND operation = "square_sum"', False),
+    ],
+)
+def test_a_selection_evaluates_the_filter_as_list_jobs_does(text: str, selected: bool) -> None:
+    assert JobSelection(parse_filter(text)).selects(_a_job()) is selected
+
+
+def test_a_selection_by_job_ids_and_filter_needs_both() -> None:
+    selection = JobSelection(parse_filter('status = "SUCCESS"'), IDS)
+
+    assert selection.selects(_a_job(status=JobStatus.SUCCESS))
+    assert not selection.selects(_a_job(status=JobStatus.FAILED))
+    assert not selection.selects(_a_job(id=uuid.UUID(int=3), status=JobStatus.SUCCESS))
