@@ -1,8 +1,8 @@
 """Job events as they commit: one LISTEN connection per process, fanned out to in-memory inboxes.
 
-The server feeds WatchJob streams from it (a thousand watchers cost one
-PostgreSQL subscription); the worker learns from it that a running job was
-cancelled. Events arrive at least once and in commit order per job; after a
+The server feeds WatchJob streams (one job each) and WatchJobs streams (every event of one
+tenant) from it: a thousand watchers cost one PostgreSQL subscription. The worker learns from it
+that a running job was cancelled. Events arrive at least once and in commit order; after a
 reconnect every inbox gets RESYNC and re-reads what it may have missed.
 """
 
@@ -19,7 +19,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Iterator
 from datetime import datetime, timedelta
-from typing import Any, Final, NoReturn
+from typing import Any, Final, NoReturn, TypeVar
 
 import asyncpg
 
@@ -51,9 +51,17 @@ SHUTDOWN: Final = _Signal("SHUTDOWN")
 HEARTBEAT: Final = _Signal("HEARTBEAT")
 
 InboxItem = JobEvent | _Signal
+# What inboxes are filed under: a job's id, or a tenant's name.
+_Key = TypeVar("_Key", uuid.UUID, str)
 
 # The supervised task that holds the LISTEN connection (and the name of its fault file).
 LISTENER_TASK = "job-event-listener"
+# How the LISTEN connection shows in pg_stat_activity.
+LISTENER_APPLICATION_NAME = "jobs-event-listener"
+# Events a tenant subscription holds unread. A reader that falls further behind gets RESYNC
+# instead of more (it re-reads them from the database, a page at a time), so a slow client
+# of a busy tenant costs the server a bounded amount of memory.
+TENANT_INBOX_CAPACITY = 1000
 
 _RECONNECT_FIRST_DELAY_SECONDS = 0.2
 _RECONNECT_MAX_DELAY_SECONDS = 5.0
@@ -78,6 +86,7 @@ _HEARTBEATS_PER_STEP = 100
 # row_to_json writes the job_events columns in table order, job_id first, without spaces.
 _JOB_ID_KEY = '"job_id":"'
 _UUID_CHARS = 36
+_TENANT_KEY = '"tenant":"'
 
 
 def _parse_notification(payload: str) -> JobEvent:
@@ -104,6 +113,23 @@ def _peek_job_id(payload: str) -> uuid.UUID | None:
         return None
 
 
+def _peek_tenant(payload: str) -> str | None:
+    """The tenant of a notification without parsing all of it (None if it cannot be told so).
+
+    As with the job id, the key cannot be faked by a value; a name with an escaped character
+    is not read here (None: the caller parses the notification).
+    """
+    start = payload.find(_TENANT_KEY)
+    if start < 0:
+        return None
+    start += len(_TENANT_KEY)
+    end = payload.find('"', start)
+    if end < 0:
+        return None
+    tenant = payload[start:end]
+    return None if "\\" in tenant else tenant
+
+
 class LoopClock:
     """What heartbeats are timed by: now() and sleep(), on the event loop's clock.
 
@@ -124,18 +150,41 @@ class LoopClock:
 class Inbox(asyncio.Queue[InboxItem]):
     """One subscriber's queue; it notes when it last received anything, for heartbeats."""
 
-    def __init__(self, clock: LoopClock, *, tenant: str | None = None) -> None:
+    def __init__(
+        self, clock: LoopClock, *, tenant: str | None = None, capacity: int | None = None
+    ) -> None:
         super().__init__()
         self._now = clock.now
         self.quiet_since = self._now()
         self.closed = False
         # Events of another tenant never reach this inbox (None: the service's own, any tenant).
         self.tenant = tenant
+        # Events held unread at most (None: no limit); see put_nowait.
+        self._capacity = capacity
+        self._overflowing = False
 
     def put_nowait(self, item: InboxItem) -> None:
-        """Queue the item; the quiet interval starts again."""
+        """Queue the item; the quiet interval starts again.
+
+        An event that finds the inbox full is dropped and RESYNC queued in its place, and so
+        are the events after it until the reader takes that RESYNC: everything dropped had
+        committed by then, so the re-read it makes covers it.
+        """
         self.quiet_since = self._now()
+        if self._capacity is not None and isinstance(item, JobEvent):
+            if self._overflowing:
+                return
+            if self.qsize() >= self._capacity:
+                self._overflowing = True
+                item = RESYNC
         super().put_nowait(item)
+
+    def get_nowait(self) -> InboxItem:
+        """The next item (Queue.get ends here too)."""
+        item = super().get_nowait()
+        if item is RESYNC:
+            self._overflowing = False
+        return item
 
 
 class _HeartbeatClock:
@@ -215,12 +264,18 @@ class JobEventHub:
         self._dsn = asyncpg_dsn(database_url)
         self._clock = clock or LoopClock()
         self._inboxes: defaultdict[uuid.UUID, set[Inbox]] = defaultdict(set)
+        self._tenant_inboxes: defaultdict[str, set[Inbox]] = defaultdict(set)
         self._clocks: dict[timedelta, _HeartbeatClock] = {}
         self._connected = asyncio.Event()
         self._ready = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task[Any] | None = None
         self._supervised = False
+
+    @property
+    def clock(self) -> LoopClock:
+        """What heartbeats are timed by; streams that time heartbeats of their own use it too."""
+        return self._clock
 
     @property
     def connected(self) -> bool:
@@ -230,7 +285,11 @@ class JobEventHub:
     @property
     def watcher_count(self) -> int:
         """How many streams are open."""
-        return sum(len(inboxes) for inboxes in self._inboxes.values())
+        return sum(len(inboxes) for inboxes in self._all_inboxes())
+
+    def _all_inboxes(self) -> Iterator[set[Inbox]]:
+        yield from self._inboxes.values()
+        yield from self._tenant_inboxes.values()
 
     async def start(self, *, timeout_seconds: float, supervisor: Supervisor | None = None) -> None:
         """Start listening, as a task of `supervisor` if given; wait up to `timeout_seconds` for
@@ -246,9 +305,7 @@ class JobEventHub:
     async def stop(self) -> None:
         """End every open stream and close the LISTEN connection."""
         self._closing = True
-        for inboxes in self._inboxes.values():
-            for inbox in inboxes:
-                inbox.put_nowait(SHUTDOWN)
+        self._broadcast(SHUTDOWN)
         for clock in self._clocks.values():
             await clock.stop()
         if self._task is not None:
@@ -278,10 +335,36 @@ class JobEventHub:
         first one sooner, at a random point of the interval, so streams opened together
         beat apart).
         """
+        with self._subscription(
+            self._inboxes, job_id, Inbox(self._clock, tenant=tenant), heartbeat
+        ) as inbox:
+            yield inbox
+
+    @contextlib.contextmanager
+    def subscribe_tenant(
+        self, tenant: str, *, heartbeat: timedelta | None = None
+    ) -> Iterator[Inbox]:
+        """An inbox that receives every event of this tenant's jobs committed from now on, in
+        commit order (positions ascending); heartbeats as for `subscribe`.
+
+        It holds at most TENANT_INBOX_CAPACITY unread events, then RESYNC (see Inbox).
+        """
+        inbox = Inbox(self._clock, tenant=tenant, capacity=TENANT_INBOX_CAPACITY)
+        with self._subscription(self._tenant_inboxes, tenant, inbox, heartbeat):
+            yield inbox
+
+    @contextlib.contextmanager
+    def _subscription(
+        self,
+        registry: defaultdict[_Key, set[Inbox]],
+        key: _Key,
+        inbox: Inbox,
+        heartbeat: timedelta | None,
+    ) -> Iterator[Inbox]:
+        """File the inbox under `key` in `registry`, with heartbeats, until the block ends."""
         if self._closing:
             raise ServiceShuttingDownError("the server is shutting down")
-        inbox = Inbox(self._clock, tenant=tenant)
-        self._inboxes[job_id].add(inbox)
+        registry[key].add(inbox)
         if heartbeat is not None:
             clock = self._clocks.get(heartbeat)
             if clock is None:
@@ -291,11 +374,11 @@ class JobEventHub:
             yield inbox
         finally:
             inbox.closed = True
-            inboxes = self._inboxes.get(job_id)
+            inboxes = registry.get(key)
             if inboxes is not None:
                 inboxes.discard(inbox)
                 if not inboxes:
-                    del self._inboxes[job_id]
+                    del registry[key]
 
     def _on_notification(
         self, _connection: Any, _pid: int, _channel: str, payload: object, /
@@ -303,7 +386,12 @@ class JobEventHub:
         text = str(payload)
         job_id = _peek_job_id(text)
         if job_id is not None and job_id not in self._inboxes:
-            return  # nobody here watches this job
+            if not self._tenant_inboxes:
+                return  # nobody here watches this job
+            tenant = _peek_tenant(text)
+            if tenant is not None and tenant not in self._tenant_inboxes:
+                return  # nor its tenant
+        # Parsed once, however many streams receive it.
         try:
             event = _parse_notification(text)
         except (ValueError, KeyError, TypeError):
@@ -312,9 +400,12 @@ class JobEventHub:
         for inbox in self._inboxes.get(event.job_id, ()):
             if inbox.tenant is None or inbox.tenant == event.tenant:
                 inbox.put_nowait(event)
+        if event.tenant is not None:
+            for inbox in self._tenant_inboxes.get(event.tenant, ()):
+                inbox.put_nowait(event)
 
     def _broadcast(self, item: _Signal) -> None:
-        for inboxes in self._inboxes.values():
+        for inboxes in self._all_inboxes():
             for inbox in inboxes:
                 inbox.put_nowait(item)
 
@@ -327,7 +418,11 @@ class JobEventHub:
         while True:
             inject_fault(LISTENER_TASK)
             try:
-                connection = await asyncpg.connect(self._dsn, timeout=5)
+                connection = await asyncpg.connect(
+                    self._dsn,
+                    timeout=5,
+                    server_settings={"application_name": LISTENER_APPLICATION_NAME},
+                )
             except _CONNECTION_ERRORS as error:
                 episode.failed(error)
             else:

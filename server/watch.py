@@ -1,23 +1,30 @@
-"""WatchJob: the job's state now, then every change as it commits, from the process's event hub.
+"""WatchJob and WatchJobs: changes as they commit, from the process's event hub, in order, each
+once.
 
-Each stream subscribes before it reads the job, so a change committed in
-between is never missed; sequence numbers drop what it has already sent.
-Heartbeats come from the hub's one clock, not a timer per stream: a timer per
-read is garbage per message, which many long-lived streams cannot afford
+Each stream subscribes before it reads where it starts, so a change committed in between is
+never missed; numbers in commit order (a job's sequence for WatchJob, its tenant's position for
+WatchJobs) drop what it has already covered, and a gap in them (or a listener reconnect) is
+filled from the database. Heartbeats come from the hub's one clock, not a timer per stream: a
+timer per read is garbage per message, which many long-lived streams cannot afford
 (BENCHMARKS.md, item 5).
 """
 
 from __future__ import annotations
 
+import contextlib
 import uuid
-from collections.abc import AsyncGenerator
-from datetime import timedelta
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
 from typing import NamedTuple
 
-from jobcore.errors import ServiceShuttingDownError
-from jobcore.events import HEARTBEAT, SHUTDOWN, JobEventHub
+from jobcore.errors import FieldViolation, InvalidJobError, ServiceShuttingDownError
+from jobcore.events import HEARTBEAT, SHUTDOWN, Inbox, JobEventHub
+from jobcore.listing import JobSelection, WatchCursor
 from jobcore.models import Job, JobEvent
 from jobcore.store import JobStore
+
+# Events WatchJobs reads from the database per statement while it catches up.
+REPLAY_PAGE_SIZE = 1000
 
 
 class WatchUpdate(NamedTuple):
@@ -26,6 +33,45 @@ class WatchUpdate(NamedTuple):
     job: Job
     heartbeat: bool = False
     traceparent: str | None = None
+
+
+class TenantUpdate(NamedTuple):
+    """One message of WatchJobs: a selected job's state after a change (None on a heartbeat),
+    the position of the tenant's history the stream has covered with it, the change's trace."""
+
+    job: Job | None
+    position: int
+    traceparent: str | None = None
+
+
+async def _in_order(
+    inbox: Inbox,
+    *,
+    covered: Callable[[], int],
+    number: Callable[[JobEvent], int],
+    catch_up: Callable[[JobEvent | None], AsyncIterator[JobEvent]],
+) -> AsyncGenerator[JobEvent | None, None]:
+    """The inbox's events in commit order, none covered twice; None for a heartbeat.
+
+    `covered()` is the number of the last event the reader has handled: it is read after the
+    reader has handled every event yielded before. An event numbered right after it goes out
+    as it is, one at or below it is dropped, and a gap (the event that shows it) or a listener
+    reconnect (None) is filled by `catch_up` from the database.
+    """
+    while True:
+        item = await inbox.get()
+        if item is HEARTBEAT:
+            yield None
+        elif item is SHUTDOWN:
+            raise ServiceShuttingDownError("the server is shutting down; watch again to resume")
+        elif not isinstance(item, JobEvent):  # RESYNC: notifications may have been missed
+            async for event in catch_up(None):
+                yield event
+        elif number(item) == covered() + 1:
+            yield item
+        elif number(item) > covered():
+            async for event in catch_up(item):
+                yield event
 
 
 async def follow_job(
@@ -45,6 +91,11 @@ async def follow_job(
     changes for `heartbeat`, the latest state is repeated as a heartbeat. Another tenant's
     job is not found, as one that never existed.
     """
+
+    async def history(_shown_by: JobEvent | None) -> AsyncIterator[JobEvent]:
+        for event in await store.events_after(job_id, sent, tenant=tenant):
+            yield event
+
     with hub.subscribe(job_id, tenant=tenant, heartbeat=heartbeat) as inbox:
         latest = await store.get(job_id, tenant=tenant)
         if after_sequence <= 0:
@@ -52,23 +103,141 @@ async def follow_job(
             yield WatchUpdate(latest)
         else:
             sent = after_sequence
-            for event in await store.events_after(job_id, sent, tenant=tenant):
+            async for event in history(None):
                 latest, sent = event.apply_to(latest), event.sequence
                 yield WatchUpdate(latest, traceparent=event.traceparent)
-        while not latest.status.is_final:
-            item = await inbox.get()
-            if item is HEARTBEAT:
-                yield WatchUpdate(latest, heartbeat=True)
-                continue
-            if item is SHUTDOWN:
-                raise ServiceShuttingDownError("the server is shutting down; watch again to resume")
-            if isinstance(item, JobEvent) and item.sequence <= sent:
-                continue  # already sent
-            if isinstance(item, JobEvent) and item.sequence == sent + 1:
-                events = [item]
-            else:
-                # A gap or a reconnect: the database has the full history.
-                events = await store.events_after(job_id, sent, tenant=tenant)
-            for event in events:
-                latest, sent = event.apply_to(latest), event.sequence
-                yield WatchUpdate(latest, traceparent=event.traceparent)
+        if latest.status.is_final:
+            return
+        changes = _in_order(inbox, covered=lambda: sent, number=_sequence, catch_up=history)
+        async with contextlib.aclosing(changes):
+            async for item in changes:
+                if item is None:
+                    yield WatchUpdate(latest, heartbeat=True)
+                    continue
+                latest, sent = item.apply_to(latest), item.sequence
+                yield WatchUpdate(latest, traceparent=item.traceparent)
+                if latest.status.is_final:
+                    return
+
+
+def _sequence(event: JobEvent) -> int:
+    return event.sequence
+
+
+def _position(event: JobEvent) -> int:
+    return event.position or 0
+
+
+async def follow_tenant(
+    hub: JobEventHub,
+    store: JobStore,
+    *,
+    tenant: str,
+    selection: JobSelection,
+    after: WatchCursor | None,
+    heartbeat: timedelta,
+    retention: timedelta,
+    page_size: int = REPLAY_PAGE_SIZE,
+) -> AsyncGenerator[TenantUpdate, None]:
+    """Every change of the tenant's selected jobs, in commit order, each once; never ends.
+
+    Without `after` the stream starts with a heartbeat at the tenant's latest position and
+    sends the changes after it; with `after`, the changes after the cursor's position, history
+    first. Every change moves the position, selected or not, and heartbeats carry it, so a
+    client that resumes from its last message's position misses nothing and gets nothing twice.
+
+    The database may lack changes between two positions: retention deletes finished jobs with
+    their events. Those are skipped, never waited for; a cursor from before the retention
+    (with changes after it) is refused, since some of them may be gone.
+
+    A busy tenant's inbox is never quiet, so the hub's heartbeats stop; while none of its
+    changes is selected, the stream sends a heartbeat of its own once per `heartbeat`.
+    """
+    last = 0
+    now = hub.clock.now
+    beat_seconds = heartbeat.total_seconds()
+
+    async def replay(up_to: int) -> AsyncIterator[JobEvent]:
+        """The tenant's events after `last` from the database, at least up to `up_to` (those
+        that are still there), a page per statement."""
+        while last < up_to:
+            page = await store.tenant_events_after(tenant, last, limit=page_size)
+            for event in page:
+                yield event
+            if len(page) < page_size:
+                return
+
+    async def catch_up(shown_by: JobEvent | None) -> AsyncIterator[JobEvent]:
+        """What the stream may have missed: up to the event that showed a gap (then that event,
+        if the database no longer has it), or, after a reconnect, up to the latest position."""
+        up_to = _position(shown_by) if shown_by else await store.last_event_position(tenant)
+        async for event in replay(up_to):
+            yield event
+        if shown_by is not None and _position(shown_by) > last:
+            yield shown_by
+
+    with hub.subscribe_tenant(tenant, heartbeat=heartbeat) as inbox:
+        newest = await store.last_event_position(tenant)
+        sent_at = now()
+        if after is None:
+            last = newest
+            yield TenantUpdate(None, last)
+        else:
+            _check_resumable(after, newest=newest, retention=retention)
+            last = after.position
+        changes = _chain(
+            replay(newest),
+            _in_order(inbox, covered=lambda: last, number=_position, catch_up=catch_up),
+        )
+        async with contextlib.aclosing(changes):
+            async for event in changes:
+                if event is None:
+                    sent_at = now()
+                    yield TenantUpdate(None, last)
+                    continue
+                if event.tenant != tenant or _position(event) <= last:
+                    continue  # never another tenant's; nothing twice
+                last = _position(event)
+                job = event.job()
+                if selection.selects(job):
+                    sent_at = now()
+                    yield TenantUpdate(job, last, event.traceparent)
+                elif now() - sent_at >= beat_seconds:
+                    sent_at = now()
+                    yield TenantUpdate(None, last)
+
+
+async def _chain(
+    first: AsyncIterator[JobEvent], then: AsyncGenerator[JobEvent | None, None]
+) -> AsyncGenerator[JobEvent | None, None]:
+    """`first`, then `then` (closed with this generator)."""
+    async with contextlib.aclosing(then):
+        async for event in first:
+            yield event
+        async for item in then:
+            yield item
+
+
+def _check_resumable(after: WatchCursor, *, newest: int, retention: timedelta) -> None:
+    """InvalidJobError naming the cursor's field if resuming from it could miss changes."""
+    if after.position > newest:
+        raise InvalidJobError(
+            [
+                FieldViolation(
+                    after.field,
+                    "is ahead of this tenant's history (was the database restored?); "
+                    "watch again without it",
+                )
+            ]
+        )
+    if after.position < newest and after.issued_at < datetime.now(UTC) - retention:
+        raise InvalidJobError(
+            [
+                FieldViolation(
+                    after.field,
+                    f"is older than the retention ({retention.total_seconds() / 86400:g} "
+                    "days): changes after it "
+                    "may have been deleted; watch again without it",
+                )
+            ]
+        )

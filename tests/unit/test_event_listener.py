@@ -66,7 +66,7 @@ class _Server:
         self.outcomes = list(outcomes)
         self.connections: list[_Connection] = []
 
-    async def connect(self, _dsn: str, *, timeout: float) -> _Connection:  # noqa: ASYNC109 - asyncpg's signature
+    async def connect(self, _dsn: str, *, timeout: float, **_options: Any) -> _Connection:  # noqa: ASYNC109 - asyncpg's signature
         outcome = self.outcomes.pop(0) if self.outcomes else _Connection()
         if isinstance(outcome, BaseException):
             raise outcome
