@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import asyncpg
+import asyncpg.pool
 from sqlalchemy.engine import make_url
 
 from jobcore.errors import (
@@ -80,8 +81,9 @@ def translate_driver_error(error: BaseException) -> TransientError | None:
 class _StatelessConnection(asyncpg.Connection):
     """A pool connection that needs no reset query when it is given back.
 
-    The store only runs single statements on its connections (no LISTEN, SET, cursors
-    or advisory locks), so asyncpg's default reset would be a wasted round trip per call.
+    The store only runs statements and transactions on its connections (no LISTEN, SET,
+    cursors or advisory locks), so asyncpg's default reset would be a wasted round trip per
+    call; asyncpg ends a transaction left open on release in any case.
     """
 
     def get_reset_query(self) -> str:
@@ -104,7 +106,8 @@ async def create_pool(database_url: str, *, pool_size: int) -> asyncpg.Pool:
 
 
 class Database:
-    """Runs single statements on a pool, each one implicit transaction and one round trip.
+    """Runs statements on a pool, each one implicit transaction and one round trip (or several
+    in one explicit transaction).
 
     asyncpg prepares each SQL text once per connection and keeps it (its statement cache
     is keyed by the text), so callers pass the same text for the same statement.
@@ -150,13 +153,50 @@ class Database:
                     rows: list[asyncpg.Record] = await connection.fetch(sql, *arguments)
                     return rows
             except Exception as error:
-                translated = translate_driver_error(error)
-                if translated is None:
-                    raise
-                logger.warning(
-                    "PostgreSQL call failed (%s): %s: %s",
-                    type(translated).__name__,
-                    type(error).__name__,
-                    error,
-                )
-                raise translated from error
+                _raise_translated(error)
+                raise
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Transaction]:
+        """One connection and one explicit transaction for several statements: all of them
+        commit when the block ends, or none (an exception rolls back, and propagates).
+
+        Driver errors, of the commit too, become TransientErrors as in `fetch`.
+        """
+        async with self._free_connection():
+            try:
+                async with self._pool.acquire() as connection, connection.transaction():
+                    yield Transaction(connection)
+            except Exception as error:
+                _raise_translated(error)
+                raise
+
+
+class Transaction:
+    """Statements run inside one transaction of Database.transaction, one round trip each."""
+
+    def __init__(self, connection: asyncpg.pool.PoolConnectionProxy[asyncpg.Record]) -> None:
+        self._connection = connection
+
+    async def fetch(self, sql: str, *arguments: object) -> list[asyncpg.Record]:
+        """Run one statement of the transaction (errors as Database.fetch)."""
+        try:
+            rows: list[asyncpg.Record] = await self._connection.fetch(sql, *arguments)
+        except Exception as error:
+            _raise_translated(error)
+            raise
+        return rows
+
+
+def _raise_translated(error: Exception) -> None:
+    """Raise the TransientError a driver error stands for (logged here); return for any other."""
+    translated = translate_driver_error(error)
+    if translated is None:
+        return
+    logger.warning(
+        "PostgreSQL call failed (%s): %s: %s",
+        type(translated).__name__,
+        type(error).__name__,
+        error,
+    )
+    raise translated from error

@@ -20,6 +20,7 @@ QueryName = Literal[
     "ping",
     "get_job",
     "get_job_by_request_id",
+    "get_jobs_by_request_ids",
     "tenant_unfinished_jobs",
     "tenant_events_after",
     "tenant_last_event_position",

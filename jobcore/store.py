@@ -16,7 +16,7 @@ import functools
 import hashlib
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Final
@@ -24,7 +24,13 @@ from typing import Final
 import asyncpg
 
 from jobcore.batching import Coalescer, Item, Result
-from jobcore.database import CONFLICT_MESSAGE, DEFAULT_POOL_WAIT, Database, create_pool
+from jobcore.database import (
+    CONFLICT_MESSAGE,
+    DEFAULT_POOL_WAIT,
+    Database,
+    Transaction,
+    create_pool,
+)
 from jobcore.errors import (
     IdempotencyKeyReusedError,
     JobAlreadyFinishedError,
@@ -135,6 +141,16 @@ class _NewJob:
     on_stored: StoredCallback | None
 
 
+@dataclass(frozen=True, slots=True)
+class Submission:
+    """One job of JobStore.create_batch: what JobStore.create takes for one."""
+
+    job_id: uuid.UUID
+    operation: Operation
+    numbers: bytes | memoryview  # pack_numbers' storage form
+    request_id: str | None = None
+
+
 # What a submission comes to: the job, whether this call created it, and its tenant's
 # unfinished jobs ahead of it when it was stored.
 _Stored = tuple[Job, bool, int]
@@ -189,6 +205,49 @@ def _number_bytes(new_job: _NewJob) -> int:
     return len(new_job.numbers)
 
 
+def _create_arguments(new_jobs: Sequence[_NewJob]) -> list[list[object]]:
+    """The create_jobs statement's arguments: one array per column."""
+    return [
+        [new.job_id for new in new_jobs],
+        [new.operation.value for new in new_jobs],
+        [new.numbers for new in new_jobs],
+        [len(new.numbers) // 8 for new in new_jobs],
+        [new.request_id for new in new_jobs],
+        [new.request_hash for new in new_jobs],
+        [new.traceparent for new in new_jobs],
+        [new.tenant for new in new_jobs],
+        [new.actor for new in new_jobs],
+        [new.max_unfinished_jobs for new in new_jobs],
+    ]
+
+
+def _by_number_bytes(
+    waiting: list[tuple[int, _NewJob]],
+) -> Iterator[list[tuple[int, _NewJob]]]:
+    """The jobs in runs of at most _MAX_BATCH_NUMBER_BYTES of numbers (a larger job alone)."""
+    run: list[tuple[int, _NewJob]] = []
+    size = 0
+    for item in waiting:
+        if run and size + len(item[1].numbers) > _MAX_BATCH_NUMBER_BYTES:
+            yield run
+            run, size = [], 0
+        run.append(item)
+        size += len(item[1].numbers)
+    if run:
+        yield run
+
+
+def _tell_stored(new: _NewJob, stored: _Stored) -> None:
+    """Run the job's on_stored callback; its failure is logged, never raised."""
+    if new.on_stored is None:
+        return
+    try:
+        new.on_stored(*stored)
+    except Exception:
+        # The job is stored either way; its callers still get their answers.
+        logger.exception("job %s: on_stored failed", stored[0].id)
+
+
 class JobStore:
     """Jobs and their history in PostgreSQL, the single source of truth.
 
@@ -210,6 +269,8 @@ class JobStore:
         self._claims = _batched(self._claim_batch)
         self._numbers = _batched(self._numbers_batch, size_of=_requested_bytes)
         self._finishes = _batched(self._finish_batch)
+        # create_batch's transactions, which run on after their callers went away.
+        self._batches: set[asyncio.Task[list[_Stored]]] = set()
 
     @classmethod
     async def connect(
@@ -285,12 +346,145 @@ class JobStore:
         )
         return job, created
 
+    async def create_batch(
+        self,
+        submissions: Sequence[Submission],
+        *,
+        owner: Principal,
+        on_stored: StoredCallback | None = None,
+    ) -> list[tuple[Job, bool]]:
+        """Store new PENDING jobs of the owner's tenant in one transaction, all or none;
+        (job, created) for each, in order.
+
+        Each job as `create` stores one, except that every refusal is the whole batch's: a
+        `request_id` the tenant used for a different request (IdempotencyKeyReusedError), or
+        a batch that does not fit within the tenant's maximum of unfinished jobs as a whole
+        (QuotaExceededError). A key may appear only once in a batch (else ValueError).
+        A batch is a batch already, so it does not go through the coalescer; its create
+        statements keep the same cap on number bytes, several in the transaction if need be.
+        `on_stored(job, created, backlog)` runs for each job once the transaction committed,
+        in a task of its own that a cancelled caller does not take along (as in `create`).
+        """
+        keys = [submission.request_id for submission in submissions if submission.request_id]
+        if len(set(keys)) != len(keys):
+            raise ValueError("a request_id appears more than once in the batch")
+        traceparent = _traceparent()
+        limit = self._max_unfinished_jobs(owner.tenant)
+        new_jobs = [
+            _NewJob(
+                job_id=submission.job_id,
+                operation=submission.operation,
+                numbers=submission.numbers,
+                request_id=submission.request_id or None,
+                request_hash=(
+                    request_digest(submission.operation, submission.numbers)
+                    if submission.request_id
+                    else None
+                ),
+                traceparent=traceparent,
+                tenant=owner.tenant,
+                actor=owner.actor,
+                max_unfinished_jobs=limit,
+                on_stored=on_stored,
+            )
+            for submission in submissions
+        ]
+        task = asyncio.create_task(self._store_batch(new_jobs))
+        self._batches.add(task)
+        task.add_done_callback(self._batch_done)
+        stored = await asyncio.shield(task)
+        return [(job, created) for job, created, _ in stored]
+
+    def _batch_done(self, task: asyncio.Task[list[_Stored]]) -> None:
+        self._batches.discard(task)
+        if not task.cancelled():
+            # Marks the error as seen: a caller that went away cannot (the database logged
+            # its own errors, and the jobs are stored either way or not at all).
+            task.exception()
+
+    async def _store_batch(self, new_jobs: list[_NewJob]) -> list[_Stored]:
+        answers: dict[int, _Stored] = {}
+        async with self._database.transaction() as transaction:
+            waiting = list(enumerate(new_jobs))
+            for _ in range(_CREATE_ROUNDS):
+                missing: list[tuple[int, _NewJob]] = []
+                for run in _by_number_bytes(waiting):
+                    missing += await self._insert_batch_run(transaction, run, answers)
+                if not missing:
+                    break
+                await self._check_room(transaction, new_jobs[0], len(missing))
+                # They fit: their keys' jobs were purged since the insert, or keys found
+                # taken held places in the quota's count. Insert them again.
+                waiting = missing
+            else:
+                logger.warning(
+                    "a batch's idempotency keys were freed again after each of %d inserts",
+                    _CREATE_ROUNDS,
+                )
+                raise StoreConflictError(CONFLICT_MESSAGE)
+        for index, new in enumerate(new_jobs):
+            _tell_stored(new, answers[index])
+        return [answers[index] for index in range(len(new_jobs))]
+
+    async def _insert_batch_run(
+        self,
+        transaction: Transaction,
+        run: list[tuple[int, _NewJob]],
+        answers: dict[int, _Stored],
+    ) -> list[tuple[int, _NewJob]]:
+        """Insert these jobs of a batch, answering each by its index; those neither inserted
+        nor found under their key (over the quota, or their key's job purged meanwhile)."""
+        rows = await transaction.fetch(
+            QUERIES["create_jobs"].sql, *_create_arguments([new for _, new in run])
+        )
+        created = {row["id"]: row for row in rows}
+        missing: list[tuple[int, _NewJob]] = []
+        taken: list[tuple[int, _NewJob]] = []
+        for index, new in run:
+            row = created.get(new.job_id)
+            if row is not None:
+                answers[index] = (job_from_row(row), True, row["backlog"])
+            elif new.request_id is not None:
+                taken.append((index, new))
+            else:
+                missing.append((index, new))
+        if not taken:
+            return missing
+        found = {
+            row["request_id"]: row
+            for row in await transaction.fetch(
+                QUERIES["get_jobs_by_request_ids"].sql,
+                taken[0][1].tenant,
+                [new.request_id for _, new in taken],
+            )
+        }
+        for index, new in taken:
+            row = found.get(new.request_id)
+            if row is None:
+                missing.append((index, new))
+            elif row["request_hash"] != new.request_hash:
+                raise IdempotencyKeyReusedError(new.request_id or "")
+            else:
+                answers[index] = (job_from_row(row), False, 0)
+        return missing
+
+    async def _check_room(self, transaction: Transaction, new: _NewJob, count: int) -> None:
+        """QuotaExceededError unless `count` more unfinished jobs fit within new's tenant's
+        limit, counting those this transaction stored."""
+        rows = await transaction.fetch(QUERIES["tenant_unfinished_jobs"].sql, new.tenant)
+        if rows[0]["unfinished_jobs"] + count > new.max_unfinished_jobs:
+            raise QuotaExceededError(new.tenant, new.max_unfinished_jobs)
+
     async def finish_writes(self, *, timeout_seconds: float) -> None:
         """Wait (at most `timeout_seconds`) until the statements queued or running have run.
 
         At shutdown: their callers may be gone, and their `on_stored` callbacks still run.
         """
-        waiting = [batches.idle() for batches in (self._creates, self._claims, self._finishes)]
+        waiting: list[Awaitable[object]] = [
+            batches.idle() for batches in (self._creates, self._claims, self._finishes)
+        ]
+        if self._batches:
+            waiting.append(asyncio.wait(set(self._batches)))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.gather(*waiting), timeout_seconds)
 
@@ -310,12 +504,8 @@ class JobStore:
             answers[index] = StoreConflictError(CONFLICT_MESSAGE)
         for index, new in enumerate(new_jobs):
             answer = answers[index]
-            if new.on_stored is not None and isinstance(answer, tuple):
-                try:
-                    new.on_stored(*answer)
-                except Exception:
-                    # The job is stored either way; its callers still get their answers.
-                    logger.exception("job %s: on_stored failed", answer[0].id)
+            if isinstance(answer, tuple):
+                _tell_stored(new, answer)
         return [answers[index] for index in range(len(new_jobs))]
 
     async def _insert_or_find(
@@ -324,19 +514,7 @@ class JobStore:
         answers: dict[int, _Stored | BaseException],
     ) -> list[tuple[int, _NewJob]]:
         """Insert these jobs, answering each by its index; those whose key was freed meanwhile."""
-        rows = await self._fetch(
-            "create_jobs",
-            [new.job_id for _, new in waiting],
-            [new.operation.value for _, new in waiting],
-            [new.numbers for _, new in waiting],
-            [len(new.numbers) // 8 for _, new in waiting],
-            [new.request_id for _, new in waiting],
-            [new.request_hash for _, new in waiting],
-            [new.traceparent for _, new in waiting],
-            [new.tenant for _, new in waiting],
-            [new.actor for _, new in waiting],
-            [new.max_unfinished_jobs for _, new in waiting],
-        )
+        rows = await self._fetch("create_jobs", *_create_arguments([new for _, new in waiting]))
         created = {row["id"]: row for row in rows}
         freed: list[tuple[int, _NewJob]] = []
         for index, new in waiting:

@@ -32,13 +32,19 @@ from server.auth import CallGuard
 from server.conversions import reject_unknown_fields
 from server.errors import abort_with, internal_status, new_correlation_id, status_for
 from server.metrics import RPC_DURATION, RPC_REQUESTS, WATCH_STREAMS_OPEN
-from server.submit_wire import ReceivedSubmitJob, malformed_field
+from server.submit_wire import (
+    MalformedRequest,
+    ReceivedBatch,
+    ReceivedSubmitJob,
+    malformed_field,
+)
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
 # Requests read other than by protobuf's FromString (see server.submit_wire).
 _REQUEST_DESERIALIZERS: dict[str, Callable[[bytes], Any]] = {
     "/jobs.v1.JobService/SubmitJob": ReceivedSubmitJob.from_wire,
+    "/jobs.v1.JobService/BatchSubmitJobs": ReceivedBatch.from_wire,
 }
 # Admits a call (server.auth.CallGuard.admit for its method), or raises why not.
 _Admit = Callable[[Context], Awaitable[object]]
@@ -128,6 +134,8 @@ def _tolerant(deserializer: Callable[[bytes], Any] | None, message: Descriptor) 
     def deserialize(raw: bytes) -> Any:
         try:
             return deserializer(raw)
+        except MalformedRequest as error:
+            return _Undecodable(violation=error.violation)
         except DecodeError:
             return _Undecodable(violation=malformed_field(raw, message))
         except Exception as error:  # handed on, logged and answered by the wrapper
@@ -142,7 +150,10 @@ def _check_request(request: Any) -> None:
         if request.violation is not None:
             raise InvalidJobError([request.violation])
         raise request.error or RuntimeError("undecodable request without a cause")
-    reject_unknown_fields(request.message if isinstance(request, ReceivedSubmitJob) else request)
+    # A batch's requests are checked with the rest of their validation (JobServicer).
+    reject_unknown_fields(
+        request.message if isinstance(request, ReceivedSubmitJob | ReceivedBatch) else request
+    )
 
 
 def _start_span(method: str, request: Any) -> Span:

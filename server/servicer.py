@@ -7,6 +7,7 @@ import functools
 import logging
 import re
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeAlias, TypeVar
 
@@ -22,13 +23,18 @@ from jobcore.identity import current_principal
 from jobcore.ids import new_job_id
 from jobcore.listing import PageTokenSigner, page_size_of, parse_filter
 from jobcore.models import Job, JobStatus
-from jobcore.operations import pack_numbers, validate_numbers
-from jobcore.store import JobStore
+from jobcore.operations import Operation, pack_numbers, validate_numbers
+from jobcore.store import JobStore, Submission
 from jobcore.tracing import context_from, trace_headers, tracer
-from server.conversions import job_id_from_proto, job_to_proto, operation_from_proto
+from server.conversions import (
+    job_id_from_proto,
+    job_to_proto,
+    operation_from_proto,
+    reject_unknown_fields,
+)
 from server.dispatcher import Dispatcher
 from server.metrics import JOBS_SUBMITTED
-from server.submit_wire import ReceivedSubmitJob
+from server.submit_wire import MAX_BATCH_REQUESTS, ReceivedBatch, ReceivedSubmitJob
 from server.watch import WatchUpdate, follow_job
 
 logger = logging.getLogger(__name__)
@@ -42,6 +48,10 @@ _MAX_REQUEST_ID_CHARS = 128
 # Sequence numbers are int32 in the API and `integer` in PostgreSQL.
 _MAX_SEQUENCE = 2**31 - 1
 _SEQUENCE_DIGITS = re.compile(r"[0-9]{1,10}")
+# A batch's violations listed at most (then one that counts the rest): they travel in the
+# call's trailers, and gRPC clients refuse trailers past 8 KiB (some of them at once, all past
+# 16 KiB), which a few dozen would reach.
+_MAX_BATCH_VIOLATIONS = 20
 
 
 def _metadata(context: Context, key: str) -> str | None:
@@ -52,14 +62,13 @@ def _metadata(context: Context, key: str) -> str | None:
     return None
 
 
-def _request_id(request: pb.SubmitJobRequest, context: Context) -> str | None:
+def _request_id(field: str, header: str | None) -> str | None:
     """The idempotency key: the request_id field, or the Idempotency-Key header."""
-    header = _metadata(context, "idempotency-key")
-    if request.request_id and header and header != request.request_id:
+    if field and header and header != field:
         raise InvalidJobError(
             [FieldViolation("request_id", "differs from the Idempotency-Key header; send one")]
         )
-    key = request.request_id or header
+    key = field or header
     if key is not None and not (0 < len(key) <= _MAX_REQUEST_ID_CHARS and key.isprintable()):
         raise InvalidJobError(
             [
@@ -79,6 +88,104 @@ def _collect(violations: list[FieldViolation], validate: Callable[[], T]) -> T |
     except InvalidJobError as error:
         violations += error.violations
         return None
+
+
+@dataclass(frozen=True, slots=True)
+class _ValidSubmit:
+    """A SubmitJob request that passed validation, in the store's terms."""
+
+    operation: Operation
+    numbers: bytes | memoryview  # pack_numbers' storage form
+    request_id: str | None
+
+
+def _validate_submit(
+    received: ReceivedSubmitJob, *, max_numbers: int, header_key: str | None
+) -> _ValidSubmit:
+    """SubmitJob's validation of one request (alone or in a batch): InvalidJobError with all
+    its violations at once."""
+    violations: list[FieldViolation] = []
+    numbers = _collect(violations, lambda: validate_numbers(received.data, max_count=max_numbers))
+    operation = _collect(violations, lambda: operation_from_proto(received.message.operation))
+    request_id = _collect(violations, lambda: _request_id(received.message.request_id, header_key))
+    if violations or numbers is None or operation is None:
+        raise InvalidJobError(violations)
+    return _ValidSubmit(operation, pack_numbers(numbers), request_id)
+
+
+def _in_batch(violation: FieldViolation, index: int) -> FieldViolation:
+    """A request's violation named by its path in the batch: `data[2]` -> `requests[7].data[2]`."""
+    # "request" stands for the whole request (its unknown fields, say).
+    suffix = "" if violation.field == "request" else f".{violation.field}"
+    return FieldViolation(f"requests[{index}]{suffix}", violation.description)
+
+
+def _validate_batch(
+    received: ReceivedBatch, *, max_numbers: int, header_key: str | None
+) -> tuple[list[_ValidSubmit], list[int]]:
+    """BatchSubmitJobs' validation: the distinct submissions and, for each request in order,
+    the index of its submission; InvalidJobError naming every violation of every request.
+
+    A request_id given twice in one batch for the same request is one job (the second is
+    answered with the first's); for different requests it is a violation naming both.
+    """
+    count = len(received.requests)
+    if not 1 <= count <= MAX_BATCH_REQUESTS:
+        raise InvalidJobError(
+            [FieldViolation("requests", f"must hold 1 to {MAX_BATCH_REQUESTS} requests")]
+        )
+    violations: list[FieldViolation] = []
+    if header_key is not None:
+        violations.append(
+            FieldViolation(
+                "Idempotency-Key",
+                "a batch has no key of its own: set request_id in each of its requests",
+            )
+        )
+    submissions: list[_ValidSubmit] = []
+    positions: list[int] = []
+    by_key: dict[str, tuple[int, int]] = {}  # request_id -> (request index, submission index)
+    for index, one in enumerate(received.requests):
+        mine: list[FieldViolation] = []
+        _collect(mine, functools.partial(reject_unknown_fields, one.message))
+        valid = _collect(
+            mine, functools.partial(_validate_submit, one, max_numbers=max_numbers, header_key=None)
+        )
+        violations += [_in_batch(violation, index) for violation in mine]
+        if valid is None or mine:
+            continue
+        first = by_key.get(valid.request_id) if valid.request_id else None
+        if first is None:
+            if valid.request_id:
+                by_key[valid.request_id] = (index, len(submissions))
+            positions.append(len(submissions))
+            submissions.append(valid)
+            continue
+        earlier = submissions[first[1]]
+        if earlier.operation == valid.operation and earlier.numbers == valid.numbers:
+            positions.append(first[1])
+        else:
+            violations.append(
+                FieldViolation(
+                    f"requests[{index}].request_id",
+                    f"is also the request_id of requests[{first[0]}], a different request: "
+                    "each job needs a key of its own",
+                )
+            )
+    if violations:
+        raise InvalidJobError(_listed(violations))
+    return submissions, positions
+
+
+def _listed(violations: list[FieldViolation]) -> list[FieldViolation]:
+    """The first _MAX_BATCH_VIOLATIONS violations, and one that counts the others."""
+    if len(violations) <= _MAX_BATCH_VIOLATIONS:
+        return violations
+    more = len(violations) - _MAX_BATCH_VIOLATIONS
+    return [
+        *violations[:_MAX_BATCH_VIOLATIONS],
+        FieldViolation("requests", f"{more} more violations are not listed"),
+    ]
 
 
 def _after_sequence(request: pb.WatchJobRequest, context: Context) -> int:
@@ -147,28 +254,59 @@ class JobServicer(pb_grpc.JobServiceServicer):
             if isinstance(request, pb.SubmitJobRequest)
             else request
         )
-        violations: list[FieldViolation] = []
-        numbers = _collect(
-            violations, lambda: validate_numbers(received.data, max_count=self._max_job_numbers)
+        valid = _validate_submit(
+            received,
+            max_numbers=self._max_job_numbers,
+            header_key=_metadata(context, "idempotency-key"),
         )
-        operation = _collect(violations, lambda: operation_from_proto(received.message.operation))
-        request_id = _collect(violations, lambda: _request_id(received.message, context))
-        if violations or numbers is None or operation is None:
-            raise InvalidJobError(violations)
         # The wake-up is queued by the store's callback, not after the await: a caller that
         # goes away (a deadline, a hang-up) once its job is stored must not take it along.
         job, _ = await self._store.create(
             job_id=new_job_id(),
-            operation=operation,
-            numbers=pack_numbers(numbers),
+            operation=valid.operation,
+            numbers=valid.numbers,
             owner=current_principal(),
-            request_id=request_id,
+            request_id=valid.request_id,
             on_stored=functools.partial(
                 self._wake_a_worker, traceparent=trace_headers().get("traceparent")
             ),
         )
         trace.get_current_span().set_attribute("job.id", str(job.id))
         return job_to_proto(job, with_result=False)
+
+    async def BatchSubmitJobs(
+        self, request: pb.BatchSubmitJobsRequest | ReceivedBatch, context: Context
+    ) -> pb.BatchSubmitJobsResponse:
+        # The server's deserializer (server.submit_wire) splits requests; direct calls need not.
+        received = (
+            ReceivedBatch.from_message(request)
+            if isinstance(request, pb.BatchSubmitJobsRequest)
+            else request
+        )
+        submissions, positions = _validate_batch(
+            received,
+            max_numbers=self._max_job_numbers,
+            header_key=_metadata(context, "idempotency-key"),
+        )
+        # Woken as SubmitJob's jobs are, by the store's callback once the batch is committed.
+        stored = await self._store.create_batch(
+            [
+                Submission(
+                    job_id=new_job_id(),
+                    operation=valid.operation,
+                    numbers=valid.numbers,
+                    request_id=valid.request_id,
+                )
+                for valid in submissions
+            ],
+            owner=current_principal(),
+            on_stored=functools.partial(
+                self._wake_a_worker, traceparent=trace_headers().get("traceparent")
+            ),
+        )
+        trace.get_current_span().set_attribute("jobs.count", len(stored))
+        jobs = [job_to_proto(job, with_result=False) for job, _ in stored]
+        return pb.BatchSubmitJobsResponse(jobs=[jobs[position] for position in positions])
 
     def _wake_a_worker(
         self, job: Job, created: bool, backlog: int, *, traceparent: str | None

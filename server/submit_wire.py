@@ -9,6 +9,12 @@ unpacked (a key byte before each number): that run is read as a strided view, co
 when stored. Anything else (split `data`, a malformed message) takes protobuf's own path,
 with its errors. BENCHMARKS.md has what each path costs.
 
+BatchSubmitJobs' request is split the same way: each of its `requests` as a SubmitJob request
+(`ReceivedBatch`). Protobuf would also make an object of each request, and a batch can hold
+millions of tiny ones within the message limit (16 MiB of empty requests is 8 million objects and
+about half a GB), so the split stops at the first request past the limit, which refuses the call
+anyway.
+
 When protobuf refuses a request (of any JobService method), `malformed_field` walks its first
 fields to say which one is at fault, for the INVALID_ARGUMENT answer.
 """
@@ -20,12 +26,16 @@ from typing import Final
 
 import numpy as np
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.message import DecodeError
 from jobs.v1 import jobs_service_pb2 as pb
 from numpy.typing import NDArray
 
 from jobcore.errors import FieldViolation
 
 _DATA_FIELD: Final = pb.SubmitJobRequest.DESCRIPTOR.fields_by_name["data"].number
+_REQUESTS_FIELD: Final = pb.BatchSubmitJobsRequest.DESCRIPTOR.fields_by_name["requests"].number
+# The most requests one BatchSubmitJobs call may hold (the contract's limit).
+MAX_BATCH_REQUESTS: Final = 1000
 _PACKED_DOUBLES: Final = np.dtype("<f8")
 
 # Protobuf wire types (https://protobuf.dev/programming-guides/encoding/#structure).
@@ -61,12 +71,12 @@ class ReceivedSubmitJob:
         return cls._taking_data(message)
 
     @classmethod
-    def from_wire(cls, raw: bytes) -> ReceivedSubmitJob:
+    def from_wire(cls, raw: bytes | memoryview) -> ReceivedSubmitJob:
         """The request deserializer: `data` stays in `raw`, viewed in place."""
         try:
             return _split(raw)
         except _Unusual:
-            return cls._taking_data(pb.SubmitJobRequest.FromString(raw))
+            return cls._taking_data(pb.SubmitJobRequest.FromString(bytes(raw)))
 
     @classmethod
     def _taking_data(cls, message: pb.SubmitJobRequest) -> ReceivedSubmitJob:
@@ -76,7 +86,89 @@ class ReceivedSubmitJob:
         return cls(message, data)
 
 
-def _split(raw: bytes) -> ReceivedSubmitJob:
+class MalformedRequest(DecodeError):
+    """A request protobuf would refuse, with the violation that says where."""
+
+    def __init__(self, violation: FieldViolation) -> None:
+        self.violation = violation
+        super().__init__(f"{violation.field}: {violation.description}")
+
+
+@dataclass(frozen=True, slots=True)
+class ReceivedBatch:
+    """A BatchSubmitJobsRequest as the servicer gets it: each request as a ReceivedSubmitJob.
+
+    `requests` stops at MAX_BATCH_REQUESTS + 1: a batch holding more is refused whatever
+    follows, so the rest is never read.
+    """
+
+    message: pb.BatchSubmitJobsRequest  # every field but `requests` (which is left empty)
+    requests: list[ReceivedSubmitJob]
+
+    @classmethod
+    def from_message(cls, request: pb.BatchSubmitJobsRequest) -> ReceivedBatch:
+        """Split an already parsed request, which is left as it is."""
+        message = pb.BatchSubmitJobsRequest()
+        message.CopyFrom(request)
+        message.ClearField("requests")
+        return cls(
+            message,
+            [
+                ReceivedSubmitJob.from_message(one)
+                for one in request.requests[: MAX_BATCH_REQUESTS + 1]
+            ],
+        )
+
+    @classmethod
+    def from_wire(cls, raw: bytes) -> ReceivedBatch:
+        """The request deserializer: each request split as SubmitJob's, in place.
+
+        Raises MalformedRequest (a DecodeError) naming the field at fault, `requests[3].data`
+        for one inside a request.
+        """
+        view = memoryview(raw)
+        others = bytearray()  # the other fields, for protobuf (to name them as unknown)
+        other_fields = 0
+        requests: list[ReceivedSubmitJob] = []
+        position = 0
+        try:
+            while position < len(raw) and len(requests) <= MAX_BATCH_REQUESTS:
+                start = position
+                key, position = _varint(view, position)
+                if key == _REQUESTS_FIELD << 3 | _LENGTH_DELIMITED:
+                    length, position = _varint(view, position)
+                    if position + length > len(raw):
+                        raise _Unusual
+                    requests.append(
+                        _one_of_batch(view[position : position + length], len(requests))
+                    )
+                    position += length
+                    continue
+                other_fields += 1
+                position = _skip(view, position, key & 7)
+                if position > len(raw):
+                    raise _Unusual
+                others += view[start:position]
+                if other_fields > _MAX_OTHER_FIELDS:
+                    break  # enough to refuse the call with
+        except _Unusual:
+            raise MalformedRequest(
+                malformed_field(raw, pb.BatchSubmitJobsRequest.DESCRIPTOR)
+            ) from None
+        return cls(pb.BatchSubmitJobsRequest.FromString(bytes(others)), requests)
+
+
+def _one_of_batch(raw: memoryview, index: int) -> ReceivedSubmitJob:
+    """The request at `index` of a batch; MalformedRequest naming its field if it has none."""
+    try:
+        return ReceivedSubmitJob.from_wire(raw)
+    except DecodeError:
+        fault = malformed_field(raw, pb.SubmitJobRequest.DESCRIPTOR)
+        field = f"requests[{index}]" + ("" if fault.field == "request" else f".{fault.field}")
+        raise MalformedRequest(FieldViolation(field, fault.description)) from None
+
+
+def _split(raw: bytes | memoryview) -> ReceivedSubmitJob:
     view = memoryview(raw)
     others = bytearray()  # the other fields, re-parsed by protobuf (they are small)
     other_fields = 0
@@ -106,7 +198,9 @@ def _split(raw: bytes) -> ReceivedSubmitJob:
     return ReceivedSubmitJob(message, np.empty(0) if numbers is None else numbers)
 
 
-def _packed_run(raw: bytes, view: memoryview, position: int) -> tuple[NDArray[np.float64], int]:
+def _packed_run(
+    raw: bytes | memoryview, view: memoryview, position: int
+) -> tuple[NDArray[np.float64], int]:
     """The packed numbers whose length is at `position`, and where they end."""
     length, position = _varint(view, position)
     if length % _PACKED_DOUBLES.itemsize or position + length > len(raw):
@@ -117,7 +211,7 @@ def _packed_run(raw: bytes, view: memoryview, position: int) -> tuple[NDArray[np
     )
 
 
-def _unpacked_run(raw: bytes, start: int) -> tuple[NDArray[np.float64], int]:
+def _unpacked_run(raw: bytes | memoryview, start: int) -> tuple[NDArray[np.float64], int]:
     """The run of unpacked numbers from the key at `start`, and where it ends."""
     records = np.frombuffer(
         raw,
@@ -158,7 +252,7 @@ def _skip(view: memoryview, position: int, wire_type: int) -> int:
     raise _Unusual  # groups: not in this message, and protobuf knows what to do with them
 
 
-def malformed_field(raw: bytes, descriptor: Descriptor) -> FieldViolation:
+def malformed_field(raw: bytes | memoryview, descriptor: Descriptor) -> FieldViolation:
     """What makes `raw`, which protobuf refused, not a `descriptor` message, naming the field.
 
     Only the first few fields are looked at (_MAX_FIELDS_DIAGNOSED), so a large request costs

@@ -55,6 +55,17 @@ SELECT id, status, operation, created_at, updated_at, last_sequence, result, err
    AND request_id = $2::text;
 
 
+-- name: get_jobs_by_request_ids
+-- The jobs the tenant $1 first used any of these idempotency keys ($2) for, each with its key
+-- and the digest of its request: what BatchSubmitJobs looks up in one round trip for the jobs
+-- of a batch whose keys were taken (a retried batch). Per tenant, as get_job_by_request_id.
+SELECT id, status, operation, created_at, updated_at, last_sequence, result, error, attempt,
+       request_id, request_hash
+  FROM jobs
+ WHERE tenant = $1::text
+   AND request_id = ANY ($2::text[]);
+
+
 -- name: tenant_unfinished_jobs
 -- How many PENDING or IN_PROGRESS jobs the tenant $1 has (kept by triggers on jobs).
 SELECT coalesce(max(unfinished_jobs), 0) AS unfinished_jobs
