@@ -194,6 +194,7 @@ def _add_job_services(
         max_job_numbers=settings.max_job_numbers,
         page_tokens=_page_tokens(settings),
         watch_heartbeat=timedelta(seconds=settings.watch_heartbeat_seconds),
+        job_retention=timedelta(days=settings.job_retention_days),
     )
     pb_grpc.add_JobServiceServicer_to_server(servicer, server)
     if access.admin is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import datetime
 
 from google.protobuf.message import Message
@@ -23,6 +24,9 @@ _KNOWN_OPERATIONS = ", ".join(operation.value for operation in Operation)
 # Listing unknown fields makes a Python object of each; a request with more than this many bytes
 # of them is refused without the list, so the check's work stays small.
 _MAX_UNKNOWN_BYTES_LISTED = 1024
+# Bad job ids named one by one at most (then one violation counts the rest): violations travel
+# in the call's trailers, which gRPC clients refuse past 8 KiB.
+_MAX_ID_VIOLATIONS = 10
 
 
 def _timestamp(moment: datetime) -> Timestamp:
@@ -79,6 +83,34 @@ def job_id_from_proto(text: str) -> uuid.UUID:
             [FieldViolation("job_id", f"must be a job id returned by SubmitJob, got {shown!r}")]
         )
     return job_id
+
+
+def job_ids_from_proto(texts: Sequence[str], *, max_count: int) -> frozenset[uuid.UUID] | None:
+    """The job ids a client listed (None for none: any job), or InvalidJobError naming each
+    bad one by its place (`job_ids[3]`)."""
+    if len(texts) > max_count:
+        raise InvalidJobError(
+            [FieldViolation("job_ids", f"lists {len(texts)} ids; at most {max_count} are allowed")]
+        )
+    job_ids: set[uuid.UUID] = set()
+    violations: list[FieldViolation] = []
+    for index, text in enumerate(texts):
+        try:
+            job_ids.add(job_id_from_proto(text))
+        except InvalidJobError as error:
+            violations += [
+                FieldViolation(f"job_ids[{index}]", violation.description)
+                for violation in error.violations
+            ]
+    if len(violations) > _MAX_ID_VIOLATIONS:
+        more = len(violations) - _MAX_ID_VIOLATIONS
+        violations = [
+            *violations[:_MAX_ID_VIOLATIONS],
+            FieldViolation("job_ids", f"{more} more of its ids are not job ids either"),
+        ]
+    if violations:
+        raise InvalidJobError(violations)
+    return frozenset(job_ids) if job_ids else None
 
 
 def job_to_proto(job: Job, *, with_result: bool) -> pb.Job:

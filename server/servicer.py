@@ -8,7 +8,7 @@ import logging
 import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeAlias, TypeVar
 
 import grpc
@@ -21,13 +21,21 @@ from jobcore.errors import FieldViolation, InvalidJobError
 from jobcore.events import JobEventHub
 from jobcore.identity import current_principal
 from jobcore.ids import new_job_id
-from jobcore.listing import PageTokenSigner, page_size_of, parse_filter
+from jobcore.listing import (
+    MAX_WATCH_JOB_IDS,
+    JobSelection,
+    PageTokenSigner,
+    WatchCursors,
+    page_size_of,
+    parse_filter,
+)
 from jobcore.models import Job, JobStatus
 from jobcore.operations import Operation, pack_numbers, validate_numbers
 from jobcore.store import JobStore, Submission
 from jobcore.tracing import context_from, trace_headers, tracer
 from server.conversions import (
     job_id_from_proto,
+    job_ids_from_proto,
     job_to_proto,
     operation_from_proto,
     reject_unknown_fields,
@@ -35,7 +43,7 @@ from server.conversions import (
 from server.dispatcher import Dispatcher
 from server.metrics import JOBS_SUBMITTED
 from server.submit_wire import MAX_BATCH_REQUESTS, ReceivedBatch, ReceivedSubmitJob
-from server.watch import WatchUpdate, follow_job
+from server.watch import follow_job, follow_tenant
 
 logger = logging.getLogger(__name__)
 
@@ -210,16 +218,23 @@ def _after_sequence(request: pb.WatchJobRequest, context: Context) -> int:
     return int(header)
 
 
-def _trace_delivery(update: WatchUpdate) -> None:
+def _after_cursor(request: pb.WatchJobsRequest, context: Context) -> tuple[str, str]:
+    """Where to resume and the field it came in: after_cursor, or the SSE Last-Event-ID header."""
+    if request.after_cursor:
+        return request.after_cursor, "after_cursor"
+    return _metadata(context, "last-event-id") or "", "Last-Event-ID"
+
+
+def _trace_delivery(job: Job, traceparent: str, *, method: str = "WatchJob") -> None:
     """A span in the trace of the change (SubmitJob, the worker, CancelJob) for its delivery."""
     with tracer().start_as_current_span(
-        "jobs.v1.JobService/WatchJob deliver",
-        context=context_from({"traceparent": update.traceparent or ""}),
+        f"jobs.v1.JobService/{method} deliver",
+        context=context_from({"traceparent": traceparent}),
         kind=SpanKind.PRODUCER,
         attributes={
-            "job.id": str(update.job.id),
-            "job.sequence": update.job.sequence,
-            "job.status": update.job.status.value,
+            "job.id": str(job.id),
+            "job.sequence": job.sequence,
+            "job.status": job.status.value,
         },
     ):
         pass
@@ -237,6 +252,7 @@ class JobServicer(pb_grpc.JobServiceServicer):
         max_job_numbers: int,
         page_tokens: PageTokenSigner,
         watch_heartbeat: timedelta,
+        job_retention: timedelta,
     ) -> None:
         self._store = store
         self._dispatcher = dispatcher
@@ -244,6 +260,7 @@ class JobServicer(pb_grpc.JobServiceServicer):
         self._max_job_numbers = max_job_numbers
         self._page_tokens = page_tokens
         self._watch_heartbeat = watch_heartbeat
+        self._job_retention = job_retention
 
     async def SubmitJob(
         self, request: pb.SubmitJobRequest | ReceivedSubmitJob, context: Context
@@ -385,10 +402,50 @@ class JobServicer(pb_grpc.JobServiceServicer):
             last: tuple[Job, pb.Job] | None = None
             async for update in updates:
                 if update.traceparent:
-                    _trace_delivery(update)
+                    _trace_delivery(update.job, update.traceparent)
                 # Heartbeats repeat the same state: convert it once.
                 if last is None or last[0] is not update.job:
                     last = (update.job, job_to_proto(update.job, with_result=True))
                 yield pb.WatchJobResponse(
                     job=last[1], sequence=update.job.sequence, heartbeat=update.heartbeat
+                )
+
+    async def WatchJobs(
+        self, request: pb.WatchJobsRequest, context: Context
+    ) -> AsyncIterator[pb.WatchJobsResponse]:
+        tenant = current_principal().tenant
+        violations: list[FieldViolation] = []
+        conditions = _collect(violations, lambda: parse_filter(request.filter))
+        job_ids = _collect(
+            violations, lambda: job_ids_from_proto(request.job_ids, max_count=MAX_WATCH_JOB_IDS)
+        )
+        if violations or conditions is None:
+            raise InvalidJobError(violations)
+        # A cursor is bound to the filter and ids, so it is checked against valid ones only.
+        cursors = WatchCursors(
+            self._page_tokens, tenant=tenant, filter_text=request.filter, job_ids=job_ids
+        )
+        token, field = _after_cursor(request, context)
+        async with contextlib.aclosing(
+            follow_tenant(
+                self._hub,
+                self._store,
+                tenant=tenant,
+                selection=JobSelection(conditions, job_ids),
+                after=cursors.decode(token, field=field) if token else None,
+                heartbeat=self._watch_heartbeat,
+                retention=self._job_retention,
+            )
+        ) as updates:
+            async for update in updates:
+                cursor = cursors.encode(update.position, now=datetime.now(UTC))
+                if update.job is None:
+                    yield pb.WatchJobsResponse(cursor=cursor, heartbeat=True)
+                    continue
+                if update.traceparent:
+                    _trace_delivery(update.job, update.traceparent, method="WatchJobs")
+                yield pb.WatchJobsResponse(
+                    job=job_to_proto(update.job, with_result=True),
+                    sequence=update.job.sequence,
+                    cursor=cursor,
                 )
