@@ -13,6 +13,7 @@ from types import FrameType
 from devstack import secrets
 from devstack.processes import port_in_use
 from devstack.stack import ROOT, Stack, StackConfig, StackPorts
+from jobcore.settings import cpus_available
 
 logger = logging.getLogger("devstack")
 
@@ -22,6 +23,12 @@ DATA_DIR = Path(os.environ.get("LOCAL_DATA_DIR", ROOT / ".data"))
 
 def _port(name: str, default: int) -> int:
     return int(os.environ.get(name, default))
+
+
+def worker_processes() -> int:
+    """How many worker processes `make run` starts: WORKER_PROCESSES, else one per CPU (as
+    `python -m worker` would run)."""
+    return int(os.environ.get("WORKER_PROCESSES") or 0) or cpus_available()
 
 
 def _ports() -> StackPorts:
@@ -38,7 +45,9 @@ def _ports() -> StackPorts:
     )
 
 
-def _taken_ports(ports: StackPorts, *, embedded_pg: bool, embedded_redis: bool) -> list[str]:
+def _taken_ports(
+    ports: StackPorts, *, workers: int, embedded_pg: bool, embedded_redis: bool
+) -> list[str]:
     wanted = {
         "GRPC_PORT (gRPC server)": ports.grpc,
         "HTTP_PORT (Envoy REST/gRPC gateway)": ports.http,
@@ -47,6 +56,11 @@ def _taken_ports(ports: StackPorts, *, embedded_pg: bool, embedded_redis: bool) 
         "SERVER_METRICS_PORT (server metrics)": ports.server_metrics,
         "WORKER_METRICS_PORT (worker metrics)": ports.worker_metrics,
     }
+    # One more port for each further worker process.
+    for index in range(1, workers):
+        wanted[f"WORKER_METRICS_PORT + {index} (worker {index + 1}'s metrics)"] = (
+            ports.worker_metrics + index
+        )
     if embedded_pg:
         wanted["EMBEDDED_POSTGRES_PORT (PostgreSQL)"] = ports.postgres
     if embedded_redis:
@@ -64,8 +78,9 @@ def main() -> int:
     ports = _ports()
     database_url = os.environ.get("DATABASE_URL") or None
     redis_url = os.environ.get("REDIS_URL") or None
+    workers = worker_processes()
     problems = _taken_ports(
-        ports, embedded_pg=database_url is None, embedded_redis=redis_url is None
+        ports, workers=workers, embedded_pg=database_url is None, embedded_redis=redis_url is None
     )
     if problems:
         for problem in problems:
@@ -81,6 +96,7 @@ def main() -> int:
             database_migration_url=os.environ.get("DATABASE_MIGRATION_URL") or None,
             redis_url=redis_url,
             env={"ENVIRONMENT": os.environ.get("ENVIRONMENT", "development")},
+            workers=workers,
         )
     )
     stopping = threading.Event()
@@ -130,6 +146,7 @@ def _print_banner(
         f"  Envoy admin (and its stats)  http://127.0.0.1:{ports.envoy_admin}/stats/prometheus",
         f"  Server metrics (Prometheus)  http://127.0.0.1:{ports.server_metrics}/metrics",
         f"  Worker metrics (Prometheus)  http://127.0.0.1:{ports.worker_metrics}/metrics",
+        *_more_workers(stack, ports),
         f"  PostgreSQL (application)     {_masked(database_url or stack.database_url)}",
         f"  Redis (application)          {_masked(redis_url or stack.redis_url)}",
         f"  Passwords (0600 files)       {stack.secrets.folder}",
@@ -141,6 +158,14 @@ def _print_banner(
         "Press Ctrl-C to stop everything.",
     ]
     logger.info("\n".join(lines))
+
+
+def _more_workers(stack: Stack, ports: StackPorts) -> list[str]:
+    count = len(stack.workers)
+    if count < 2:
+        return []
+    last = ports.worker_metrics + count - 1
+    return [f"    {count} worker processes (WORKER_PROCESSES), one port each up to {last}"]
 
 
 def _credentials(stack: Stack) -> list[str]:

@@ -96,6 +96,7 @@ class StackConfig:
     database_migration_url: str | None = None
     redis_url: str | None = None  # None: embedded Redis
     env: dict[str, str] = field(default_factory=dict)  # settings for server and worker
+    # Worker processes, each supervised on its own (`make run`: WORKER_PROCESSES, else one per CPU).
     workers: int = 1
     flower: bool = True
     # The CA that signed the certificates named in `env` (GATEWAY_TLS_CERT_FILE,
@@ -164,8 +165,10 @@ class Stack:
                 f"worker-{index}",
                 python_module("worker", f"--hostname=worker{index}@%h"),
                 log_path=self.log_dir / f"worker-{index}.log",
+                # One process each: the Stack runs and restarts them itself.
                 env=_with_metrics(
-                    self.env, ports.worker_metrics and ports.worker_metrics + index - 1
+                    self.env | {"WORKER_PROCESSES": "1"},
+                    ports.worker_metrics and ports.worker_metrics + index - 1,
                 ),
                 cwd=ROOT,
             )

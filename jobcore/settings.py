@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import os
 from functools import lru_cache
 from typing import Annotated, Literal
 
@@ -11,6 +13,10 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEVELOPMENT_DATABASE_URL = "postgresql+asyncpg://postgres:postgres@localhost:5432/jobdb"
 DEVELOPMENT_FLOWER_BASIC_AUTH = "admin:admin"
+# Jobs a second the default WORKER_CONCURRENCY sizes each worker process for: one process
+# sustained about 1,500 a second of 2 s jobs on a 2-core machine, where the rest of the stack
+# on the same cores was the limit (BENCHMARKS.md).
+WORKER_JOBS_PER_SECOND = 1000
 
 
 class Settings(BaseSettings):
@@ -38,8 +44,15 @@ class Settings(BaseSettings):
     grpc_max_message_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     max_job_numbers: int = Field(default=100_000, ge=1)
     simulated_delay_seconds: float = Field(default=2.0, ge=0)
-    # Jobs one worker process keeps in flight; they wait on asyncio, not on threads' CPU.
-    worker_concurrency: int = Field(default=100, ge=1)
+    # Jobs one worker process keeps in flight; they wait on asyncio, not on threads' CPU, and
+    # a waiting job holds no numbers beyond a small job's 8 KiB, so a slot costs about a
+    # coroutine (~20 KB). Unset (or empty): what one process computes while its jobs wait out
+    # the delay, 1,000 x (SIMULATED_DELAY_SECONDS + 1) (3,000 for the 2 s delay), so the
+    # process's CPU limits it, not its slots.
+    worker_concurrency: int | None = Field(default=None, ge=1)
+    # Worker processes `python -m worker` runs (one Python process computes on one core).
+    # Unset (or empty): one per CPU this process may run on.
+    worker_processes: int | None = Field(default=None, ge=1, le=64)
     # A worker renews its claim on a running job every third of this; a claim not renewed
     # for this long (the worker died) is taken back and the job runs again.
     job_lease_seconds: float = Field(default=30.0, gt=0)
@@ -101,6 +114,18 @@ class Settings(BaseSettings):
     metrics_port: int = Field(default=0, ge=0, le=65535)
 
     @property
+    def worker_slots(self) -> int:
+        """Jobs one worker process keeps in flight: WORKER_CONCURRENCY, else sized from the delay."""
+        if self.worker_concurrency is not None:
+            return self.worker_concurrency
+        return math.ceil(WORKER_JOBS_PER_SECOND * (self.simulated_delay_seconds + 1))
+
+    @property
+    def worker_process_count(self) -> int:
+        """Worker processes to run: WORKER_PROCESSES, else one per CPU available."""
+        return self.worker_processes or cpus_available()
+
+    @property
     def broker_url(self) -> str:
         """Where Celery messages go: CELERY_BROKER_URL, else REDIS_URL."""
         return self.celery_broker_url or self.redis_url
@@ -139,7 +164,7 @@ class Settings(BaseSettings):
             return json.loads(value) if value.strip() else {}
         return value
 
-    @field_validator("grpc_reflection", mode="before")
+    @field_validator("grpc_reflection", "worker_concurrency", "worker_processes", mode="before")
     @classmethod
     def _empty_means_unset(cls, value: object) -> object:
         # `GRPC_REFLECTION=` (as .env.example has it) means the environment's default.
@@ -181,6 +206,11 @@ class Settings(BaseSettings):
                     "PAGE_TOKEN_SECRET must be set in production (the same on every replica)"
                 )
         return self
+
+
+def cpus_available() -> int:
+    """The CPUs this process may run on (its affinity; a container's cpuset, not its quota)."""
+    return len(os.sched_getaffinity(0))
 
 
 @lru_cache(maxsize=1)

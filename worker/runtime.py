@@ -67,7 +67,7 @@ class WorkerServices:
             store=store,
             hub=hub,
             leases=leases,
-            capacity=JobSlots(settings.worker_concurrency),
+            capacity=JobSlots(settings.worker_slots),
             numbers_memory=ByteBudget(NUMBERS_IN_MEMORY_BYTES),
             running=set(),
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,21 @@ def test_defaults_match_the_documented_ones(monkeypatch: pytest.MonkeyPatch) -> 
     assert settings.simulated_delay_seconds == 2.0
     assert settings.max_job_numbers == 100_000
     assert settings.broker_url == settings.redis_url == "redis://localhost:6379/0"
+
+
+def test_workers_are_sized_from_the_machine_and_the_delay_unless_set(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("WORKER_PROCESSES", raising=False)
+    monkeypatch.setenv("WORKER_CONCURRENCY", "")  # empty, as .env.example and Compose pass it
+    monkeypatch.delenv("SIMULATED_DELAY_SECONDS", raising=False)
+
+    assert Settings().worker_process_count == len(os.sched_getaffinity(0))
+    assert Settings().worker_slots == 3000
+    assert Settings(simulated_delay_seconds=0).worker_slots == 1000
+    assert Settings(simulated_delay_seconds=0.25).worker_slots == 1250
+    assert Settings(worker_concurrency=50, worker_processes=3).worker_slots == 50
+    assert Settings(worker_concurrency=50, worker_processes=3).worker_process_count == 3
 
 
 def test_celery_urls_default_to_redis_url_and_can_be_overridden(
