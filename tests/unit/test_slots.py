@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import pytest
 
@@ -21,6 +22,35 @@ def _waiter(slots: JobSlots, priority: int, served: list[str], name: str) -> asy
         served.append(name)
 
     return asyncio.create_task(wait(), name=name)
+
+
+async def _held_with_two_waiters() -> tuple[
+    JobSlots, list[str], asyncio.Task[None], asyncio.Task[None]
+]:
+    """One slot, held, and two waiters of one priority queued for it: "first", then "second"."""
+    slots = JobSlots(1)
+    await slots.acquire(0)
+    served: list[str] = []
+    first = _waiter(slots, 0, served, "first")
+    second = _waiter(slots, 0, served, "second")
+    await _settle()
+    return slots, served, first, second
+
+
+def _holders(
+    budget: ByteBudget, served: list[str], release: asyncio.Event
+) -> Callable[[str, int], asyncio.Task[None]]:
+    """`hold(name, size)`: a task holding `size` bytes of `budget` until `release` is set.
+
+    It adds `name` to `served` once the bytes are granted.
+    """
+
+    async def hold(name: str, size: int) -> None:
+        async with budget.hold(size):
+            served.append(name)
+            await release.wait()
+
+    return lambda name, size: asyncio.create_task(hold(name, size), name=name)
 
 
 async def test_slots_are_taken_at_once_while_free_then_callers_wait() -> None:
@@ -98,12 +128,7 @@ async def test_a_cancelled_waiter_leaves_the_queue_without_a_slot() -> None:
 
 
 async def test_a_waiter_cancelled_as_its_slot_is_handed_over_passes_the_slot_on() -> None:
-    slots = JobSlots(1)
-    await slots.acquire(0)
-    served: list[str] = []
-    first = _waiter(slots, 0, served, "first")
-    second = _waiter(slots, 0, served, "second")
-    await _settle()
+    slots, served, first, second = await _held_with_two_waiters()
 
     slots.release()  # the slot is first's, but its task has not run yet
     first.cancel()
@@ -117,12 +142,7 @@ async def test_a_waiter_cancelled_as_its_slot_is_handed_over_passes_the_slot_on(
 
 
 async def test_a_waiter_cancelled_before_the_release_runs_is_skipped() -> None:
-    slots = JobSlots(1)
-    await slots.acquire(0)
-    served: list[str] = []
-    first = _waiter(slots, 0, served, "first")
-    second = _waiter(slots, 0, served, "second")
-    await _settle()
+    slots, served, first, second = await _held_with_two_waiters()
 
     first.cancel()  # its task has not yet run to leave the queue
     slots.release()
@@ -149,16 +169,12 @@ async def test_a_byte_budget_grants_in_arrival_order_and_a_request_above_it_runs
     budget = ByteBudget(100)
     served: list[str] = []
     release = asyncio.Event()
+    hold = _holders(budget, served, release)
 
-    async def hold(name: str, size: int) -> None:
-        async with budget.hold(size):
-            served.append(name)
-            await release.wait()
-
-    first = asyncio.create_task(hold("first", 60))
+    first = hold("first", 60)
     await _settle()
     # 50 does not fit beside 60; 10 would, but waits behind the earlier caller.
-    rest = [asyncio.create_task(hold("big", 500)), asyncio.create_task(hold("small", 10))]
+    rest = [hold("big", 500), hold("small", 10)]
     await _settle()
     assert served == ["first"]
     assert budget.held == 60
@@ -171,18 +187,14 @@ async def test_a_byte_budget_grants_in_arrival_order_and_a_request_above_it_runs
 
 async def test_a_cancelled_byte_budget_waiter_lets_the_next_one_in() -> None:
     budget = ByteBudget(100)
-    release = asyncio.Event()
     served: list[str] = []
+    release = asyncio.Event()
+    hold = _holders(budget, served, release)
 
-    async def hold(name: str, size: int) -> None:
-        async with budget.hold(size):
-            served.append(name)
-            await release.wait()
-
-    holder = asyncio.create_task(hold("holder", 50))
+    holder = hold("holder", 50)
     await _settle()
-    blocked = asyncio.create_task(hold("blocked", 100))
-    behind = asyncio.create_task(hold("behind", 50))
+    blocked = hold("blocked", 100)
+    behind = hold("behind", 50)
     await _settle()
     assert served == ["holder"]
 
