@@ -12,7 +12,7 @@ from pathlib import Path
 from benchmarks.infra import Infrastructure
 from benchmarks.machine import ROOT, ForeignCpu, cpu_plan
 from benchmarks.report import markdown_section, print_table, summarise, write_json, write_markdown
-from benchmarks.runner import PHASE_ENVS, PHASE_FUNCTIONS, PHASE_WORKERS, PHASES, Run
+from benchmarks.runner import PHASE_FUNCTIONS, PHASES, Run, phase_stacks
 from benchmarks.sizes import FULL, QUICK
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -90,13 +90,11 @@ def main() -> int:
     print_table(results)
     print(f"written: {output}")
     if sizes is FULL and phases == list(PHASES):
-        ran = [phase for phase in PHASES if phase in PHASE_ENVS]
+        stacks = phase_stacks()
         write_markdown(
             ROOT / "BENCHMARKS.md",
             markdown_section(
-                results,
-                {phase: PHASE_ENVS[phase] for phase in ran},
-                {phase: PHASE_WORKERS[phase] for phase in ran},
+                results, {phase: stacks[phase] for phase in PHASES if phase in stacks}
             ),
         )
         print(f"written: {ROOT / 'BENCHMARKS.md'}")

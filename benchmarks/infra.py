@@ -6,6 +6,7 @@ and its own server, workers and Envoy (devstack's Stack) with an explicit enviro
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import logging
@@ -13,12 +14,15 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
+import asyncpg
+
 from benchmarks.machine import CpuPlan, pin_process_tree
 from devstack.processes import ManagedProcess, free_port, tcp_accepts, wait_for
 from devstack.secrets import SecretStore
 from devstack.services import EmbeddedPostgres, EmbeddedRedis
 from devstack.stack import ROOT, Stack, StackConfig, StackPorts
 from jobcore.celery_app import create_celery_app
+from jobcore.database import asyncpg_dsn
 from jobcore.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -81,9 +85,18 @@ class Infrastructure:
             if process.pid is not None:
                 pin_process_tree(process.pid, self.plan.service)
 
+    def service_pids(self) -> tuple[int, ...]:
+        """PostgreSQL's and Redis's root processes (their children count with them)."""
+        return tuple(
+            process.pid
+            for process in (self.postgres.process, self.redis.process)
+            if process.pid is not None
+        )
+
     @contextlib.contextmanager
     def stack(self, name: str, *, env: Mapping[str, str], workers: int) -> Iterator[Stack]:
-        """The service (server, `workers` workers, Envoy) on a fresh database; stopped on exit."""
+        """The service (server, `workers` workers, Envoy) on a fresh database; stopped on exit,
+        and its database dropped (so no later phase shares the machine with its autovacuum)."""
         database = f"bench_{name}"
         stack = Stack(
             StackConfig(
@@ -98,11 +111,35 @@ class Infrastructure:
                 flower=False,
             )
         )
+        try:
+            stack.start()
+            try:
+                self._pin([stack.server, stack.envoy, *stack.workers])
+                if workers:
+                    _wait_for_workers(stack, workers)
+                yield stack
+            finally:
+                stack.stop()
+        finally:
+            asyncio.run(_drop_database(self.postgres.migration_url, database))
+
+    @contextlib.contextmanager
+    def own_stack(self, name: str, *, workers: int) -> Iterator[Stack]:
+        """The stack `make run` starts with no settings: its own embedded PostgreSQL and Redis,
+        `workers` worker processes, Flower; stopped on exit."""
+        stack = Stack(
+            StackConfig(
+                data_dir=self.data_dir / name,
+                ports=StackPorts.free(),
+                env={"ENVIRONMENT": "development"},
+                workers=workers,
+            )
+        )
         stack.start()
         try:
-            self._pin([stack.server, stack.envoy, *stack.workers])
-            if workers:
-                _wait_for_workers(stack, workers)
+            embedded = [service.process for service in (stack.postgres, stack.redis) if service]
+            self._pin([*embedded, stack.server, stack.envoy, stack.flower, *stack.workers])
+            _wait_for_workers(stack, workers)
             yield stack
         finally:
             stack.stop()
@@ -130,6 +167,14 @@ def wait_for_port(process: ManagedProcess, port: int) -> None:
         timeout_seconds=30,
         what=f"{process.name} on port {port} (log: {process.log_path})",
     )
+
+
+async def _drop_database(superuser_url: str, database: str) -> None:
+    connection = await asyncpg.connect(asyncpg_dsn(superuser_url), timeout=10)
+    try:
+        await connection.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+    finally:
+        await connection.close()
 
 
 def _wait_for_workers(stack: Stack, count: int) -> None:

@@ -10,12 +10,15 @@ import asyncio
 import collections
 import json
 import math
+import multiprocessing
 import statistics
 import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
+from multiprocessing.connection import Connection
 
 import asyncpg
 import grpc
@@ -24,6 +27,7 @@ import psutil
 from jobs.v1 import jobs_service_pb2 as pb
 from jobs.v1 import jobs_service_pb2_grpc as pb_grpc
 
+from benchmarks.cpu import CpuMeter
 from benchmarks.http1 import Http1Connection, HttpError, encode_request
 from benchmarks.pinned import Samples
 from benchmarks.stats import percentile
@@ -204,6 +208,53 @@ async def _submit_rest(spec: Throughput) -> Samples:
             await connection.close()
 
 
+@dataclass(frozen=True)
+class BatchThroughput:
+    """Closed-loop BatchSubmitJobs: `in_flight` calls of `batch_size` jobs outstanding."""
+
+    name: str
+    target: str
+    api_key: str
+    batch_size: int
+    in_flight: int
+    warmup_seconds: float
+    window_seconds: float
+    repeats: int
+
+
+def _batch_request(size: int) -> pb.BatchSubmitJobsRequest:
+    return pb.BatchSubmitJobsRequest(requests=[SMALL_JOB] * size)
+
+
+def submit_batches(spec: BatchThroughput) -> Samples:
+    """Jobs per second stored by BatchSubmitJobs, with each call's p99 and errors per window."""
+    return asyncio.run(_submit_batches(spec))
+
+
+async def _submit_batches(spec: BatchThroughput) -> Samples:
+    channels = _open_channels(spec.target, spec.in_flight)
+    stubs = [pb_grpc.JobServiceStub(channel) for channel in channels]
+    metadata = _auth_metadata(spec.api_key)
+    request = _batch_request(spec.batch_size)
+
+    async def call(lane: int) -> None:
+        await stubs[lane].BatchSubmitJobs(request, timeout=CALL_TIMEOUT_SECONDS, metadata=metadata)
+
+    samples: Samples = {f"{spec.name}_{key}": [] for key in ("jobs_per_s", "p99_ms", "errors")}
+    try:
+        await _closed_loop(call, in_flight=spec.in_flight, seconds=spec.warmup_seconds)
+        for _ in range(spec.repeats):
+            window, seconds = await _closed_loop(
+                call, in_flight=spec.in_flight, seconds=spec.window_seconds
+            )
+            samples[f"{spec.name}_jobs_per_s"].append(window.completed * spec.batch_size / seconds)
+            samples[f"{spec.name}_p99_ms"].append(percentile(window.latencies, 0.99) * 1000)
+            samples[f"{spec.name}_errors"].append(float(window.errors))
+    finally:
+        await _close_channels(channels)
+    return samples
+
+
 # --- GetStatus latency ------------------------------------------------------------------
 
 
@@ -329,6 +380,10 @@ class Lifecycle:
     window_seconds: float
     repeats: int
     delay_seconds: float
+    # Above 1: submitted with BatchSubmitJobs, this many jobs a call (`in_flight` calls at once).
+    batch_size: int = 1
+    # The stack's processes (roots): with batches, their CPU per job is measured too.
+    cpu_pids: tuple[int, ...] = ()
 
 
 async def _submit_many(
@@ -391,27 +446,78 @@ async def _lifecycle(spec: Lifecycle) -> Samples:
     return samples
 
 
+async def _submit_in_batches(
+    stubs: list[pb_grpc.JobServiceAsyncStub],
+    completions: _Completions,
+    *,
+    metadata: Metadata,
+    in_flight: int,
+    batch_size: int,
+    count: int,
+) -> list[str]:
+    """Submit `count` jobs with BatchSubmitJobs, `batch_size` a call, `in_flight` calls at once."""
+    job_ids: list[str] = []
+    issued = 0
+
+    async def lane(index: int) -> None:
+        nonlocal issued
+        while issued < count:
+            size = min(batch_size, count - issued)
+            issued += size
+            for _ in range(size):
+                await completions.slots.acquire()
+            answer = await stubs[index % len(stubs)].BatchSubmitJobs(
+                _batch_request(size), timeout=CALL_TIMEOUT_SECONDS, metadata=metadata
+            )
+            for job in answer.jobs:
+                job_ids.append(job.id)
+                completions.submitted(job.id)
+
+    await asyncio.gather(*(lane(index) for index in range(in_flight)))
+    return job_ids
+
+
 async def _lifecycle_batches(
     spec: Lifecycle, stubs: list[pb_grpc.JobServiceAsyncStub], completions: _Completions
 ) -> Samples:
     rates: list[float] = []
+    cpu_ms_per_job: list[float] = []
+    meter = CpuMeter(spec.cpu_pids)
     # The first batch (a twentieth of the size) warms up the server, the workers and the database.
     for batch in [max(100, spec.jobs // 20), *[spec.jobs] * spec.repeats]:
         timeout = 60 + batch / 20  # generous: 20 jobs/s would still finish
+        meter.start()
         started = time.perf_counter()
-        job_ids = await _submit_many(
-            stubs,
-            completions,
-            metadata=_auth_metadata(spec.api_key),
-            in_flight=spec.in_flight,
-            count=batch,
-            deadline=started + timeout,
-        )
+        if spec.batch_size > 1:
+            job_ids = await asyncio.wait_for(
+                _submit_in_batches(
+                    stubs,
+                    completions,
+                    metadata=_auth_metadata(spec.api_key),
+                    in_flight=spec.in_flight,
+                    batch_size=spec.batch_size,
+                    count=batch,
+                ),
+                timeout,
+            )
+        else:
+            job_ids = await _submit_many(
+                stubs,
+                completions,
+                metadata=_auth_metadata(spec.api_key),
+                in_flight=spec.in_flight,
+                count=batch,
+                deadline=started + timeout,
+            )
         if len(job_ids) < batch:
             raise TimeoutError(f"submitted only {len(job_ids)} of {batch} jobs in {timeout:.0f} s")
         finished = await completions.wait_all(job_ids, timeout_seconds=timeout)
         rates.append(batch / (finished - started))
-    return {f"{spec.name}_per_s": rates[1:]}
+        cpu_ms_per_job.append(meter.used() * 1000 / batch)
+    samples: Samples = {f"{spec.name}_per_s": rates[1:]}
+    if spec.cpu_pids:
+        samples[f"{spec.name}_cpu_ms_per_job"] = cpu_ms_per_job[1:]
+    return samples
 
 
 async def _lifecycle_sustained(
@@ -446,6 +552,8 @@ class WatchLoad:
 
     target: str
     api_key: str
+    # The stack's database, for R4: a bare LISTEN client on the same notifications.
+    dsn: str
     server_pid: int
     idle_job_ids: tuple[str, ...]
     channels: int
@@ -539,6 +647,55 @@ async def _submit_and_watch(
         state.live -= 1
 
 
+class _ListenReference:
+    """R4, in a process of its own: a bare asyncpg LISTEN client on the channel the service's
+    watchers are fed from, timing each notification from its commit stamp to its arrival.
+    """
+
+    def __init__(self, dsn: str) -> None:
+        context = multiprocessing.get_context("spawn")
+        self._pipe, child = context.Pipe()
+        self._process = context.Process(target=_listen, args=(dsn, child), name="listen-r4")
+        self._process.start()
+        child.close()
+        if not self._pipe.poll(30) or self._pipe.recv() != "listening":
+            raise RuntimeError("the LISTEN reference did not start")
+
+    def stop(self) -> list[tuple[float, float]]:
+        """Stop listening; (receive time, commit->receive seconds) of every notification."""
+        self._pipe.send("stop")
+        if not self._pipe.poll(60):
+            raise RuntimeError("the LISTEN reference did not answer")
+        received: list[tuple[float, float]] = self._pipe.recv()
+        self._process.join(10)
+        return received
+
+
+def _listen(dsn: str, pipe: Connection) -> None:
+    asyncio.run(_listen_until_stopped(dsn, pipe))
+
+
+async def _listen_until_stopped(dsn: str, pipe: Connection) -> None:
+    received: list[tuple[float, float]] = []
+
+    def on_event(_connection: object, _pid: int, _channel: str, payload: object, /) -> None:
+        now = time.time()
+        # The event's occurred_at, as the watchers' figure uses its job's updated_at.
+        occurred = datetime.fromisoformat(json.loads(str(payload))["occurred_at"])
+        received.append((now, now - occurred.timestamp()))
+
+    connection = await asyncpg.connect(dsn, timeout=10)
+    try:
+        await connection.add_listener(JOB_EVENTS_CHANNEL, on_event)
+        pipe.send("listening")
+        stopped = asyncio.Event()
+        asyncio.get_running_loop().add_reader(pipe.fileno(), stopped.set)
+        await stopped.wait()
+    finally:
+        await connection.close(timeout=5)
+    pipe.send(received)
+
+
 def watch(spec: WatchLoad) -> Samples:
     """Server RSS per open stream, then commit→receive latency of pushed job events."""
     return asyncio.run(_watch(spec))
@@ -600,6 +757,7 @@ async def _flow(
     watchers: set[asyncio.Task[None]] = set()
     submitted_at: list[float] = []
     open_streams: list[tuple[float, float]] = []  # (time, streams open) at each submission
+    reference = _ListenReference(spec.dsn)
     start_wall, start = time.time(), time.perf_counter()
     for index in range(int(total_seconds * jobs_per_second)):
         if time.perf_counter() >= start + total_seconds:
@@ -625,16 +783,18 @@ async def _flow(
         await asyncio.wait(watchers, timeout=spec.delay_seconds + 30)
     for watcher in list(watchers):
         watcher.cancel()
-    samples: Samples = {
-        key: [] for key in ("watch_event_p50_ms", "watch_event_p99_ms", "watch_event_rate_per_s")
-    }
+    listened = reference.stop()
+    keys = ("p50_ms", "p99_ms")
+    samples: Samples = {f"{side}_event_{key}": [] for side in ("watch", "listen") for key in keys}
+    samples["watch_event_rate_per_s"] = []
     for index in range(spec.repeats):
         begin = start_wall + spec.warmup_seconds + index * spec.window_seconds
         end = begin + spec.window_seconds
-        latencies = [latency for moment, latency in flowing.received if begin <= moment < end]
         jobs = sum(begin <= moment < end for moment in submitted_at)
-        samples["watch_event_p50_ms"].append(percentile(latencies, 0.5) * 1000)
-        samples["watch_event_p99_ms"].append(percentile(latencies, 0.99) * 1000)
+        for side, received in (("watch", flowing.received), ("listen", listened)):
+            latencies = [latency for moment, latency in received if begin <= moment < end]
+            samples[f"{side}_event_p50_ms"].append(percentile(latencies, 0.5) * 1000)
+            samples[f"{side}_event_p99_ms"].append(percentile(latencies, 0.99) * 1000)
         samples["watch_event_rate_per_s"].append(jobs * EVENTS_PER_JOB / spec.window_seconds)
     measured_from = start_wall + spec.warmup_seconds
     measured = [count for moment, count in open_streams if moment >= measured_from]
@@ -746,6 +906,9 @@ class CeleryRoundTrips:
     warmup_tasks: int
     repeats: int
     timeout_seconds: float
+    # The Celery worker and the broker (roots): their CPU per task goes in `cpu_name`.
+    cpu_pids: tuple[int, ...] = ()
+    cpu_name: str = ""
 
 
 def celery_round_trips(spec: CeleryRoundTrips) -> Samples:
@@ -755,12 +918,20 @@ def celery_round_trips(spec: CeleryRoundTrips) -> Samples:
     from benchmarks.celery_ref import create_app  # noqa: PLC0415
 
     app = create_app(spec.url)
+    meter = CpuMeter(spec.cpu_pids)
+    cpu_ms_per_task: list[float] = []
 
     def batch(count: int) -> float:
+        meter.start()
         started = time.perf_counter()
         results = [app.send_task(spec.task, args=spec.args) for _ in range(count)]
         ResultSet(results).join_native(timeout=spec.timeout_seconds)
-        return count / (time.perf_counter() - started)
+        rate = count / (time.perf_counter() - started)
+        cpu_ms_per_task.append(meter.used() * 1000 / count)
+        return rate
 
     batch(spec.warmup_tasks)  # also waits for the worker to come up
-    return {spec.name: [batch(spec.tasks) for _ in range(spec.repeats)]}
+    samples: Samples = {spec.name: [batch(spec.tasks) for _ in range(spec.repeats)]}
+    if spec.cpu_name:
+        samples[spec.cpu_name] = cpu_ms_per_task[1:]
+    return samples

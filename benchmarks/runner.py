@@ -1,4 +1,5 @@
-"""The phases of a run, in order: references, the gRPC edge, events flowing, zero-delay jobs.
+"""The phases of a run, in order: references, the gRPC edge, events flowing, zero-delay jobs, and
+the stack `make run` starts with no settings (the CLI, then the idle stack).
 
 Every phase states the environment its stack runs with; all figures come back as
 {name: samples} from load generators running in their own pinned processes.
@@ -21,18 +22,21 @@ from pathlib import Path
 import psutil
 
 from benchmarks import celery_ref, fill, loadgen
+from benchmarks.cpu import CpuMeter
 from benchmarks.infra import Infrastructure, wait_for_port
 from benchmarks.machine import CpuPlan
 from benchmarks.pinned import Samples, SpecT, run_pinned
 from benchmarks.sizes import Sizes
 from devstack.processes import child_env, free_port, python_module
-from devstack.stack import MALLOC_ENV, Stack
+from devstack.stack import MALLOC_ENV, ROOT, Stack, default_worker_processes
 from jobcore.database import asyncpg_dsn
+from jobcore.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-PHASES = ("references", "edge", "edge-noauth", "flow", "delay0")
-WORKER_PROCESSES = 2
+PHASES = ("references", "edge", "edge-noauth", "flow", "delay0", "defaults")
+# As `make run` starts them: one per CPU.
+WORKER_PROCESSES = default_worker_processes()
 MIB = 1024 * 1024
 
 # What every stack runs with: the documented defaults, written out so a run is reproducible.
@@ -48,7 +52,7 @@ BASE_ENV = {
     "MAX_JOB_NUMBERS": "100000",
     "GRPC_MAX_MESSAGE_BYTES": str(16 * MIB),
     "SIMULATED_DELAY_SECONDS": "2",
-    "WORKER_CONCURRENCY": "500",
+    # WORKER_CONCURRENCY is left to its default, sized from the delay (the report shows it).
     "SERVER_PROCESSES": "1",
     # Every call presents the stack's development key, and counts against its rate.
     "AUTH_MODE": "required",
@@ -63,10 +67,17 @@ PHASE_ENVS: dict[str, dict[str, str]] = {
     # generator (and Envoy for REST), two processes measured 1.0-1.3 x its gRPC throughput
     # but 0.6-0.7 x its REST throughput, and the kernel spread the client's connections
     # unevenly between them (p99 about 2 x p50 instead of 1.3 x).
-    "edge": BASE_ENV | {"REDISPATCH_AFTER_SECONDS": "3600"},
+    # Without workers every submitted job stays unfinished: lift the tenant's limit on them.
+    "edge": BASE_ENV
+    | {"REDISPATCH_AFTER_SECONDS": "3600", "MAX_UNFINISHED_JOBS_PER_TENANT": "100000000"},
     # The same edge without authentication: what checking keys and counting rates costs.
     "edge-noauth": BASE_ENV
-    | {"REDISPATCH_AFTER_SECONDS": "3600", "AUTH_MODE": "none", "RATE_LIMIT_PER_CREDENTIAL": ""},
+    | {
+        "REDISPATCH_AFTER_SECONDS": "3600",
+        "MAX_UNFINISHED_JOBS_PER_TENANT": "100000000",
+        "AUTH_MODE": "none",
+        "RATE_LIMIT_PER_CREDENTIAL": "",
+    },
     # The streams and their memory are measured on one server process.
     "flow": dict(BASE_ENV),
     "delay0": BASE_ENV
@@ -77,6 +88,8 @@ PHASE_ENVS: dict[str, dict[str, str]] = {
     },
 }
 PHASE_WORKERS = {"edge": 0, "edge-noauth": 0, "flow": WORKER_PROCESSES, "delay0": WORKER_PROCESSES}
+# `make run` with no settings: the environment devstack gives its stack, nothing more.
+DEFAULTS_ENV = {"ENVIRONMENT": "development"}
 _SAMPLED_IDS = 1000
 # The shape of a real API key, for R1's client to send (the echo server reads no metadata).
 ECHO_API_KEY = "jobs_00000000_" + "0" * 43
@@ -149,6 +162,38 @@ class Run:
                 recorder.wait(60)
 
 
+def worker_slots(env: dict[str, str]) -> int:
+    """WORKER_CONCURRENCY as a worker with `env` resolves it (set, or sized from the delay)."""
+    delay = float(env.get("SIMULATED_DELAY_SECONDS", "2"))
+    concurrency = int(env.get("WORKER_CONCURRENCY") or 0) or None
+    return Settings(simulated_delay_seconds=delay, worker_concurrency=concurrency).worker_slots
+
+
+def phase_stacks() -> dict[str, tuple[dict[str, str], str]]:
+    """Each phase's stack: its environment, and what it runs (for BENCHMARKS.md)."""
+    stacks = {
+        phase: (env, f"{PHASE_WORKERS[phase]} worker processes of {worker_slots(env)} slots")
+        for phase, env in PHASE_ENVS.items()
+    }
+    stacks["defaults"] = (
+        DEFAULTS_ENV,
+        f"`make run`'s stack: its own PostgreSQL and Redis, Flower, {WORKER_PROCESSES} worker "
+        f"processes of {worker_slots({})} slots",
+    )
+    return stacks
+
+
+def stack_pids(run: Run, stack: Stack) -> tuple[int, ...]:
+    """Every process of a stack (roots: their children count with them): server, workers,
+    Envoy, Flower if it runs, and PostgreSQL and Redis (the run's shared ones, or its own)."""
+    processes = [stack.server, stack.envoy, *stack.workers]
+    if stack.config.flower:
+        processes.append(stack.flower)
+    embedded = [service.process for service in (stack.postgres, stack.redis) if service]
+    pids = [process.pid for process in [*processes, *embedded] if process.pid is not None]
+    return (*pids, *(() if embedded else run.infra.service_pids()))
+
+
 def service_pids(stack: Stack) -> dict[str, int | None]:
     """The Python processes of a stack, by name: what --profile records and big_job measures.
 
@@ -202,8 +247,10 @@ def references(run: Run) -> None:
         "celery-reference",
         [*worker, "--loglevel=WARNING"],
         env=child_env({celery_ref.URL_VARIABLE: url}),
-    ):
+    ) as celery_worker:
         run.say("R2: bare Celery no-op round trips, default prefork pool")
+        assert celery_worker.pid is not None
+        redis_pid = run.infra.redis.process.pid
         run.load(
             loadgen.celery_round_trips,
             loadgen.CeleryRoundTrips(
@@ -215,6 +262,10 @@ def references(run: Run) -> None:
                 warmup_tasks=200,
                 repeats=sizes.repeats,
                 timeout_seconds=120,
+                # The worker (with its prefork children) and the broker, as the service's CPU
+                # per job counts its own processes and not the client's.
+                cpu_pids=(celery_worker.pid, *([redis_pid] if redis_pid else [])),
+                cpu_name="celery_noop_cpu_ms_per_task",
             ),
             timeout_seconds=180 + sizes.repeats * sizes.celery_noop_tasks / 50,
         )
@@ -254,6 +305,25 @@ def edge(run: Run) -> None:
         run.load(
             loadgen.submit_rest,
             _throughput(run, "submit_rest_c128", stack.gateway_target, api_key=stack.api_key),
+            timeout_seconds=_throughput_timeout(sizes),
+            profile=service_pids(stack),
+        )
+        run.say(
+            f"edge: BatchSubmitJobs, {sizes.batch_size:,} jobs a call, "
+            f"{sizes.batch_in_flight} calls in flight"
+        )
+        run.load(
+            loadgen.submit_batches,
+            loadgen.BatchThroughput(
+                name="batch_submit",
+                target=stack.grpc_target,
+                api_key=stack.api_key,
+                batch_size=sizes.batch_size,
+                in_flight=sizes.batch_in_flight,
+                warmup_seconds=sizes.warmup_seconds,
+                window_seconds=sizes.window_seconds,
+                repeats=sizes.repeats,
+            ),
             timeout_seconds=_throughput_timeout(sizes),
             profile=service_pids(stack),
         )
@@ -313,6 +383,7 @@ def flow(run: Run) -> None:
             loadgen.WatchLoad(
                 target=stack.grpc_target,
                 api_key=stack.api_key,
+                dsn=asyncpg_dsn(stack.database_url),
                 server_pid=stack.server.pid,
                 idle_job_ids=tuple(idle_ids),
                 channels=max(sizes.channels, sizes.watch_streams // 500),
@@ -327,7 +398,7 @@ def flow(run: Run) -> None:
             profile=service_pids(stack),
         )
         run.say("flow: submit→SUCCESS with the 2 s delay, sustained")
-        concurrency = int(PHASE_ENVS["flow"]["WORKER_CONCURRENCY"])
+        concurrency = worker_slots(PHASE_ENVS["flow"])
         run.load(
             loadgen.lifecycle,
             loadgen.Lifecycle(
@@ -371,11 +442,40 @@ def delay0(run: Run) -> None:
                 window_seconds=0,
                 repeats=sizes.lifecycle_delay0_repeats,
                 delay_seconds=0,
+                cpu_pids=stack_pids(run, stack),
             ),
             timeout_seconds=120
             + (sizes.lifecycle_delay0_repeats + 1) * (60 + sizes.lifecycle_delay0_jobs / 20),
             profile=service_pids(stack),
         )
+        jobs = sizes.lifecycle_delay0_batch_jobs
+        run.say(
+            f"delay0: {jobs:,} jobs submit→SUCCESS, delay 0, submitted {sizes.batch_size:,} a "
+            f"call with BatchSubmitJobs ({sizes.batch_in_flight} calls in flight)"
+        )
+        run.load(
+            loadgen.lifecycle,
+            loadgen.Lifecycle(
+                name="lifecycle_delay0_batch",
+                target=stack.grpc_target,
+                api_key=stack.api_key,
+                dsn=asyncpg_dsn(stack.database_url),
+                in_flight=sizes.batch_in_flight,
+                channels=sizes.batch_in_flight,
+                jobs=jobs,
+                max_outstanding=jobs,
+                warmup_seconds=0,
+                window_seconds=0,
+                repeats=sizes.repeats,
+                delay_seconds=0,
+                batch_size=sizes.batch_size,
+                cpu_pids=stack_pids(run, stack),
+            ),
+            timeout_seconds=120 + (sizes.repeats + 1) * (60 + jobs / 20),
+            profile=service_pids(stack),
+        )
+        # The issue's name for the stack's CPU per job in the zero-delay flow.
+        run.samples["cpu_ms_per_job"] = run.samples.pop("lifecycle_delay0_batch_cpu_ms_per_job")
         run.say(f"delay0: one job of {sizes.bigjob_numbers:,} numbers at a time")
         processes = tuple(
             (name, pid) for name, pid in service_pids(stack).items() if pid is not None
@@ -397,10 +497,100 @@ def delay0(run: Run) -> None:
         )
 
 
+def defaults(run: Run) -> None:
+    """`make run` with no settings: `jobs submit --count N --watch` timed, then the idle stack."""
+    sizes = run.sizes
+    with run.infra.own_stack("defaults", workers=WORKER_PROCESSES) as stack:
+        run.say(
+            f"defaults: `jobs submit --count {sizes.cli_jobs} --watch cube_sum 1 2 3` on a "
+            f"make run stack ({WORKER_PROCESSES} worker processes of {worker_slots({})} slots)"
+        )
+        for attempt in range(sizes.cli_repeats):
+            seconds = _cli_submit_and_watch(run, stack, jobs=sizes.cli_jobs, attempt=attempt)
+            run.samples.setdefault(f"cli_{sizes.cli_jobs}_watch_seconds", []).append(seconds)
+            run.say(f"  {seconds:.2f} s")
+        run.say(
+            f"defaults: the idle stack's CPU over {sizes.idle_window_seconds:g} s, "
+            f"{sizes.idle_wait_seconds:g} s after its last job"
+        )
+        time.sleep(sizes.idle_wait_seconds)
+        _idle_cpu(run, stack, window_seconds=sizes.idle_window_seconds)
+
+
+def _cli_submit_and_watch(run: Run, stack: Stack, *, jobs: int, attempt: int) -> float:
+    """Wall time of the CLI command, as a user runs it (interpreter start-up included)."""
+    command = [
+        sys.executable,
+        "-m",
+        "cli",
+        "--target",
+        stack.grpc_target,
+        "submit",
+        "--count",
+        str(jobs),
+        "--watch",
+        "cube_sum",
+        "1",
+        "2",
+        "3",
+    ]
+    if run.profile_dir is not None:
+        # The CLI's own time, profiled as the service's processes are.
+        run.profile_dir.mkdir(parents=True, exist_ok=True)
+        profile = run.profile_dir / f"cli-{attempt}.txt"
+        py_spy = str(Path(sys.executable).parent / "py-spy")
+        recorder = [py_spy, "record", "--rate", "100", "--format", "raw", "-o", str(profile)]
+        command = [*recorder, "--", *command]
+    log = run.infra.log_dir / f"cli-{attempt}.log"
+    started = time.perf_counter()
+    with log.open("wb") as output_file:
+        completed = subprocess.run(
+            command,
+            env=child_env({"JOBS_API_KEY": stack.api_key}),
+            cwd=ROOT,
+            stdout=output_file,
+            stderr=subprocess.STDOUT,
+            timeout=600,
+            check=False,
+        )
+    seconds = time.perf_counter() - started
+    if completed.returncode != 0:
+        tail = log.read_text(errors="replace")[-2000:]
+        raise RuntimeError(f"the CLI exited with status {completed.returncode}:\n{tail}")
+    return seconds
+
+
+_IDLE_PARTS = ("server", "workers", "envoy", "flower", "postgres", "redis")
+
+
+def _idle_cpu(run: Run, stack: Stack, *, window_seconds: float) -> None:
+    """CPU cores the whole stack uses while idle, and each of its parts."""
+    parts = {
+        "server": [stack.server],
+        "workers": list(stack.workers),
+        "envoy": [stack.envoy],
+        "flower": [stack.flower],
+        "postgres": [stack.postgres.process] if stack.postgres else [],
+        "redis": [stack.redis.process] if stack.redis else [],
+    }
+    meters = {
+        name: CpuMeter(process.pid for process in processes if process.pid is not None)
+        for name, processes in parts.items()
+    }
+    for meter in meters.values():
+        meter.start()
+    time.sleep(window_seconds)
+    used = {name: meter.used() / window_seconds for name, meter in meters.items()}
+    run.samples["idle_cpu_cores"] = [sum(used.values())]
+    for name in _IDLE_PARTS:
+        run.samples[f"idle_cpu_cores_{name}"] = [used[name]]
+
+
 PHASE_FUNCTIONS: dict[str, Callable[[Run], None]] = {
     "references": references,
     "edge": edge,
     "edge-noauth": edge_without_authentication,
     "flow": flow,
     "delay0": delay0,
+    "defaults": defaults,
 }

@@ -27,6 +27,17 @@ class Sizes:
     lifecycle_delay0_jobs: int
     lifecycle_delay0_repeats: int
     bigjob_numbers: int
+    # BatchSubmitJobs: jobs per call and calls in flight (the 1,000 and 8).
+    batch_size: int
+    batch_in_flight: int
+    # Zero-delay jobs submitted in batches, submit to SUCCESS, per repeat.
+    lifecycle_delay0_batch_jobs: int
+    # `jobs submit --count N --watch` on a `make run` stack, timed this many times.
+    cli_jobs: int
+    cli_repeats: int
+    # The idle stack: how long after its last job, and over how long, its CPU is measured.
+    idle_wait_seconds: float
+    idle_window_seconds: float
 
 
 FULL = Sizes(
@@ -41,12 +52,19 @@ FULL = Sizes(
     getstatus_calls=1000,
     getstatus_small_rows=10_000,
     getstatus_large_rows=1_000_000,
-    watch_streams=10_000,
+    watch_streams=50_000,
     watch_events_per_second=500.0,
     lifecycle_delay0_jobs=20_000,
     # One batch of 20,000 (after a warm-up): at this service's rate more would not fit 10 minutes.
     lifecycle_delay0_repeats=1,
     bigjob_numbers=1_000_000,
+    batch_size=1000,
+    batch_in_flight=8,
+    lifecycle_delay0_batch_jobs=20_000,
+    cli_jobs=2000,
+    cli_repeats=3,
+    idle_wait_seconds=60.0,
+    idle_window_seconds=15.0,
 )
 
 QUICK = Sizes(
@@ -66,4 +84,11 @@ QUICK = Sizes(
     lifecycle_delay0_jobs=500,
     lifecycle_delay0_repeats=2,
     bigjob_numbers=100_000,
+    batch_size=1000,
+    batch_in_flight=8,
+    lifecycle_delay0_batch_jobs=2000,
+    cli_jobs=300,
+    cli_repeats=1,
+    idle_wait_seconds=5.0,
+    idle_window_seconds=3.0,
 )

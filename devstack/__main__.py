@@ -12,8 +12,7 @@ from types import FrameType
 
 from devstack import secrets
 from devstack.processes import port_in_use
-from devstack.stack import ROOT, Stack, StackConfig, StackPorts
-from jobcore.settings import cpus_available
+from devstack.stack import ROOT, Stack, StackConfig, StackPorts, default_worker_processes
 
 logger = logging.getLogger("devstack")
 
@@ -23,12 +22,6 @@ DATA_DIR = Path(os.environ.get("LOCAL_DATA_DIR", ROOT / ".data"))
 
 def _port(name: str, default: int) -> int:
     return int(os.environ.get(name, default))
-
-
-def worker_processes() -> int:
-    """How many worker processes `make run` starts: WORKER_PROCESSES, else one per CPU (as
-    `python -m worker` would run)."""
-    return int(os.environ.get("WORKER_PROCESSES") or 0) or cpus_available()
 
 
 def _ports() -> StackPorts:
@@ -78,7 +71,7 @@ def main() -> int:
     ports = _ports()
     database_url = os.environ.get("DATABASE_URL") or None
     redis_url = os.environ.get("REDIS_URL") or None
-    workers = worker_processes()
+    workers = default_worker_processes()
     problems = _taken_ports(
         ports, workers=workers, embedded_pg=database_url is None, embedded_redis=redis_url is None
     )

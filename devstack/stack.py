@@ -50,6 +50,7 @@ from jobcore.errors import UnauthenticatedError
 from jobcore.identity import ALL_SCOPES, DEFAULT_TENANT
 from jobcore.keys.ring import KeyRing
 from jobcore.keys.store import KeyStore, create_key
+from jobcore.settings import cpus_available
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +63,12 @@ MALLOC_ENV = {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": "131072"}
 DEVELOPMENT_KEY_NAME = "make run"
 
 _T = TypeVar("_T")
+
+
+def default_worker_processes() -> int:
+    """How many worker processes `make run` starts: WORKER_PROCESSES, else one per CPU (as
+    `python -m worker` would run)."""
+    return int(os.environ.get("WORKER_PROCESSES") or 0) or cpus_available()
 
 
 @dataclass(frozen=True)
