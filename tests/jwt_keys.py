@@ -30,6 +30,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
+from jobcore.jwt_tokens import JwksSource, JwtVerifier
+
 Algorithm = Literal["RS256", "ES256"]
 
 DEFAULT_ISSUER = "https://idp.jobs.test"
@@ -141,6 +143,16 @@ class TokenMinter:
 
     def _published(self) -> None:
         """Hook: the JWKS changed."""
+
+    def verifier(self, keys: JwksSource, *, leeway_seconds: float) -> JwtVerifier:
+        """A verifier that takes this minter's tokens (its issuer, audience and tenant claim)."""
+        return JwtVerifier(
+            keys,
+            issuer=self.issuer,
+            audience=self.audience,
+            tenant_claim=self.tenant_claim,
+            leeway_seconds=leeway_seconds,
+        )
 
     def claims(
         self,

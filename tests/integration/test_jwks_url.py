@@ -94,14 +94,13 @@ async def supervisor() -> AsyncIterator[Supervisor]:
     assert running.failure is None
 
 
-def _verifier(minter: TokenMinter, source: JwksSource) -> JwtVerifier:
-    return JwtVerifier(
-        source,
-        issuer=minter.issuer,
-        audience=minter.audience,
-        tenant_claim=minter.tenant_claim,
-        leeway_seconds=5,
-    )
+async def _kept_fresh(
+    minter: TokenMinter, source: JwksSource, supervisor: Supervisor
+) -> JwtVerifier:
+    """A verifier of `minter`'s tokens on `source`, loaded, then refreshed under `supervisor`."""
+    await source.load()
+    supervisor.start(JWKS_TASK, source.run())
+    return minter.verifier(source, leeway_seconds=5)
 
 
 def _tenant_of(verifier: JwtVerifier, token: str) -> str | None:
@@ -191,9 +190,7 @@ async def test_a_token_of_a_new_key_makes_the_refresh_come_early(
         refresh_interval=timedelta(hours=1),
         early_refresh_min_interval=timedelta(milliseconds=200),
     )
-    await source.load()
-    supervisor.start(JWKS_TASK, source.run())
-    verifier = _verifier(minter, source)
+    verifier = await _kept_fresh(minter, source, supervisor)
 
     minter.rotate("RS256")
     token = minter.token(tenant="acme")
@@ -215,9 +212,7 @@ async def test_unknown_key_ids_never_cost_a_fetch_per_call(
         refresh_interval=timedelta(hours=1),
         early_refresh_min_interval=timedelta(minutes=1),
     )
-    await source.load()
-    supervisor.start(JWKS_TASK, source.run())
-    verifier = _verifier(minter, source)
+    verifier = await _kept_fresh(minter, source, supervisor)
 
     for _ in range(200):
         made_up = SigningKey.generate("ES256").sign(minter.claims())
@@ -232,9 +227,7 @@ async def test_the_periodic_refresh_drops_a_retired_key(
     minter: TokenMinter, jwks_server: JwksServer, supervisor: Supervisor
 ) -> None:
     source = JwksSource.from_url(jwks_server.url, refresh_interval=timedelta(milliseconds=100))
-    await source.load()
-    supervisor.start(JWKS_TASK, source.run())
-    verifier = _verifier(minter, source)
+    verifier = await _kept_fresh(minter, source, supervisor)
     old_key = minter.key("RS256")
     old_token = minter.token(tenant="acme")
     assert verifier.verify(old_token).tenant == "acme"
@@ -260,9 +253,7 @@ async def test_an_outage_keeps_the_keys_and_is_logged_once(
 ) -> None:
     caplog.set_level(logging.INFO, logger="jobcore.supervision")
     source = JwksSource.from_url(jwks_server.url, refresh_interval=timedelta(milliseconds=100))
-    await source.load()
-    supervisor.start(JWKS_TASK, source.run())
-    verifier = _verifier(minter, source)
+    verifier = await _kept_fresh(minter, source, supervisor)
     token = minter.token(tenant="acme")
 
     jwks_server.status = 503

@@ -49,21 +49,11 @@ def _source(
     )
 
 
-def _verifier(minter: TokenMinter, source: JwksSource) -> JwtVerifier:
-    return JwtVerifier(
-        source,
-        issuer=minter.issuer,
-        audience=minter.audience,
-        tenant_claim=minter.tenant_claim,
-        leeway_seconds=LEEWAY_SECONDS,
-    )
-
-
 @pytest.fixture
 async def verifier(minter: TokenMinter) -> JwtVerifier:
     source = _source(minter.jwks_json)
     await source.load()
-    return _verifier(minter, source)
+    return minter.verifier(source, leeway_seconds=LEEWAY_SECONDS)
 
 
 def _refused(verifier: JwtVerifier, token: str, reason: str) -> None:
@@ -268,7 +258,10 @@ async def test_a_token_without_kid_matches_a_jwks_of_one_key() -> None:
     await source.load()
     token = single.key("ES256").sign(single.claims(), headers={"kid": None})
 
-    assert _verifier(single, source).verify(token).actor == "jwt:test-user"
+    assert (
+        single.verifier(source, leeway_seconds=LEEWAY_SECONDS).verify(token).actor
+        == "jwt:test-user"
+    )
 
 
 def _jwk(key: Any, **extra: Any) -> dict[str, Any]:
@@ -340,7 +333,7 @@ async def test_a_failed_refresh_keeps_the_keys() -> None:
     served = [rotating.jwks_json()]
     source = _source(lambda: served[-1])
     await source.load()
-    verifier = _verifier(rotating, source)
+    verifier = rotating.verifier(source, leeway_seconds=LEEWAY_SECONDS)
     served.append(b"<html>oops</html>")
 
     with pytest.raises(Exception, match="the keys loaded before stay in use"):
@@ -367,7 +360,7 @@ async def test_an_unknown_kid_asks_for_one_early_refresh_at_most_every_few_secon
         clock=clock,
     )
     await source.load()
-    verifier = _verifier(rotating, source)
+    verifier = rotating.verifier(source, leeway_seconds=LEEWAY_SECONDS)
     stranger = SigningKey.generate("RS256").sign(rotating.claims())
 
     clock.now += 4
@@ -392,7 +385,7 @@ async def test_run_fetches_a_rotated_key_early_when_a_token_names_it() -> None:
         early_refresh_min_interval=timedelta(seconds=0),
     )
     await source.load()
-    verifier = _verifier(rotating, source)
+    verifier = rotating.verifier(source, leeway_seconds=LEEWAY_SECONDS)
     refresher = asyncio.create_task(source.run())
     try:
         new_key = rotating.rotate("ES256")
