@@ -12,7 +12,13 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from gateway.config import GatewayOptions, submit_body_limit, write_config
+from gateway.config import (
+    DEFAULT_GRPC_MAX_MESSAGE_BYTES,
+    GatewayOptions,
+    batch_body_limit,
+    submit_body_limit,
+    write_config,
+)
 
 # The server's heartbeat default (jobcore.settings): a watch idle timeout must exceed it.
 DEFAULT_WATCH_HEARTBEAT_SECONDS = 15.0
@@ -85,6 +91,17 @@ def parse_args(
         default=int(env.get("GATEWAY_MAX_REQUEST_BYTES") or submit_body_limit(max_job_numbers)),
         help="larger submit bodies are answered with 413 (default: GATEWAY_MAX_REQUEST_BYTES, "
         "else derived from MAX_JOB_NUMBERS: 32 bytes per number plus 64 KiB)",
+    )
+    max_message_bytes = int(env.get("GRPC_MAX_MESSAGE_BYTES") or DEFAULT_GRPC_MAX_MESSAGE_BYTES)
+    parser.add_argument(
+        "--max-batch-request-bytes",
+        type=int,
+        default=int(
+            env.get("GATEWAY_MAX_BATCH_REQUEST_BYTES") or batch_body_limit(max_message_bytes)
+        ),
+        help="larger batch submit bodies are answered with 413 (default: "
+        "GATEWAY_MAX_BATCH_REQUEST_BYTES, else derived from the gRPC server's "
+        "GRPC_MAX_MESSAGE_BYTES: 32 bytes per 8 of the message, 1 KiB per request, 64 KiB)",
     )
     parser.add_argument(
         "--max-other-request-bytes",
@@ -178,6 +195,7 @@ def parse_args(
             descriptor_path=args.descriptor.absolute(),
             max_request_bytes=args.max_request_bytes,
             max_other_request_bytes=args.max_other_request_bytes,
+            max_batch_request_bytes=args.max_batch_request_bytes,
             health_check_interval_seconds=args.health_check_interval_seconds,
             tls_cert_file=_path_or_none(args.tls_cert_file),
             tls_key_file=_path_or_none(args.tls_key_file),

@@ -1,6 +1,6 @@
 """The Envoy bootstrap of the gateway: envoy.yaml, beside this module, with what varies filled in.
 
-envoy.yaml is the whole configuration as an Envoy user reads it, and submit.lua the submit route's
+envoy.yaml is the whole configuration as an Envoy user reads it, and submit.lua the submit routes'
 script. Python holds only what differs between a local run, the tests and the container image
 (addresses, whether the upstream is a DNS name, TLS files, the edge limits, the accepted origins
 and hosts, file paths), and the few names the OpenAPI generator shares with the routes.
@@ -31,6 +31,8 @@ OPENAPI_PATH = "/openapi.json"
 DOCS_PATH = "/docs"
 # The submit route, which answers 201 instead of the transcoder's 200.
 SUBMIT_PATH_REGEX = "^/api/v1/jobs/*$"
+# The batch submit route, which answers 201 too.
+BATCH_SUBMIT_PATH = "/api/v1/jobs:batchSubmit"
 # What the docs page loads from the `swagger-ui-dist` package: only these are served.
 SWAGGER_UI_FILES = ("swagger-ui-bundle.js", "swagger-ui.css", "favicon-32x32.png")
 SWAGGER_UI_PACKAGE = Path("node_modules") / "swagger-ui-dist"
@@ -44,6 +46,14 @@ DASHBOARD_BUILD = Path("dashboard") / "dist"
 SUBMIT_BYTES_PER_NUMBER = 32
 # Room for the other fields of a submit (operation, request_id) and the JSON around them.
 SUBMIT_BYTES_SLACK = 64 * 1024
+# The bytes of one number in a gRPC message (a packed double).
+MESSAGE_BYTES_PER_NUMBER = 8
+# The most requests in one batch (the contract's limit), and room for the fields of each besides
+# its numbers: a request_id of 128 characters, each written as a 6-character escape, and the rest.
+BATCH_MAX_REQUESTS = 1000
+BATCH_BYTES_PER_REQUEST = 1024
+# The gRPC server's message limit when GRPC_MAX_MESSAGE_BYTES is not set (jobcore.settings).
+DEFAULT_GRPC_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 # Hosts accepted by default: the names a browser or client on this machine uses. A DNS name an
 # attacker controls that resolves to 127.0.0.1 (DNS rebinding) is refused.
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "[::1]")
@@ -52,6 +62,18 @@ LOCAL_HOSTS = ("localhost", "127.0.0.1", "[::1]")
 def submit_body_limit(max_job_numbers: int) -> int:
     """The largest REST submit body worth reading when a job may carry `max_job_numbers` numbers."""
     return max_job_numbers * SUBMIT_BYTES_PER_NUMBER + SUBMIT_BYTES_SLACK
+
+
+def batch_body_limit(max_message_bytes: int) -> int:
+    """The largest REST batch submit body worth reading when the gRPC server takes messages of
+    up to `max_message_bytes`: as many numbers as fit in such a message, each as long as JSON
+    may write it, and 1,000 requests' other fields."""
+    numbers = max_message_bytes // MESSAGE_BYTES_PER_NUMBER
+    return (
+        numbers * SUBMIT_BYTES_PER_NUMBER
+        + BATCH_MAX_REQUESTS * BATCH_BYTES_PER_REQUEST
+        + SUBMIT_BYTES_SLACK
+    )
 
 
 @dataclass(frozen=True)
@@ -69,6 +91,8 @@ class GatewayOptions:
     descriptor_path: Path
     # The submit route's body cap (its body is buffered for submit.lua): the largest valid submit.
     max_request_bytes: int = submit_body_limit(100_000)
+    # The batch submit route's (buffered too): the largest batch the gRPC server takes.
+    max_batch_request_bytes: int = batch_body_limit(DEFAULT_GRPC_MAX_MESSAGE_BYTES)
     # Every other REST body (cancel) is small.
     max_other_request_bytes: int = 64 * 1024
     health_check_interval_seconds: float = 1.0
@@ -109,7 +133,7 @@ class GatewayOptions:
                     f"upstream host {self.upstream_host!r} is not an IP address: "
                     "a host name needs upstream_dns=True"
                 ) from None
-        for name in ("max_request_bytes", "max_other_request_bytes"):
+        for name in ("max_request_bytes", "max_other_request_bytes", "max_batch_request_bytes"):
             if not 0 < getattr(self, name) < 2**32:
                 raise ValueError(f"{name} must be between 1 and 2**32 - 1")
         if self.health_check_interval_seconds < 0.001:
@@ -192,6 +216,7 @@ def template_values(options: GatewayOptions) -> dict[str, object]:
         "submit_lua": str(SUBMIT_LUA),
         "max_request_bytes": options.max_request_bytes,
         "max_other_request_bytes": options.max_other_request_bytes,
+        "max_batch_request_bytes": options.max_batch_request_bytes,
         "health_check_interval": _seconds(options.health_check_interval_seconds),
         "tls_cert_file": str(options.tls_cert_file or ""),
         "tls_key_file": str(options.tls_key_file or ""),

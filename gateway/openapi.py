@@ -8,7 +8,7 @@ Timestamps as RFC 3339 strings), required and read-only fields from `google.api.
 and descriptions from the proto comments (the descriptor set keeps source info).
 
 What the descriptor cannot say comes from the gateway and the server and is listed here: the 201
-of the submit route, the error statuses Envoy maps gRPC codes to, the headers the server reads and
+of the submit routes, the error statuses Envoy maps gRPC codes to, the headers the server reads and
 sends, the google.rpc detail types the server sends, and the bearer credential every operation
 needs (which gives Swagger UI its Authorize button).
 """
@@ -27,7 +27,13 @@ from typing import Any
 from google.api import annotations_pb2, field_behavior_pb2, http_pb2
 from google.protobuf import descriptor_pb2
 
-from gateway.config import DOCS_PATH, OPENAPI_PATH, SERVICES, SUBMIT_PATH_REGEX
+from gateway.config import (
+    BATCH_SUBMIT_PATH,
+    DOCS_PATH,
+    OPENAPI_PATH,
+    SERVICES,
+    SUBMIT_PATH_REGEX,
+)
 
 OPENAPI_VERSION = "3.1.0"
 # The gateway serves its web folder at the root: these names are the URL paths.
@@ -677,14 +683,19 @@ def _header_parameter(
     return parameter
 
 
-def _is_create(verb: str, path: str) -> bool:
-    """The submit route, which the gateway answers with 201 instead of the transcoder's 200."""
+def _is_submit(verb: str, path: str) -> bool:
+    """The submit route (at the collection, with or without a trailing slash)."""
     return verb == "post" and re.fullmatch(SUBMIT_PATH_REGEX, path) is not None
+
+
+def _is_create(verb: str, path: str) -> bool:
+    """The submit routes, which the gateway answers with 201 instead of the transcoder's 200."""
+    return _is_submit(verb, path) or (verb == "post" and path == BATCH_SUBMIT_PATH)
 
 
 def _operation_description(method: _Method, *, path: str, verb: str, service: str) -> str:
     parts = [method.comment]
-    if _is_create(verb, path):
+    if _is_submit(verb, path):
         parts.append(
             f"Also accepted at `{path}/` (with a trailing slash), the address the first "
             "version of this API used."

@@ -1,19 +1,34 @@
--- The submit route's script (POST /api/v1/jobs), which runs before the gRPC-JSON transcoder.
+-- The submit routes' script (POST /api/v1/jobs and POST /api/v1/jobs:batchSubmit), which runs
+-- before the gRPC-JSON transcoder. The route's metadata names the message its body holds
+-- (`request_message` under envoy.filters.http.lua).
 --
 -- On the way in: the transcoder silently drops JSON fields the contract does not have, so a
--- misspelt or unsupported top-level field would be ignored. This answers 400 naming the first
--- top-level key that is not a field of SubmitJobRequest. Keys are compared by their JSON value,
--- as the transcoder reads them: "d\u0061ta" is "data". A key with an invalid escape is never a
--- field, so it is refused too.
+-- misspelt or unsupported field would be ignored. This answers 400 naming the first key that
+-- is not a field of the message: at the top level, and in each request of a batch
+-- (`requests[3].priority`). Keys are compared by their JSON value, as the transcoder reads them:
+-- "d\u0061ta" is "data". A key with an invalid escape is never a field, so it is refused too.
+-- Arrays of numbers are skipped in one search each, so a large body costs little.
 -- On the way back: the transcoder answers every success with 200; the REST API promised 201 for a
--- submit. Errors keep their status.
+-- submit, and a batch submit creates jobs the same way. Errors keep their status.
 
--- SubmitJobRequest's fields, by proto name and by proto3 JSON name.
-local allowed = {
-  ["data"] = true,
-  ["operation"] = true,
-  ["request_id"] = true,
-  ["requestId"] = true,
+-- The fields of each message, by proto name and by proto3 JSON name (`known` lists them for the
+-- error message); `items` gives, for a field holding messages, the fields of those.
+local submit_job_request = {
+  fields = {
+    ["data"] = true,
+    ["operation"] = true,
+    ["request_id"] = true,
+    ["requestId"] = true,
+  },
+  known = "data, operation, request_id",
+}
+local messages = {
+  SubmitJobRequest = submit_job_request,
+  BatchSubmitJobsRequest = {
+    fields = {["requests"] = true},
+    known = "requests",
+    items = {["requests"] = submit_job_request},
+  },
 }
 
 -- What a one-character escape (after the backslash) stands for.
@@ -72,53 +87,93 @@ local function json_string_value(text)
   end
 end
 
--- The first top-level key of a JSON object that is not allowed, or nil: its value, or its text
--- when an escape in it is invalid. Anything that is not an object is left to the transcoder.
-local function unknown_key(text)
-  local depth, i, n = 0, 1, #text
-  local top_is_object, expect_key = false, false
-  while i <= n do
+-- What the search stops at: in an object or an array of checked messages, every character that
+-- matters; in any other array (numbers), only a string or a bracket, so commas and numbers are
+-- skipped in one search.
+local EVERY = '["{}%[%],]'
+local BRACKETS = '["{}%[%]]'
+
+-- The first key of the JSON text that the message does not have, or nil: the key's path
+-- (`requests[3].priority`) with its value, or with its text when an escape in it is invalid; and
+-- the message it is not a field of. Anything that is not JSON is left to the transcoder.
+local function unknown_key(text, message)
+  -- One frame per open object or array: whether it is an object, the message an object is
+  -- checked against (nil: not checked), the message of the values of its current key (for an
+  -- array: of its items), and its path in the body.
+  local stack, depth, i = {}, 0, 1
+  while true do
+    local frame = stack[depth]
+    local stops = (frame == nil or frame.object or frame.items ~= nil) and EVERY or BRACKETS
+    i = text:find(stops, i)
+    if i == nil then return nil end
     local c = text:byte(i)
-    if c == 34 then -- a string: skip it, honouring escapes
+    if c == 34 then -- a string: find its end, honouring escapes
       local j = i + 1
-      while j <= n do
-        local d = text:byte(j)
-        if d == 92 then j = j + 2 elseif d == 34 then break else j = j + 1 end
+      while true do
+        j = text:find('["\\]', j)
+        if j == nil then return nil end
+        if text:byte(j) == 92 then j = j + 2 else break end
       end
-      if depth == 1 and top_is_object and expect_key then
+      if frame ~= nil and frame.object and frame.expect_key then
+        frame.expect_key = false
         local key = text:sub(i + 1, j - 1)
         local value = json_string_value(key)
-        if value == nil then return key end
-        if not allowed[value] then return value end
-        expect_key = false
+        if frame.message ~= nil then
+          if value == nil or not frame.message.fields[value] then
+            return frame.path, value or key, frame.message
+          end
+          frame.key = value
+          frame.items = frame.message.items and frame.message.items[value]
+        end
       end
       i = j + 1
-    else
-      if c == 123 or c == 91 then -- { or [
-        depth = depth + 1
-        if depth == 1 then top_is_object = (c == 123); expect_key = top_is_object end
-      elseif c == 125 or c == 93 then -- } or ]
-        depth = depth - 1
-      elseif c == 44 and depth == 1 then -- ,
-        expect_key = top_is_object
+    elseif c == 123 or c == 91 then -- { or [
+      local checked, path = nil, ""
+      if frame == nil then
+        checked = c == 123 and message or nil
+      elseif frame.object then
+        checked, path = frame.items, frame.path .. (frame.key or "")
+      else
+        checked, path = frame.items, frame.path .. "[" .. frame.index .. "]"
+      end
+      depth = depth + 1
+      if c == 123 then
+        stack[depth] = {object = true, message = checked, expect_key = true,
+                        path = path == "" and "" or path .. "."}
+      else
+        stack[depth] = {object = false, items = checked, index = 0, path = path}
+      end
+      i = i + 1
+    elseif c == 125 or c == 93 then -- } or ]
+      stack[depth] = nil
+      depth = depth - 1
+      i = i + 1
+    else -- ,
+      if frame ~= nil then
+        if frame.object then
+          frame.expect_key, frame.key, frame.items = true, nil, nil
+        else
+          frame.index = frame.index + 1
+        end
       end
       i = i + 1
     end
   end
-  return nil
 end
 
 function envoy_on_request(request_handle)
+  local message = messages[request_handle:metadata():get("request_message")]
   local body = request_handle:body()
-  if body == nil or body:length() == 0 then return end
-  local key = unknown_key(body:getBytes(0, body:length()))
-  if key ~= nil then
+  if message == nil or body == nil or body:length() == 0 then return end
+  local path, key, parent = unknown_key(body:getBytes(0, body:length()), message)
+  if path ~= nil then
     -- Envoy's local reply mapper (envoy.yaml) turns this text into the JSON error body. Only
     -- letters, digits and `_-.` of the key are echoed, each other byte as `?`.
     local shown = key:sub(1, 40):gsub("[^%w_%-%.]", "?")
     request_handle:respond(
       {[":status"] = "400", ["content-type"] = "text/plain"},
-      'unknown field "' .. shown .. '" in the request body; known fields: data, operation, request_id')
+      'unknown field "' .. path .. shown .. '" in the request body; known fields: '
+        .. parent.known)
   end
 end
 

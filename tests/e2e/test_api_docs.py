@@ -66,6 +66,13 @@ include-operation-id = "WatchJob"
 checks.negative_data_rejection.enabled = false
 
 [[operations]]
+include-operation-id = "BatchSubmitJobs"
+# The transcoder reads a lone number where a list of numbers belongs (`"data": 0` is `[0]`, as
+# protobuf's JSON parser reads any repeated field), so a request's `data` of the wrong type may be
+# accepted. SubmitJob's `data` is read the same way.
+checks.negative_data_rejection.enabled = false
+
+[[operations]]
 include-operation-id = "RevokeApiKey"
 # It would revoke the key the run presents, the session's (schemathesis takes ids from what
 # ListApiKeys returns). tests/e2e/test_edge_auth.py revokes keys of its own.
@@ -85,6 +92,8 @@ enabled = false
 
 OPERATIONS = {
     ("post", "/api/v1/jobs"): "SubmitJob",
+    ("post", "/api/v1/jobs:batchSubmit"): "BatchSubmitJobs",
+    ("get", "/api/v1/jobs:watch"): "WatchJobs",
     ("get", "/api/v1/jobs"): "ListJobs",
     ("get", "/api/v1/jobs/{job_id}/status"): "GetStatus",
     ("get", "/api/v1/jobs/{job_id}/result"): "GetResult",
@@ -190,6 +199,24 @@ def test_submit_takes_the_job_as_json_and_answers_201(document: dict[str, Any]) 
     assert key["required"] is False
     assert key["schema"] == {"type": "string"}
     assert "AIP-155" in key["description"]
+
+
+def test_batch_submit_takes_submit_requests_and_answers_201(document: dict[str, Any]) -> None:
+    batch = _operation(document, "BatchSubmitJobs")
+
+    schema = batch["requestBody"]["content"]["application/json"]["schema"]
+    assert schema["required"] == ["requests"]
+    assert schema["properties"]["requests"]["items"] == {
+        "$ref": "#/components/schemas/SubmitJobRequest"
+    }
+    assert "201" in batch["responses"]
+    assert "200" not in batch["responses"]
+    # Every refusal the contract names: invalid, a key reused, over the quota, unavailable.
+    assert {"400", "409", "413", "429", "503"} <= set(batch["responses"])
+    created = batch["responses"]["201"]["content"]["application/json"]["schema"]
+    assert created == {"$ref": "#/components/schemas/BatchSubmitJobsResponse"}
+    # A batch has no Idempotency-Key header: each request has its own request_id.
+    assert not any(name == "Idempotency-Key" for _, name in _parameters(batch))
 
 
 def test_reads_take_the_id_from_the_path(document: dict[str, Any]) -> None:

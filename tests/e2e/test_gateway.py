@@ -12,6 +12,7 @@ import pytest
 from devstack.processes import ManagedProcess, free_port, wait_for
 from devstack.stack import DESCRIPTOR, Stack
 from gateway import GatewayOptions, write_config
+from gateway.config import batch_body_limit
 from tests.conftest import TEST_MAX_MESSAGE_BYTES
 
 UNKNOWN_ID = "01a20000-0000-7000-8000-000000000000"
@@ -101,6 +102,23 @@ async def test_an_oversized_body_is_413_naming_the_limit(http: httpx.AsyncClient
     assert response.json() == {
         "code": 8,
         "message": f"request body is larger than {TEST_MAX_MESSAGE_BYTES} bytes",
+    }
+
+
+async def test_an_oversized_batch_body_is_413_naming_the_batch_limit(
+    http: httpx.AsyncClient,
+) -> None:
+    limit = batch_body_limit(TEST_MAX_MESSAGE_BYTES)
+    body = b'{"requests": [' + b" " * limit + b"]}"
+
+    response = await http.post(
+        "/api/v1/jobs:batchSubmit", content=body, headers={"content-type": "application/json"}
+    )
+
+    assert response.status_code == 413
+    assert response.json() == {
+        "code": 8,
+        "message": f"request body is larger than {limit} bytes",
     }
 
 

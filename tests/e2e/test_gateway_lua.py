@@ -138,3 +138,59 @@ async def test_errors_and_other_routes_keep_their_status(http: httpx.AsyncClient
     assert conflict.json()["code"] == 6
     assert listed.status_code == 200
     assert status.status_code == 200
+
+
+# --- The batch route: the same checks at the top level and in each request -------------------
+
+BATCH = "/api/v1/jobs:batchSubmit"
+
+
+async def test_a_batch_with_escaped_keys_is_accepted_and_answers_201(
+    http: httpx.AsyncClient,
+) -> None:
+    body = (
+        r'{"requ\u0065sts": [{"d\u0061ta": [1, 2], "operation": "square_sum"}, '
+        r'{"data": [3], "\u006fperation": "cube_sum", "request_id": "a\", \"priority\": \"1"}]}'
+    )
+
+    response = await _post(http, body, BATCH)
+
+    assert response.status_code == 201, response.text
+    first, second = response.json()["jobs"]
+    assert (await _final(http, first["id"]))["result"] == {"result": 5}
+    assert (await _final(http, second["id"]))["result"] == {"result": 27}
+
+
+@pytest.mark.parametrize(
+    ("body", "shown", "known"),
+    [
+        ('{"requests": [], "d\\u0061ta": [1]}', "data", "requests"),
+        # After a request whose numbers are skipped in one search, strings among them included.
+        (
+            '{"requests": [{"data": [' + ", ".join(["1.5e3"] * 500) + '], "operation": '
+            '"square_sum"}, {"data": [1], "operation": "square_sum", "pri\\u006frity": 1}]}',
+            "requests[1].priority",
+            "data, operation, request_id",
+        ),
+        ('{"requests": [{"data": [1], "d\\qata": 1}]}', "requests[0].d?qata", "data, operation"),
+    ],
+)
+async def test_an_unknown_key_anywhere_in_a_batch_is_400_naming_its_path(
+    http: httpx.AsyncClient, body: str, shown: str, known: str
+) -> None:
+    response = await _post(http, body, BATCH)
+
+    assert response.status_code == 400
+    message = response.json()["message"]
+    assert message.startswith(f'unknown field "{shown}" in the request body; known fields: {known}')
+
+
+async def test_objects_the_contract_does_not_describe_are_left_to_the_transcoder(
+    http: httpx.AsyncClient,
+) -> None:
+    # Not a request (it is in `data`): its keys are not checked here, and the transcoder refuses
+    # the object where a number belongs.
+    response = await _post(http, '{"requests": [{"data": [{"priority": 1}]}]}', BATCH)
+
+    assert response.status_code == 400
+    assert "priority" not in response.json()["message"]

@@ -206,3 +206,94 @@ async def test_known_fields_pass_the_unknown_field_check_even_in_big_bodies(
     response = await http.post("/api/v1/jobs", content=json.dumps(body, indent=2))
 
     assert response.status_code == 201
+
+
+# --- Batch submit ---------------------------------------------------------------------------
+
+BATCH = "/api/v1/jobs:batchSubmit"
+
+
+async def test_batch_submit_answers_201_with_the_jobs_in_request_order(
+    http: httpx.AsyncClient,
+) -> None:
+    operations = ["square_sum", "cube_sum", "square_sum"]
+    body = {
+        "requests": [
+            {"data": [index + 1, 2], "operation": operation, "request_id": str(uuid.uuid4())}
+            for index, operation in enumerate(operations)
+        ]
+    }
+
+    response = await http.post(BATCH, json=body)
+
+    assert response.status_code == 201, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    jobs = response.json()["jobs"]
+    assert [set(job) for job in jobs] == [JOB_FIELDS] * 3
+    assert [job["operation"] for job in jobs] == operations
+    assert all(job["status"] == "PENDING" for job in jobs)
+    results = [(await _result_when_final(http, job["id"]))["result"] for job in jobs]
+    assert results == [{"result": 5}, {"result": 16}, {"result": 13}]
+    # The same batch again: the same jobs.
+    again = await http.post(BATCH, json=body)
+    assert [job["id"] for job in again.json()["jobs"]] == [job["id"] for job in jobs]
+
+
+@pytest.mark.parametrize(
+    ("requests", "field"),
+    [
+        (
+            [{"data": [1], "operation": "square_sum"}, {"data": ["NaN"], "operation": "cube_sum"}],
+            "requests[1].data[0]",
+        ),
+        ([{"data": [1], "operation": "square_sum"}, {"data": [1]}], "requests[1].operation"),
+        ([], "requests"),
+    ],
+)
+async def test_an_invalid_batch_is_400_naming_the_field_in_its_request(
+    http: httpx.AsyncClient, requests: list[dict[str, Any]], field: str
+) -> None:
+    response = await http.post(BATCH, json={"requests": requests})
+
+    assert response.status_code == 400, response.text
+    error = response.json()
+    assert error["code"] == 3
+    bad_request = [d for d in error["details"] if d["@type"].endswith("google.rpc.BadRequest")]
+    assert [v["field"] for v in bad_request[0]["field_violations"]] == [field]
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "known"),
+    [
+        ({"requests": [], "atomic": True}, "atomic", "requests"),
+        (
+            {
+                "requests": [{"data": [1], "operation": "square_sum"}] * 3
+                + [{"data": [1], "operation": "square_sum", "priority": 1}]
+            },
+            "requests[3].priority",
+            "data, operation, request_id",
+        ),
+    ],
+)
+async def test_unknown_batch_fields_are_400_naming_them(
+    http: httpx.AsyncClient, body: dict[str, Any], field: str, known: str
+) -> None:
+    response = await http.post(BATCH, json=body)
+
+    assert response.status_code == 400
+    assert response.json() == {
+        "code": 3,
+        "message": f'unknown field "{field}" in the request body; known fields: {known}',
+    }
+
+
+async def test_a_batch_has_no_idempotency_key_header_of_its_own(http: httpx.AsyncClient) -> None:
+    response = await http.post(
+        BATCH,
+        json={"requests": [{"data": [1], "operation": "square_sum"}]},
+        headers={"idempotency-key": str(uuid.uuid4())},
+    )
+
+    assert response.status_code == 400
+    assert "Idempotency-Key" in response.json()["message"]

@@ -21,7 +21,13 @@ import gateway.config
 from devstack.stack import DESCRIPTOR
 from gateway import GatewayOptions, render_config
 from gateway.__main__ import parse_args
-from gateway.config import SERVICES, submit_body_limit
+from gateway.config import (
+    BATCH_MAX_REQUESTS,
+    SERVICES,
+    batch_body_limit,
+    submit_body_limit,
+)
+from server.submit_wire import MAX_BATCH_REQUESTS
 from tests.tls import ThrowawayCa
 
 ENVOY = str(Path(sys.executable).parent / "envoy")
@@ -193,6 +199,7 @@ def test_a_host_name_without_dns_is_refused() -> None:
     "overrides",
     [
         {"max_request_bytes": 0},
+        {"max_batch_request_bytes": 0},
         {"max_request_bytes": 2**32},
         {"max_other_request_bytes": 0},
         {"health_check_interval_seconds": 0},
@@ -223,6 +230,8 @@ def test_the_cli_defaults_match_a_local_run() -> None:
     # The largest valid submit of the default MAX_JOB_NUMBERS; far less for anything else.
     assert parsed.max_request_bytes == submit_body_limit(100_000)
     assert parsed.max_other_request_bytes == 64 * 1024
+    # The largest batch the server's default message limit (16 MiB) lets through.
+    assert parsed.max_batch_request_bytes == batch_body_limit(16 * 1024 * 1024)
     assert parsed.tls_cert_file is None
     assert parsed.upstream_tls_ca_file is None
     assert parsed.cors_origins == ()
@@ -235,6 +244,7 @@ def test_the_cli_reads_the_gateway_environment() -> None:
         ["--out", "/tmp/envoy.yaml"],
         environ={
             "MAX_JOB_NUMBERS": "1000",
+            "GRPC_MAX_MESSAGE_BYTES": "65536",
             "WATCH_HEARTBEAT_SECONDS": "30",
             "GATEWAY_TLS_CERT_FILE": "/tls/gateway.pem",
             "GATEWAY_TLS_KEY_FILE": "/tls/gateway.key",
@@ -246,6 +256,7 @@ def test_the_cli_reads_the_gateway_environment() -> None:
     )
 
     assert parsed.max_request_bytes == submit_body_limit(1000)
+    assert parsed.max_batch_request_bytes == batch_body_limit(65536)
     assert parsed.tls_cert_file == Path("/tls/gateway.pem")
     assert parsed.tls_key_file == Path("/tls/gateway.key")
     assert parsed.upstream_tls_ca_file == Path("/tls/ca.pem")
@@ -272,6 +283,23 @@ def test_a_valid_submit_of_max_job_numbers_fits_its_limit() -> None:
     )
 
     assert len(body.encode()) <= submit_body_limit(1000)
+
+
+def test_a_batch_of_as_many_numbers_as_a_message_holds_fits_its_limit() -> None:
+    message_bytes = 64 * 1024
+    # As many numbers as fit in the gRPC message, spread over a full batch, each request with
+    # the longest key written with escapes only, pretty-printed.
+    numbers = [-2.2250738585072014e-308] * (message_bytes // 8 // BATCH_MAX_REQUESTS)
+    key = "\u00e9" * 128
+    requests = [
+        f'{{"data": {json.dumps(numbers)}, "operation": "square_sum", "request_id": "{key}"}}'
+        for _ in range(BATCH_MAX_REQUESTS)
+    ]
+    body = '{\n    "requests": [\n        ' + ",\n        ".join(requests) + "\n    ]\n}"
+
+    assert len(body.encode()) <= batch_body_limit(message_bytes)
+    # The contract's limit, which the gateway and the server each know.
+    assert BATCH_MAX_REQUESTS == MAX_BATCH_REQUESTS
 
 
 def test_the_cli_takes_the_container_layout() -> None:
