@@ -114,7 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
         "(with --count, job i gets KEY-i)",
     )
     submit.add_argument(
-        "--count", type=_positive, default=1, metavar="N", help="submit N identical jobs"
+        "--count",
+        type=_positive,
+        default=1,
+        metavar="N",
+        help="submit N identical jobs, up to 1,000 per call (BatchSubmitJobs); each has a "
+        "request id, so a call sent again after an error returns the same jobs",
     )
 
     listing = commands.add_parser("list", help="list jobs, newest first")

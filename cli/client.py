@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,8 +21,16 @@ UNARY_TIMEOUT_SECONDS = 30.0
 RESUMABLE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED})
 RESUME_ATTEMPTS = 5
 RECONNECT_TIMEOUT_SECONDS = 10.0
-# Enough submissions in flight to keep the server busy without queueing thousands of calls.
-SUBMIT_CONCURRENCY = 64
+# The most requests in one BatchSubmitJobs call (the contract's limit), and how many such calls
+# are in flight at once: enough to keep a server busy, few enough not to queue behind each other.
+BATCH_SIZE = 1000
+BATCHES_IN_FLIGHT = 4
+# A batch that failed with these codes is sent again, at most BATCH_ATTEMPTS times in all: either
+# nothing was stored, or it was and the same request ids return the same jobs.
+RETRY_CODES = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED}
+)
+BATCH_ATTEMPTS = 5
 
 
 def _with_key(
@@ -144,15 +153,16 @@ async def _wait_for_server(channel: grpc.aio.Channel, *, attempt: int) -> None:
 
 
 def batch_requests(request: pb.SubmitJobRequest, count: int) -> list[pb.SubmitJobRequest]:
-    """`count` copies of `request`; a request_id becomes KEY-1 … KEY-N so a rerun is idempotent."""
+    """`count` copies of `request`, job i keyed KEY-i, so that a batch sent again returns the
+    same jobs: KEY is the request's request_id, or a new random one."""
     if count == 1:
         return [request]
+    key = request.request_id or str(uuid.uuid4())
     copies = []
     for index in range(1, count + 1):
         copy = pb.SubmitJobRequest()
         copy.CopyFrom(request)
-        if request.request_id:
-            copy.request_id = f"{request.request_id}-{index}"
+        copy.request_id = f"{key}-{index}"
         copies.append(copy)
     return copies
 
@@ -166,32 +176,77 @@ async def submit_batch(
     on_submitted: Callable[[pb.Job], None],
     on_finished: Callable[[pb.Job], None],
 ) -> list[pb.Job]:
-    """Submit every request (a bounded number at a time) and, with `watch`, follow each job.
+    """Submit every request with BatchSubmitJobs, BATCH_SIZE at a time, and, with `watch`,
+    follow each job as soon as its batch is stored.
 
     Returns the watched jobs in their final states (none without `watch`).
 
-    The first error stops the batch: the remaining calls are cancelled and that error is raised
+    The first error stops the whole: the remaining calls are cancelled and that error is raised
     (jobs already submitted stay submitted and were reported through `on_submitted`).
     """
-    slots = asyncio.Semaphore(SUBMIT_CONCURRENCY)
+    slots = asyncio.Semaphore(BATCHES_IN_FLIGHT)
     finished: list[pb.Job] = []
 
-    async def one(request: pb.SubmitJobRequest) -> None:
+    async def one(batch: Sequence[pb.SubmitJobRequest]) -> None:
         async with slots:
-            job = await stub.SubmitJob(request, timeout=UNARY_TIMEOUT_SECONDS)
-        on_submitted(job)
+            jobs = await _submit_with_retries(stub, channel, batch)
+        for job in jobs:
+            on_submitted(job)
         if watch:
-            final = job
-            async for update in watch_job(stub, channel, job.id):
-                final = update.job
-            finished.append(final)
-            on_finished(final)
+            finished.extend(await follow_jobs(stub, channel, jobs, on_finished=on_finished))
 
     try:
         async with asyncio.TaskGroup() as group:
-            for request in requests:
-                group.create_task(one(request))
+            for start in range(0, len(requests), BATCH_SIZE):
+                group.create_task(one(requests[start : start + BATCH_SIZE]))
     except ExceptionGroup as failed:
-        # Siblings fail with the same error (one invalid request is invalid N times): show one.
+        # Siblings fail with the same error (an unreachable server, N times): show one.
         raise failed.exceptions[0] from None
+    return finished
+
+
+async def _submit_with_retries(
+    stub: pb_grpc.JobServiceAsyncStub,
+    channel: grpc.aio.Channel,
+    batch: Sequence[pb.SubmitJobRequest],
+) -> Sequence[pb.Job]:
+    """One BatchSubmitJobs call, sent again after an error that may pass (see RETRY_CODES)."""
+    request = pb.BatchSubmitJobsRequest(requests=batch)
+    for attempt in range(1, BATCH_ATTEMPTS + 1):
+        try:
+            response = await stub.BatchSubmitJobs(request, timeout=UNARY_TIMEOUT_SECONDS)
+        except grpc.aio.AioRpcError as error:
+            if error.code() not in RETRY_CODES or attempt == BATCH_ATTEMPTS:
+                raise
+            await _wait_for_server(channel, attempt=attempt)
+        else:
+            return response.jobs
+    raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+async def follow_jobs(
+    stub: pb_grpc.JobServiceAsyncStub,
+    channel: grpc.aio.Channel,
+    jobs: Sequence[pb.Job],
+    *,
+    on_finished: Callable[[pb.Job], None],
+) -> list[pb.Job]:
+    """Follow these jobs until each is final, telling `on_finished` of each; their final states.
+
+    The seam for watching many jobs: today one resumable WatchJob stream per job, which may
+    start late since a stream begins with the job's whole history. One WatchJobs stream for all
+    of them would replace this body.
+    """
+    finished: list[pb.Job] = []
+
+    async def one(job: pb.Job) -> None:
+        final = job
+        async for update in watch_job(stub, channel, job.id):
+            final = update.job
+        finished.append(final)
+        on_finished(final)
+
+    async with asyncio.TaskGroup() as group:
+        for job in jobs:
+            group.create_task(one(job))
     return finished

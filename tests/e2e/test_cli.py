@@ -119,6 +119,17 @@ def test_submit_count_prints_one_line_per_job(stack: Stack) -> None:
     ] * 20
 
 
+def test_submit_count_run_again_with_its_key_returns_the_same_jobs(stack: Stack) -> None:
+    key = f"cli-count-{time.time_ns()}"
+    command = ("submit", "--count", "30", "--request-id", key, "square_sum", "3")
+
+    first = json_lines(jobs(stack.grpc_target, *command))
+    again = json_lines(jobs(stack.grpc_target, *command))
+
+    assert len({job["id"] for job in first}) == 30
+    assert [job["id"] for job in again] == [job["id"] for job in first]
+
+
 def test_request_id_makes_a_resubmission_return_the_same_job(stack: Stack) -> None:
     key = f"cli-test-{time.time_ns()}"
 
