@@ -135,6 +135,59 @@ describe("JobService through Envoy", { timeout: 60_000 }, () => {
     assert.deepEqual(fields.sort(), ["data[1]", "operation"]);
   });
 
+  it("submits a batch, answered in request order, and each job runs to SUCCESS", async () => {
+    const requestId = `ts-batch-${Date.now()}-${Math.random()}`;
+    const requests = [
+      { data: [1, 2], operation: Operation.square_sum, requestId: `${requestId}-1` },
+      { data: [1, 2], operation: Operation.cube_sum, requestId: `${requestId}-2` },
+      { data: [3], operation: Operation.square_sum, requestId: `${requestId}-3` },
+    ];
+
+    const { jobs: submitted } = await jobs.batchSubmitJobs({ requests });
+    const again = await jobs.batchSubmitJobs({ requests });
+
+    assert.deepEqual(
+      submitted.map((job) => job.operation),
+      requests.map((request) => request.operation),
+    );
+    for (const job of submitted) {
+      assert.match(job.id, UUID);
+      assert.equal(job.status, JobStatus.PENDING);
+    }
+    // Each request has its own key: the same batch again is the same jobs.
+    assert.deepEqual(
+      again.jobs.map((job) => job.id),
+      submitted.map((job) => job.id),
+    );
+    const results: (number | undefined)[] = [];
+    for (const job of submitted) {
+      let final = job;
+      for await (const update of jobs.watchJob({ jobId: job.id })) {
+        final = update.job ?? final;
+      }
+      assert.equal(final.status, JobStatus.SUCCESS);
+      results.push(final.result?.result);
+    }
+    assert.deepEqual(results, [5, 9, 9]);
+  });
+
+  it("refuses a batch with one invalid request as a whole, naming its field", async () => {
+    const error = await failure(
+      jobs.batchSubmitJobs({
+        requests: [
+          { data: [1], operation: Operation.square_sum },
+          { data: [Number.POSITIVE_INFINITY], operation: Operation.square_sum },
+        ],
+      }),
+    );
+
+    assert.equal(error.code, Code.InvalidArgument, error.message);
+    const fields = error
+      .findDetails(BadRequestSchema)
+      .flatMap((badRequest) => badRequest.fieldViolations.map((violation) => violation.field));
+    assert.deepEqual(fields, ["requests[1].data[0]"]);
+  });
+
   it("answers NOT_FOUND with ErrorInfo for an unknown job", async () => {
     const error = await failure(jobs.getStatus({ jobId: UNKNOWN_ID }));
 
