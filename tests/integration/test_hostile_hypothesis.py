@@ -42,9 +42,18 @@ CLIENT_CODES = {
 # What a client must never see: the database driver's or Python's own words.
 DRIVER_TEXT = ("asyncpg", "SQLSTATE", "Traceback", "syntax error", "DataError", "Unexpected <class")
 JOB_SERVICE = "/jobs.v1.JobService/"
-METHODS = ["SubmitJob", "GetStatus", "GetResult", "ListJobs", "CancelJob", "WatchJob"]
+METHODS = [
+    "SubmitJob",
+    "BatchSubmitJobs",
+    "GetStatus",
+    "GetResult",
+    "ListJobs",
+    "CancelJob",
+    "WatchJob",
+]
 REQUESTS: dict[str, type[Any]] = {
     "SubmitJob": pb.SubmitJobRequest,
+    "BatchSubmitJobs": pb.BatchSubmitJobsRequest,
     "GetStatus": pb.GetStatusRequest,
     "GetResult": pb.GetResultRequest,
     "ListJobs": pb.ListJobsRequest,
@@ -182,6 +191,12 @@ def _valid_message(method: str) -> bytes:
     job_id = str(uuid.uuid4())
     request = {
         "SubmitJob": pb.SubmitJobRequest(data=[1.0, 2.0], operation=pb.square_sum, request_id="k"),
+        "BatchSubmitJobs": pb.BatchSubmitJobsRequest(
+            requests=[
+                pb.SubmitJobRequest(data=[1.0, 2.0], operation=pb.square_sum, request_id="k1"),
+                pb.SubmitJobRequest(data=[3.0], operation=pb.cube_sum),
+            ]
+        ),
         "GetStatus": pb.GetStatusRequest(job_id=job_id),
         "GetResult": pb.GetResultRequest(job_id=job_id),
         "ListJobs": pb.ListJobsRequest(page_size=5, filter='status = "FAILED"', page_token="x"),
@@ -310,6 +325,31 @@ def test_submit_job(
     _check_grpc(lambda: stub.SubmitJob(request, metadata=metadata, timeout=30))
 
 
+hostile_submissions = st.builds(
+    pb.SubmitJobRequest,
+    data=st.lists(st.floats() | big_integers.map(float), max_size=6),
+    operation=int32s,
+    request_id=hostile_strings,
+)
+
+
+@HOSTILE
+@given(
+    requests=st.lists(hostile_submissions, max_size=6)
+    # A request repeated, or its key reused for another: one job, or a violation naming both.
+    | st.lists(hostile_submissions, min_size=1, max_size=3).map(lambda some: some + some[:1]),
+    idempotency_key=st.none() | ascii_metadata,
+)
+def test_batch_submit_jobs(
+    stub: pb_grpc.JobServiceStub,
+    requests: list[pb.SubmitJobRequest],
+    idempotency_key: str | None,
+) -> None:
+    metadata = () if idempotency_key is None else (("idempotency-key", idempotency_key),)
+    batch = pb.BatchSubmitJobsRequest(requests=requests)
+    _check_grpc(lambda: stub.BatchSubmitJobs(batch, metadata=metadata, timeout=30))
+
+
 @HOSTILE
 @given(job_id=job_ids, method=st.sampled_from(["GetStatus", "GetResult", "CancelJob"]))
 def test_get_status_get_result_cancel_job(
@@ -370,6 +410,38 @@ def test_post_jobs(
         headers.append((b"idempotency-key", idempotency_key))
     content = raw if raw is not None else json.dumps(body).encode()
     _check_rest(rest.post("/api/v1/jobs", content=content, headers=headers))
+
+
+@HOSTILE
+@given(
+    body=json_values
+    | st.fixed_dictionaries(
+        {
+            "requests": st.lists(
+                json_values
+                | st.fixed_dictionaries(
+                    {"data": st.lists(st.floats() | big_integers | texts, max_size=6)},
+                    optional={
+                        "operation": json_values | st.sampled_from(["square_sum", "cube_sum", 99]),
+                        "request_id": json_values | hostile_strings,
+                    },
+                ),
+                max_size=6,
+            )
+        },
+        optional={"extra": json_values},
+    ),
+    idempotency_key=st.none() | header_values,
+    raw=st.none() | st.binary(max_size=200),
+)
+def test_post_batch_submit(
+    rest: httpx.Client, body: Any, idempotency_key: bytes | None, raw: bytes | None
+) -> None:
+    headers = [(b"content-type", b"application/json")]
+    if idempotency_key is not None:
+        headers.append((b"idempotency-key", idempotency_key))
+    content = raw if raw is not None else json.dumps(body).encode()
+    _check_rest(rest.post("/api/v1/jobs:batchSubmit", content=content, headers=headers))
 
 
 @HOSTILE

@@ -401,6 +401,11 @@ MALFORMED_REQUESTS = [
     ("WatchJob", _STRING_FIELD_1_BAD_UTF8, "job_id"),
     ("WatchJob", b"\x10\xff", "after_sequence"),
     ("WatchJob", b"\x80", "request"),
+    ("BatchSubmitJobs", b"\x0a\x05\x0a", "requests"),  # a request that runs off the end
+    ("BatchSubmitJobs", b"\x0a\x04\x1a\x02\xc3\x28", "requests"),  # bad UTF-8 in a request
+    ("BatchSubmitJobs", b"\x0a\x02\x10\x01\x10\x01", "#2"),  # an unknown field
+    ("BatchSubmitJobs", b"\x0d\x00\x00\x00\x00", "requests"),  # fixed32 where a message belongs
+    ("BatchSubmitJobs", b"", "requests"),  # no request at all
 ]
 
 
@@ -413,6 +418,54 @@ def _call_raw(target: grpc.Channel, method: str, raw: bytes) -> None:
             JOB_SERVICE + method, request_serializer=_identity, response_deserializer=_identity
         )
         call(raw, timeout=30)
+
+
+@pytest.mark.parametrize(
+    ("raw", "field"),
+    [
+        # Each fault named by its path in the batch: the request's index, then its field.
+        (b"\x0a\x02\x10\x01" + b"\x0a\x04\x1a\x02\xc3\x28", "requests[1].request_id"),
+        (b"\x0a\x02\x10\x01" * 3 + b"\x0a\x05\x0a\x03abc", "requests[3].data"),
+        (b"\x0a\x02\x10\x01" + b"\x0a\x02\x38\x01", "requests[1].#7"),
+    ],
+)
+@pytest.mark.parametrize("through", ["channel", "gateway"])
+def test_a_malformed_request_in_a_batch_is_named_by_its_path(
+    request: pytest.FixtureRequest, raw: bytes, field: str, through: str
+) -> None:
+    target: grpc.Channel = request.getfixturevalue(through)
+
+    with pytest.raises(grpc.RpcError) as raised:
+        _call_raw(target, "BatchSubmitJobs", raw)
+
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT, raised.value
+    assert field in (raised.value.details() or "")
+
+
+def test_a_batch_of_many_tiny_requests_is_refused_without_reading_them_all(
+    channel: grpc.Channel,
+) -> None:
+    # Tens of thousands of empty requests fit in one message; protobuf would make an object of
+    # each. The server stops at the first past the limit.
+    raw = b"\x0a\x00" * (TEST_MAX_MESSAGE_BYTES // 2 - 16)
+
+    with pytest.raises(grpc.RpcError) as raised:
+        _call_raw(channel, "BatchSubmitJobs", raw)
+
+    _assert_invalid(raised.value, "requests")
+    assert "1 to 1000" in (raised.value.details() or "")
+
+
+def test_an_oversized_batch_is_resource_exhausted(stub: pb_grpc.JobServiceStub) -> None:
+    numbers = [1.0] * (TEST_MAX_MESSAGE_BYTES // 8 // 10 + 100)
+    batch = pb.BatchSubmitJobsRequest(
+        requests=[pb.SubmitJobRequest(data=numbers, operation=pb.square_sum)] * 10
+    )
+
+    with pytest.raises(grpc.RpcError) as raised:
+        stub.BatchSubmitJobs(batch, timeout=30)
+
+    assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
 @pytest.mark.parametrize(("method", "raw", "field"), MALFORMED_REQUESTS)
