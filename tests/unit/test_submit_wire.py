@@ -16,7 +16,13 @@ from hypothesis import strategies as st
 from jobs.v1 import jobs_service_pb2 as pb
 
 from server import submit_wire
-from server.submit_wire import ReceivedSubmitJob, malformed_field
+from server.submit_wire import (
+    MAX_BATCH_REQUESTS,
+    MalformedRequest,
+    ReceivedBatch,
+    ReceivedSubmitJob,
+    malformed_field,
+)
 
 requests = st.builds(
     pb.SubmitJobRequest,
@@ -180,3 +186,69 @@ def test_any_malformed_bytes_get_a_violation(raw: bytes) -> None:
         violation = malformed_field(raw, pb.ListJobsRequest.DESCRIPTOR)
         assert violation.field
         assert violation.description
+
+
+# --- BatchSubmitJobs ------------------------------------------------------------------------
+
+batches = st.builds(pb.BatchSubmitJobsRequest, requests=st.lists(requests, max_size=8))
+
+
+@given(batches)
+def test_a_split_batch_equals_the_parsed_one(batch: pb.BatchSubmitJobsRequest) -> None:
+    for received in (
+        ReceivedBatch.from_wire(batch.SerializeToString()),
+        ReceivedBatch.from_message(batch),
+    ):
+        assert received.message == pb.BatchSubmitJobsRequest()
+        assert len(received.requests) == len(batch.requests)
+        for one, request in zip(received.requests, batch.requests, strict=True):
+            _same(one, request)
+
+
+def test_a_batchs_numbers_stay_in_the_received_bytes() -> None:
+    numbers = np.random.default_rng(7).normal(size=(10, 10_000))
+    batch = pb.BatchSubmitJobsRequest(
+        requests=[pb.SubmitJobRequest(data=row.tolist(), operation=pb.cube_sum) for row in numbers]
+    )
+    raw = batch.SerializeToString()
+
+    received = ReceivedBatch.from_wire(raw)
+
+    for one, row in zip(received.requests, numbers, strict=True):
+        assert np.shares_memory(one.data, np.frombuffer(raw, dtype=np.uint8))
+        assert np.array_equal(one.data, row)
+
+
+def test_requests_past_the_limit_are_not_read() -> None:
+    raw = b"\x0a\x00" * 50_000 + b"\x0a\x05\x0a"  # the truncated last one is never reached
+
+    received = ReceivedBatch.from_wire(raw)
+
+    assert len(received.requests) == MAX_BATCH_REQUESTS + 1
+
+
+def test_other_fields_are_kept_for_protobuf_to_name() -> None:
+    raw = b"\x0a\x02\x10\x01" + b"\x10\x05" + b"\x0d\x00\x00\x00\x00"
+
+    received = ReceivedBatch.from_wire(raw)
+
+    assert len(received.requests) == 1
+    fields = UnknownFieldSet(received.message)
+    assert sorted(fields[i].field_number for i in range(len(fields))) == [1, 2]
+
+
+@pytest.mark.parametrize(
+    ("raw", "field"),
+    [
+        (b"\x0a\x05\x0a", "requests"),
+        (b"\x0a\x00\x0a\x04\x1a\x02\xc3\x28", "requests[1].request_id"),
+        (b"\x0a\x03\x0a\x03abc", "requests[0]"),
+        (b"\x0a\x01\x80", "requests[0]"),
+    ],
+)
+def test_a_malformed_batch_names_the_field_by_its_path(raw: bytes, field: str) -> None:
+    with pytest.raises(DecodeError) as raised:
+        ReceivedBatch.from_wire(raw)
+
+    assert isinstance(raised.value, MalformedRequest)
+    assert raised.value.violation.field.startswith(field)
