@@ -78,3 +78,62 @@ async def test_jobs_of_clients_that_hung_up_start_without_the_sweep(stack: Stack
     assert all(row["waited"] < START_WITHIN for row in rows), sorted(
         (row["waited"], row["request_id"]) for row in rows
     )
+
+
+BATCH_HANGUPS = 40
+JOBS_PER_BATCH = 5
+
+
+async def _batch_and_hang_up(stack: Stack, prefix: str, *, after_seconds: float) -> None:
+    """POST a batch through Envoy and close the connection `after_seconds` after sending it."""
+    requests = [
+        {"data": [1, 2, 3], "operation": "square_sum", "request_id": f"{prefix}{index}"}
+        for index in range(JOBS_PER_BATCH)
+    ]
+    body = json.dumps({"requests": requests}).encode()
+    request = (
+        "POST /api/v1/jobs:batchSubmit HTTP/1.1\r\n"
+        f"Host: {stack.gateway_target}\r\n"
+        + "".join(f"{name}: {value}\r\n" for name, value in stack.auth_headers().items())
+        + "Content-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n"
+        "\r\n"
+    ).encode() + body
+    host, port = stack.gateway_target.rsplit(":", 1)
+    _, writer = await asyncio.open_connection(host, int(port))
+    writer.write(request)
+    await writer.drain()
+    await asyncio.sleep(after_seconds)
+    writer.close()
+    await writer.wait_closed()
+
+
+async def test_batches_of_clients_that_hung_up_are_whole_and_start_without_the_sweep(
+    stack: Stack,
+) -> None:
+    assert redispatch_after(stack) >= 3 * START_WITHIN
+    prefix = f"batch-hangup-{uuid.uuid4()}-"
+
+    await asyncio.gather(
+        *(
+            _batch_and_hang_up(
+                stack, f"{prefix}{i}-", after_seconds=i * HANGUP_SPREAD / BATCH_HANGUPS
+            )
+            for i in range(BATCH_HANGUPS)
+        )
+    )
+
+    rows = await eventually(
+        lambda: _stored(stack.database_url, prefix),
+        until=lambda rows: bool(rows) and all(row["status"] != "PENDING" for row in rows),
+        timeout_seconds=START_WITHIN.total_seconds(),
+    )
+    assert all(row["waited"] < START_WITHIN for row in rows), sorted(
+        (row["waited"], row["request_id"]) for row in rows
+    )
+    # Each batch was stored whole or not at all.
+    per_batch: dict[str, int] = {}
+    for row in rows:
+        batch = row["request_id"].removeprefix(prefix).split("-")[0]
+        per_batch[batch] = per_batch.get(batch, 0) + 1
+    assert set(per_batch.values()) == {JOBS_PER_BATCH}
