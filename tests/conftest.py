@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterator, Mapping
+from dataclasses import replace
 from pathlib import Path
 
 import grpc
@@ -16,7 +17,6 @@ import httpx
 import pytest
 from jobs.v1 import jobs_service_pb2_grpc as pb_grpc
 
-from devstack.processes import free_port
 from devstack.stack import Stack, StackConfig, StackPorts
 from tests.credentials import aio_channel
 
@@ -38,6 +38,25 @@ def stack_data_dir(name: str) -> Iterator[Path]:
         yield Path(data_dir)
 
 
+def own_stack_config(
+    data_dir: Path,
+    *,
+    env: Mapping[str, str],
+    workers: int = 1,
+    metrics: bool = False,
+    ca_file: Path | None = None,
+) -> StackConfig:
+    """A stack of its own in `data_dir`: free ports, ENVIRONMENT=test and `env`, no Flower."""
+    return StackConfig(
+        data_dir=data_dir,
+        ports=StackPorts.free(metrics=metrics),
+        env={"ENVIRONMENT": "test", **env},
+        workers=workers,
+        flower=False,
+        ca_file=ca_file,
+    )
+
+
 @contextlib.contextmanager
 def second_server(
     stack: Stack,
@@ -52,31 +71,19 @@ def second_server(
     settings, rate limits in `env`) without a second database and broker.
     """
     with stack_data_dir(name) as data_dir:
-        second = Stack(
-            StackConfig(
-                data_dir=data_dir,
-                ports=StackPorts(
-                    grpc=free_port(),
-                    http=free_port(),
-                    envoy_admin=free_port(),
-                    flower=free_port(),
-                    postgres=stack.config.ports.postgres,
-                    redis=stack.config.ports.redis,
-                ),
-                database_url=database_url or stack.database_url,
-                database_migration_url=stack.migration_database_url,
-                redis_url=stack.redis_url,
-                # One deployment: page tokens of either server are good at both.
-                env={
-                    "ENVIRONMENT": "test",
-                    "PAGE_TOKEN_SECRET": stack.env["PAGE_TOKEN_SECRET"],
-                    **(env or {}),
-                },
-                workers=0,
-                flower=False,
-            )
+        config = own_stack_config(
+            data_dir,
+            # One deployment: page tokens of either server are good at both.
+            env={"PAGE_TOKEN_SECRET": stack.env["PAGE_TOKEN_SECRET"], **(env or {})},
+            workers=0,
         )
-        with second:
+        shared = replace(
+            config,
+            database_url=database_url or stack.database_url,
+            database_migration_url=stack.migration_database_url,
+            redis_url=stack.redis_url,
+        )
+        with Stack(shared) as second:
             yield second
 
 
@@ -84,32 +91,28 @@ def second_server(
 def stack() -> Iterator[Stack]:
     """The whole service, as `make run` starts it, on free ports in a temporary folder."""
     with stack_data_dir("test") as data_dir:
-        running = Stack(
-            StackConfig(
-                data_dir=data_dir,
-                ports=StackPorts.free(metrics=True),
-                env={
-                    "ENVIRONMENT": "test",
-                    "SIMULATED_DELAY_SECONDS": str(TEST_DELAY_SECONDS),
-                    "MAX_JOB_NUMBERS": str(TEST_MAX_JOB_NUMBERS),
-                    # Small size limits, so the tests can cross them cheaply.
-                    "GRPC_MAX_MESSAGE_BYTES": str(TEST_MAX_MESSAGE_BYTES),
-                    "GATEWAY_MAX_REQUEST_BYTES": str(TEST_MAX_MESSAGE_BYTES),
-                    # The one origin whose pages may call the API cross-origin (CORS).
-                    "GATEWAY_CORS_ORIGINS": "http://app.example.test",
-                    "HEALTH_CHECK_INTERVAL_SECONDS": "0.5",
-                    "WORKER_CONCURRENCY": "50",
-                    # Fast recovery and keep-alives, so the tests see them happen.
-                    "JOB_LEASE_SECONDS": "3",
-                    "MAINTENANCE_INTERVAL_SECONDS": "0.5",
-                    "WATCH_HEARTBEAT_SECONDS": "1",
-                    # Spans as JSON lines in the process logs, so tests can follow a trace.
-                    "OTEL_TRACES_EXPORTER": "console",
-                },
-                flower=False,
-            )
+        config = own_stack_config(
+            data_dir,
+            env={
+                "SIMULATED_DELAY_SECONDS": str(TEST_DELAY_SECONDS),
+                "MAX_JOB_NUMBERS": str(TEST_MAX_JOB_NUMBERS),
+                # Small size limits, so the tests can cross them cheaply.
+                "GRPC_MAX_MESSAGE_BYTES": str(TEST_MAX_MESSAGE_BYTES),
+                "GATEWAY_MAX_REQUEST_BYTES": str(TEST_MAX_MESSAGE_BYTES),
+                # The one origin whose pages may call the API cross-origin (CORS).
+                "GATEWAY_CORS_ORIGINS": "http://app.example.test",
+                "HEALTH_CHECK_INTERVAL_SECONDS": "0.5",
+                "WORKER_CONCURRENCY": "50",
+                # Fast recovery and keep-alives, so the tests see them happen.
+                "JOB_LEASE_SECONDS": "3",
+                "MAINTENANCE_INTERVAL_SECONDS": "0.5",
+                "WATCH_HEARTBEAT_SECONDS": "1",
+                # Spans as JSON lines in the process logs, so tests can follow a trace.
+                "OTEL_TRACES_EXPORTER": "console",
+            },
+            metrics=True,
         )
-        with running:
+        with Stack(config) as running:
             yield running
 
 

@@ -17,9 +17,9 @@ import pytest
 from jobs.v1 import jobs_service_pb2_grpc as pb_grpc
 
 from devstack.processes import ManagedProcess
-from devstack.stack import Stack, StackConfig, StackPorts
+from devstack.stack import Stack
 from jobcore.supervision import FAILED_TASK_EXIT_STATUS, FAULT_DIR_ENV
-from tests.conftest import stack_data_dir
+from tests.conftest import own_stack_config, stack_data_dir
 from tests.credentials import aio_channel
 from tests.eventually import eventually
 from tests.faults.harness import LoadRecord, audit, run_load, submit_grpc
@@ -42,30 +42,24 @@ def crash_stack() -> Iterator[tuple[Stack, Path]]:
     """The service with the fault hook on, two server processes sharing the port, one worker."""
     with stack_data_dir("crash") as data_dir:
         fault_dir = data_dir / "faults"
-        stack = Stack(
-            StackConfig(
-                data_dir=data_dir,
-                ports=StackPorts.free(),
-                env={
-                    "ENVIRONMENT": "test",
-                    FAULT_DIR_ENV: str(fault_dir),
-                    "SIMULATED_DELAY_SECONDS": "0.5",
-                    "WORKER_CONCURRENCY": "50",
-                    "JOB_LEASE_SECONDS": "3",
-                    "MAX_ATTEMPTS": "10",
-                    "MAINTENANCE_INTERVAL_SECONDS": "0.5",
-                    # Wake-ups a dying process took with it are sent again soon.
-                    "REDISPATCH_AFTER_SECONDS": "3",
-                    "HEALTH_CHECK_INTERVAL_SECONDS": "0.5",
-                    "SHUTDOWN_GRACE_SECONDS": "2",
-                    # A failure in one server process must end (and restart) the pair.
-                    "SERVER_PROCESSES": "2",
-                },
-                workers=1,
-                flower=False,
-            )
+        config = own_stack_config(
+            data_dir,
+            env={
+                FAULT_DIR_ENV: str(fault_dir),
+                "SIMULATED_DELAY_SECONDS": "0.5",
+                "WORKER_CONCURRENCY": "50",
+                "JOB_LEASE_SECONDS": "3",
+                "MAX_ATTEMPTS": "10",
+                "MAINTENANCE_INTERVAL_SECONDS": "0.5",
+                # Wake-ups a dying process took with it are sent again soon.
+                "REDISPATCH_AFTER_SECONDS": "3",
+                "HEALTH_CHECK_INTERVAL_SECONDS": "0.5",
+                "SHUTDOWN_GRACE_SECONDS": "2",
+                # A failure in one server process must end (and restart) the pair.
+                "SERVER_PROCESSES": "2",
+            },
         )
-        with stack:
+        with Stack(config) as stack:
             yield stack, fault_dir
 
 

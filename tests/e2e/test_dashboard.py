@@ -23,12 +23,12 @@ import httpx
 import pytest
 from jobs.v1 import jobs_service_pb2 as pb
 from jobs.v1 import jobs_service_pb2_grpc as pb_grpc
-from playwright.async_api import Browser, Locator, Page, async_playwright, expect
+from playwright.async_api import Browser, Locator, Page, expect
 
-from devstack.stack import ROOT, Stack, StackConfig, StackPorts
-from tests.conftest import stack_data_dir
+from devstack.stack import ROOT, Stack
+from tests.browser import headless_chromium
+from tests.conftest import own_stack_config, stack_data_dir
 from tests.credentials import aio_channel
-from tests.e2e.test_api_docs import CHROMIUM, CHROMIUM_ARGS
 from tests.eventually import eventually
 
 pytestmark = pytest.mark.timeout(240)
@@ -79,22 +79,16 @@ _tenants = itertools.count(1)
 def dashboard_stack() -> Iterator[Stack]:
     """The service with a DELAY_SECONDS job delay and one worker of WORKER_SLOTS slots."""
     with stack_data_dir("dashboard") as data_dir:
-        stack = Stack(
-            StackConfig(
-                data_dir=data_dir,
-                ports=StackPorts.free(),
-                env={
-                    "ENVIRONMENT": "test",
-                    "SIMULATED_DELAY_SECONDS": str(DELAY_SECONDS),
-                    "WORKER_CONCURRENCY": str(WORKER_SLOTS),
-                    "HEALTH_CHECK_INTERVAL_SECONDS": "0.5",
-                    "WATCH_HEARTBEAT_SECONDS": "1",
-                },
-                workers=1,
-                flower=False,
-            )
+        config = own_stack_config(
+            data_dir,
+            env={
+                "SIMULATED_DELAY_SECONDS": str(DELAY_SECONDS),
+                "WORKER_CONCURRENCY": str(WORKER_SLOTS),
+                "HEALTH_CHECK_INTERVAL_SECONDS": "0.5",
+                "WATCH_HEARTBEAT_SECONDS": "1",
+            },
         )
-        with stack:
+        with Stack(config) as stack:
             yield stack
 
 
@@ -151,22 +145,10 @@ async def tenant(
 
 
 @pytest.fixture(scope="module")
-def chromium() -> str:
-    """Debian's Chromium, which CI installs; skip only where it is missing."""
-    if not Path(CHROMIUM).is_file():
-        pytest.skip(f"Chromium is not installed at {CHROMIUM} (apt-get install -y chromium)")
-    return CHROMIUM
-
-
-@pytest.fixture(scope="module")
-async def browser(chromium: str) -> AsyncIterator[Browser]:
+async def browser() -> AsyncIterator[Browser]:
     """One headless Chromium for the module; each test opens its own context (and storage)."""
-    async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
-        try:
-            yield launched
-        finally:
-            await launched.close()
+    async with headless_chromium() as launched:
+        yield launched
 
 
 @dataclass

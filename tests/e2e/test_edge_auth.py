@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -15,12 +14,12 @@ import pytest
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from jobs.v1 import jobs_service_pb2 as pb
 from jobs.v1 import jobs_service_pb2_grpc as pb_grpc
-from playwright.async_api import async_playwright
 
 from devstack.stack import Stack
+from tests.browser import headless_chromium
 from tests.conftest import second_server
 from tests.credentials import auth_headers, auth_metadata
-from tests.e2e.test_api_docs import CHROMIUM, CHROMIUM_ARGS, FOREIGN_ORIGIN
+from tests.e2e.test_api_docs import FOREIGN_ORIGIN
 from tests.eventually import eventually
 
 UNKNOWN_ID = "01a20000-0000-7000-8000-000000000000"
@@ -310,41 +309,27 @@ async def test_grpc_over_the_rate_is_resource_exhausted_with_retry_info(
 # --------------------------------------------------------------------------- Swagger UI
 
 
-@pytest.fixture(scope="module")
-def chromium() -> str:
-    """Debian's Chromium, which CI installs; skip only where it is missing."""
-    if not Path(CHROMIUM).is_file():
-        pytest.skip(f"Chromium is not installed at {CHROMIUM} (apt-get install -y chromium)")
-    return CHROMIUM
-
-
 @pytest.mark.timeout(300)
-async def test_swagger_ui_authorize_keeps_the_key_for_try_it_out(
-    stack: Stack, chromium: str
-) -> None:
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
-        try:
-            page = await browser.new_page()
-            await page.goto(f"{stack.http_base}/docs")
-            # The button the bearerAuth scheme gives the page, and its dialog.
-            await page.locator(".auth-wrapper button.authorize").click()
-            await page.locator("#auth-bearer-value").fill(stack.api_key)
-            await page.locator('.modal-ux button[aria-label="Apply credentials"]').click()
-            await page.locator(".modal-ux button.btn-done").click()
-            # Kept across a reload (persistAuthorization).
-            await page.reload()
+async def test_swagger_ui_authorize_keeps_the_key_for_try_it_out(stack: Stack) -> None:
+    async with headless_chromium() as browser:
+        page = await browser.new_page()
+        await page.goto(f"{stack.http_base}/docs")
+        # The button the bearerAuth scheme gives the page, and its dialog.
+        await page.locator(".auth-wrapper button.authorize").click()
+        await page.locator("#auth-bearer-value").fill(stack.api_key)
+        await page.locator('.modal-ux button[aria-label="Apply credentials"]').click()
+        await page.locator(".modal-ux button.btn-done").click()
+        # Kept across a reload (persistAuthorization).
+        await page.reload()
 
-            listing = page.locator("#operations-JobService-ListJobs")
-            await listing.locator(".opblock-summary").click()
-            await listing.locator(".try-out__btn").click()
-            async with page.expect_response(
-                lambda r: "/api/v1/jobs" in r.url and r.request.method == "GET"
-            ) as response_info:
-                await listing.locator("button.execute").click()
-            response = await response_info.value
+        listing = page.locator("#operations-JobService-ListJobs")
+        await listing.locator(".opblock-summary").click()
+        await listing.locator(".try-out__btn").click()
+        async with page.expect_response(
+            lambda r: "/api/v1/jobs" in r.url and r.request.method == "GET"
+        ) as response_info:
+            await listing.locator("button.execute").click()
+        response = await response_info.value
 
-            assert response.request.headers["authorization"] == f"Bearer {stack.api_key}"
-            assert response.status == 200
-        finally:
-            await browser.close()
+        assert response.request.headers["authorization"] == f"Bearer {stack.api_key}"
+        assert response.status == 200

@@ -19,9 +19,9 @@ from sqlalchemy.engine import make_url
 
 from devstack import secrets
 from devstack.services import PG_HBA
-from devstack.stack import Stack, StackConfig, StackPorts
+from devstack.stack import Stack
 from jobcore.database import asyncpg_dsn
-from tests.conftest import stack_data_dir
+from tests.conftest import own_stack_config, stack_data_dir
 from tests.credentials import aio_channel
 from tests.eventually import eventually
 
@@ -224,12 +224,7 @@ def test_credential_files_are_for_their_owner_only(stack: Stack) -> None:
 
 async def test_data_from_before_passwords_is_upgraded_and_keeps_its_jobs() -> None:
     with stack_data_dir("upgrade") as data_dir:
-        config = StackConfig(
-            data_dir=data_dir,
-            ports=StackPorts.free(),
-            env={"ENVIRONMENT": "test", "SIMULATED_DELAY_SECONDS": "0"},
-            flower=False,
-        )
+        config = own_stack_config(data_dir, env={"SIMULATED_DELAY_SECONDS": "0"})
         with Stack(config) as first:
             job = await _submit_and_finish(first)
         _as_before_passwords(first)

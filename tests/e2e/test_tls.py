@@ -24,8 +24,8 @@ import pytest
 from jobs.v1 import jobs_service_pb2 as pb
 from jobs.v1 import jobs_service_pb2_grpc as pb_grpc
 
-from devstack.stack import ROOT, Stack, StackConfig, StackPorts
-from tests.conftest import stack_data_dir
+from devstack.stack import ROOT, Stack
+from tests.conftest import own_stack_config, stack_data_dir
 from tests.credentials import aio_channel
 from tests.tls import ThrowawayCa
 
@@ -47,25 +47,20 @@ def tls_stack() -> Iterator[tuple[Stack, ThrowawayCa]]:
         server = ca.issue(
             data_dir / "tls", "server", dns_names=LOCAL_NAMES, addresses=LOCAL_ADDRESSES
         )
-        stack = Stack(
-            StackConfig(
-                data_dir=data_dir,
-                ports=StackPorts.free(),
-                env={
-                    "ENVIRONMENT": "test",
-                    "SIMULATED_DELAY_SECONDS": "0.1",
-                    "HEALTH_CHECK_INTERVAL_SECONDS": "0.5",
-                    "GRPC_TLS_CERT_FILE": str(server.cert_file),
-                    "GRPC_TLS_KEY_FILE": str(server.key_file),
-                    "GATEWAY_TLS_CERT_FILE": str(gateway.cert_file),
-                    "GATEWAY_TLS_KEY_FILE": str(gateway.key_file),
-                    "GATEWAY_UPSTREAM_TLS_CA_FILE": str(ca.ca_file),
-                },
-                flower=False,
-                ca_file=ca.ca_file,
-            )
+        config = own_stack_config(
+            data_dir,
+            env={
+                "SIMULATED_DELAY_SECONDS": "0.1",
+                "HEALTH_CHECK_INTERVAL_SECONDS": "0.5",
+                "GRPC_TLS_CERT_FILE": str(server.cert_file),
+                "GRPC_TLS_KEY_FILE": str(server.key_file),
+                "GATEWAY_TLS_CERT_FILE": str(gateway.cert_file),
+                "GATEWAY_TLS_KEY_FILE": str(gateway.key_file),
+                "GATEWAY_UPSTREAM_TLS_CA_FILE": str(ca.ca_file),
+            },
+            ca_file=ca.ca_file,
         )
-        with stack:
+        with Stack(config) as stack:
             yield stack, ca
 
 

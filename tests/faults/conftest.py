@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from devstack.stack import ROOT, Stack, StackConfig, StackPorts
-from tests.conftest import stack_data_dir
+from devstack.stack import ROOT, Stack
+from tests.conftest import own_stack_config, stack_data_dir
 from tests.faults.harness import Audit
 
 FAULT_DELAY_SECONDS = 2.0
@@ -24,30 +24,25 @@ REPORT = ROOT / "docs" / "RELIABILITY.md"
 def fault_stack() -> Iterator[Stack]:
     """The whole service with the documented 2 s delay, two worker and two server processes."""
     with stack_data_dir("faults") as data_dir:
-        stack = Stack(
-            StackConfig(
-                data_dir=data_dir,
-                ports=StackPorts.free(),
-                env={
-                    "ENVIRONMENT": "test",
-                    "SIMULATED_DELAY_SECONDS": str(FAULT_DELAY_SECONDS),
-                    "WORKER_CONCURRENCY": "200",
-                    "JOB_LEASE_SECONDS": "4",
-                    # Several kills in a row may hit one job; it must still finish, not give up.
-                    "MAX_ATTEMPTS": "10",
-                    "MAINTENANCE_INTERVAL_SECONDS": "0.5",
-                    "REDISPATCH_AFTER_SECONDS": "5",
-                    "WATCH_HEARTBEAT_SECONDS": "2",
-                    "HEALTH_CHECK_INTERVAL_SECONDS": "0.5",
-                    "SHUTDOWN_GRACE_SECONDS": "5",
-                    # Faults hit a supervised pair of servers sharing the port.
-                    "SERVER_PROCESSES": "2",
-                },
-                workers=2,
-                flower=False,
-            )
+        config = own_stack_config(
+            data_dir,
+            env={
+                "SIMULATED_DELAY_SECONDS": str(FAULT_DELAY_SECONDS),
+                "WORKER_CONCURRENCY": "200",
+                "JOB_LEASE_SECONDS": "4",
+                # Several kills in a row may hit one job; it must still finish, not give up.
+                "MAX_ATTEMPTS": "10",
+                "MAINTENANCE_INTERVAL_SECONDS": "0.5",
+                "REDISPATCH_AFTER_SECONDS": "5",
+                "WATCH_HEARTBEAT_SECONDS": "2",
+                "HEALTH_CHECK_INTERVAL_SECONDS": "0.5",
+                "SHUTDOWN_GRACE_SECONDS": "5",
+                # Faults hit a supervised pair of servers sharing the port.
+                "SERVER_PROCESSES": "2",
+            },
+            workers=2,
         )
-        with stack:
+        with Stack(config) as stack:
             yield stack
 
 

@@ -17,10 +17,10 @@ import pytest
 import redis.asyncio
 from jobs.v1 import jobs_service_pb2_grpc as pb_grpc
 
-from devstack.stack import Stack, StackConfig, StackPorts
+from devstack.stack import Stack
 from jobcore.celery_app import QUEUE_KEYS
 from jobcore.store import JobStore
-from tests.conftest import stack_data_dir
+from tests.conftest import own_stack_config, stack_data_dir
 from tests.credentials import aio_channel
 from tests.eventually import eventually
 from tests.faults.harness import LoadRecord, audit, submit_grpc
@@ -41,23 +41,17 @@ CHANNELS = 4
 def backlog_stack() -> Iterator[Stack]:
     """The service with fast sweeps, no simulated delay and one worker."""
     with stack_data_dir("backlog") as data_dir:
-        stack = Stack(
-            StackConfig(
-                data_dir=data_dir,
-                ports=StackPorts.free(),
-                env={
-                    "ENVIRONMENT": "test",
-                    "SIMULATED_DELAY_SECONDS": "0",
-                    "WORKER_CONCURRENCY": "200",
-                    "MAINTENANCE_INTERVAL_SECONDS": str(MAINTENANCE_INTERVAL_SECONDS),
-                    "REDISPATCH_AFTER_SECONDS": str(REDISPATCH_AFTER_SECONDS),
-                    "HEALTH_CHECK_INTERVAL_SECONDS": "0.5",
-                },
-                workers=1,
-                flower=False,
-            )
+        config = own_stack_config(
+            data_dir,
+            env={
+                "SIMULATED_DELAY_SECONDS": "0",
+                "WORKER_CONCURRENCY": "200",
+                "MAINTENANCE_INTERVAL_SECONDS": str(MAINTENANCE_INTERVAL_SECONDS),
+                "REDISPATCH_AFTER_SECONDS": str(REDISPATCH_AFTER_SECONDS),
+                "HEALTH_CHECK_INTERVAL_SECONDS": "0.5",
+            },
         )
-        with stack:
+        with Stack(config) as stack:
             yield stack
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from devstack.stack import Stack, StackConfig, StackPorts
+from devstack.stack import Stack
 from jobcore.celery_app import create_celery_app
 from jobcore.identity import ALL_SCOPES, Principal
 from jobcore.models import Job, JobStatus
@@ -31,7 +31,7 @@ from jobcore.settings import Settings
 from jobcore.store import JobStore
 from jobcore.wakeup_publisher import WakeupPublisher
 from server.dispatcher import Dispatcher
-from tests.conftest import stack_data_dir
+from tests.conftest import own_stack_config, stack_data_dir
 from tests.eventually import eventually
 
 pytestmark = pytest.mark.timeout(300)
@@ -52,21 +52,15 @@ def fair_stack(request: pytest.FixtureRequest) -> Iterator[Stack]:
     """The service with a 1 s delay and one worker of 100 or 40 slots."""
     slots: int = request.param
     with stack_data_dir("fair") as data_dir:
-        stack = Stack(
-            StackConfig(
-                data_dir=data_dir,
-                ports=StackPorts.free(),
-                env={
-                    "ENVIRONMENT": "test",
-                    "SIMULATED_DELAY_SECONDS": str(DELAY_SECONDS),
-                    "WORKER_CONCURRENCY": str(slots),
-                    "HEALTH_CHECK_INTERVAL_SECONDS": "0.5",
-                },
-                workers=1,
-                flower=False,
-            )
+        config = own_stack_config(
+            data_dir,
+            env={
+                "SIMULATED_DELAY_SECONDS": str(DELAY_SECONDS),
+                "WORKER_CONCURRENCY": str(slots),
+                "HEALTH_CHECK_INTERVAL_SECONDS": "0.5",
+            },
         )
-        with stack:
+        with Stack(config) as stack:
             yield stack
 
 

@@ -37,8 +37,9 @@ import psutil
 from jobs.v1 import jobs_service_pb2_grpc as pb_grpc
 
 from devstack.processes import ManagedProcess, wait_for
-from devstack.stack import ROOT, Stack, StackConfig, StackPorts
+from devstack.stack import ROOT, Stack, StackConfig
 from jobcore.database import asyncpg_dsn
+from tests.conftest import own_stack_config
 from tests.credentials import aio_channel
 from tests.faults.harness import FINAL, Audit, LoadRecord, Submitted, audit, run_load, submit_grpc
 
@@ -336,26 +337,19 @@ def database_growth(samples: Samples, plan: Plan) -> dict[str, float]:
     }
 
 
-def start_stack(plan: Plan, data_dir: Path) -> Stack:
+def soak_config(plan: Plan, data_dir: Path) -> StackConfig:
     """The service with the documented delay, two workers, short leases and a short retention."""
-    stack = Stack(
-        StackConfig(
-            data_dir=data_dir,
-            ports=StackPorts.free(),
-            env={
-                "ENVIRONMENT": "test",
-                "SIMULATED_DELAY_SECONDS": str(DELAY_SECONDS),
-                "WORKER_CONCURRENCY": str(SLOTS_PER_WORKER),
-                "JOB_LEASE_SECONDS": str(LEASE_SECONDS),
-                # Settings take fractional days.
-                "JOB_RETENTION_DAYS": repr(plan.retention_seconds / 86_400),
-            },
-            workers=WORKERS,
-            flower=False,
-        )
+    return own_stack_config(
+        data_dir,
+        env={
+            "SIMULATED_DELAY_SECONDS": str(DELAY_SECONDS),
+            "WORKER_CONCURRENCY": str(SLOTS_PER_WORKER),
+            "JOB_LEASE_SECONDS": str(LEASE_SECONDS),
+            # Settings take fractional days.
+            "JOB_RETENTION_DAYS": repr(plan.retention_seconds / 86_400),
+        },
+        workers=WORKERS,
     )
-    stack.start()
-    return stack
 
 
 async def soak(plan: Plan, stack: Stack) -> dict[str, Any]:
@@ -495,11 +489,10 @@ def main() -> int:
     plan = Plan.for_minutes(args.minutes)
     data_dir = ROOT / ".data" / "soak" / datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     logger.info("plan: %s; stack data and logs in %s", plan, data_dir)
-    stack = start_stack(plan, data_dir)
     try:
-        summary = asyncio.run(soak(plan, stack))
+        with Stack(soak_config(plan, data_dir)) as stack:
+            summary = asyncio.run(soak(plan, stack))
     finally:
-        stack.stop()
         # Keep the logs, not the databases.
         for store in ("postgres", "redis"):
             shutil.rmtree(data_dir / store, ignore_errors=True)
