@@ -19,6 +19,7 @@ from server.submit_wire import MAX_BATCH_REQUESTS
 from tests.conftest import second_server
 from tests.credentials import auth_metadata
 from tests.eventually import eventually
+from tests.status_details import field_violations
 
 # Tenants of their own per test run, so what a test counts is only its own.
 _RUN = uuid.uuid4().hex[:8]
@@ -47,19 +48,6 @@ async def _finished(stub: pb_grpc.JobServiceAsyncStub, job_id: str) -> pb.Job:
         lambda: stub.GetResult(pb.GetResultRequest(job_id=job_id)),
         until=lambda job: job.status in (pb.SUCCESS, pb.FAILED),
     )
-
-
-def _violations(error: grpc.aio.AioRpcError) -> dict[str, str]:
-    """The BadRequest's field violations (field -> description)."""
-    status = rpc_status.from_call(error)
-    assert status is not None, "expected google.rpc.Status details"
-    violations: dict[str, str] = {}
-    for detail in status.details:
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad_request = error_details_pb2.BadRequest()
-            detail.Unpack(bad_request)
-            violations.update({v.field: v.description for v in bad_request.field_violations})
-    return violations
 
 
 async def _tenant_key(stack: Stack, channel: grpc.aio.Channel, tenant: str) -> str:
@@ -129,7 +117,7 @@ async def test_one_bad_request_refuses_the_batch_naming_every_violation(
         await stub.BatchSubmitJobs(_batch(*requests), metadata=auth_metadata(key))
 
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    violations = _violations(refused.value)
+    violations = field_violations(refused.value)
     assert set(violations) == {
         "requests[0].request_id",
         "requests[3].operation",
@@ -189,7 +177,7 @@ async def test_a_key_twice_in_one_batch_is_one_job_or_a_violation_naming_both(
     assert response.jobs[0].id == response.jobs[2].id != response.jobs[1].id
     assert len(await _tenant_jobs(stub, key)) == 2
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    violations = _violations(refused.value)
+    violations = field_violations(refused.value)
     assert list(violations) == ["requests[2].request_id"]
     assert "requests[1]" in violations["requests[2].request_id"]
 
@@ -202,7 +190,7 @@ async def test_a_batch_holds_one_to_a_thousand_requests(
         await jobs_stub.BatchSubmitJobs(_square_sums(count))
 
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert list(_violations(refused.value)) == ["requests"]
+    assert list(field_violations(refused.value)) == ["requests"]
 
 
 async def test_a_thousand_requests_are_one_call(
@@ -226,7 +214,7 @@ async def test_many_violations_are_listed_up_to_a_limit_and_counted(
         await jobs_stub.BatchSubmitJobs(batch)
 
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    violations = _violations(refused.value)
+    violations = field_violations(refused.value)
     # The first request's own, then the next request's, in order; the rest counted.
     assert list(violations)[:3] == [
         "requests[0].data[0]",

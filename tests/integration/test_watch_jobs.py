@@ -13,8 +13,6 @@ from dataclasses import dataclass, field
 import asyncpg
 import grpc
 import pytest
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 from jobs.v1 import jobs_service_pb2 as pb
 from jobs.v1 import jobs_service_pb2_grpc as pb_grpc
 
@@ -24,6 +22,7 @@ from jobcore.events import LISTENER_APPLICATION_NAME
 from jobcore.ids import new_job_id
 from tests.credentials import aio_channel
 from tests.eventually import eventually
+from tests.status_details import field_violations
 
 FINAL = (pb.SUCCESS, pb.FAILED, pb.CANCELLED)
 # A message that is due arrives within this; it only guards against a hang.
@@ -147,18 +146,6 @@ async def _submit(
     )
 
 
-def _violations(error: grpc.aio.AioRpcError) -> dict[str, str]:
-    status = rpc_status.from_call(error)
-    assert status is not None, "expected google.rpc.Status details"
-    violations: dict[str, str] = {}
-    for detail in status.details:
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad_request = error_details_pb2.BadRequest()
-            detail.Unpack(bad_request)
-            violations.update({v.field: v.description for v in bad_request.field_violations})
-    return violations
-
-
 async def _refused(
     jobs: pb_grpc.JobServiceAsyncStub,
     request: pb.WatchJobsRequest,
@@ -169,7 +156,7 @@ async def _refused(
         async for _ in jobs.WatchJobs(request, metadata=metadata, timeout=GUARD_SECONDS):
             pass
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT, raised.value.details()
-    return _violations(raised.value)
+    return field_violations(raised.value)
 
 
 async def test_every_change_of_many_concurrent_jobs_arrives_once_in_commit_order_across_a_resume(
