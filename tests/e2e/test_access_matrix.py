@@ -38,13 +38,17 @@ RPCS = sorted(WRITES | READS)
 # RPCs that name one job: another tenant's is NOT_FOUND.
 JOB_RPCS = {"GetStatus", "GetResult", "WatchJob", "CancelJob"}
 TRANSPORTS = ["native", "envoy", "grpc-web", "rest"]
-CREDENTIALS = [
+# Credentials that prove no identity: UNAUTHENTICATED whatever the RPC.
+NO_IDENTITY = [
     "none",
     "malformed",
     "garbage",
     "expired-jwt",
     "wrong-audience-jwt",
     "revoked-key",
+]
+CREDENTIALS = [
+    *NO_IDENTITY,
     "read-only-key",
     "other-tenant",
     "right-key",
@@ -135,14 +139,7 @@ def world(stack: Stack, issuer: JwtIssuer) -> Iterator[World]:
 
 
 def _expected(rpc: str, credential: str) -> grpc.StatusCode:
-    if credential in {
-        "none",
-        "malformed",
-        "garbage",
-        "expired-jwt",
-        "wrong-audience-jwt",
-        "revoked-key",
-    }:
+    if credential in NO_IDENTITY:
         return grpc.StatusCode.UNAUTHENTICATED
     if credential == "read-only-key" and rpc in WRITES:
         return grpc.StatusCode.PERMISSION_DENIED

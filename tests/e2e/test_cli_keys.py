@@ -30,10 +30,13 @@ def _as(api_key: str) -> dict[str, str]:
     return _env(JOBS_API_KEY=api_key)
 
 
+def _as_admin(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
+    """`jobs ARGS` against `stack`, presenting its development key (every scope)."""
+    return jobs(stack.grpc_target, *args, env=_as(stack.api_key))
+
+
 def _create(stack: Stack, *args: str) -> dict[str, Any]:
-    [made] = json_lines(
-        jobs(stack.grpc_target, "keys", "create", *args, "--json", env=_as(stack.api_key))
-    )
+    [made] = json_lines(_as_admin(stack, "keys", "create", *args, "--json"))
     return made
 
 
@@ -56,7 +59,7 @@ def test_keys_create_prints_the_key_once_and_it_works_through_jobs_api_key(stack
     through_option = json_lines(
         jobs(stack.grpc_target, "status", submitted[0]["id"], "--api-key", made["key"], env=_env())
     )
-    listed = json_lines(jobs(stack.grpc_target, "keys", "list", env=_as(stack.api_key)))
+    listed = json_lines(_as_admin(stack, "keys", "list"))
 
     assert [field for field in KEY_FIELDS if field in made] == KEY_FIELDS
     assert KEY_PATTERN.fullmatch(made["key"])
@@ -73,12 +76,10 @@ def test_keys_create_prints_the_key_once_and_it_works_through_jobs_api_key(stack
 def test_keys_revoke_stops_the_key_and_says_so(stack: Stack) -> None:
     made = _create(stack, "--tenant", "cli-revoke", "--scope", "jobs.read")
 
-    [revoked] = json_lines(
-        jobs(stack.grpc_target, "keys", "revoke", made["id"], "--json", env=_as(stack.api_key))
-    )
+    [revoked] = json_lines(_as_admin(stack, "keys", "revoke", made["id"], "--json"))
     refused = jobs(stack.grpc_target, "list", env=_as(made["key"]))
-    active = json_lines(jobs(stack.grpc_target, "keys", "list", env=_as(stack.api_key)))
-    every = json_lines(jobs(stack.grpc_target, "keys", "list", "--all", env=_as(stack.api_key)))
+    active = json_lines(_as_admin(stack, "keys", "list"))
+    every = json_lines(_as_admin(stack, "keys", "list", "--all"))
 
     assert revoked["id"] == made["id"]
     assert revoked["revoked_at"] is not None
@@ -113,28 +114,9 @@ def test_a_garbage_key_and_a_key_without_admin_are_refused_in_one_line(stack: St
 
 
 def test_keys_create_checks_its_arguments(stack: Stack) -> None:
-    bad_expiry = jobs(
-        stack.grpc_target,
-        "keys",
-        "create",
-        "--tenant",
-        "acme",
-        "--scope",
-        "jobs.read",
-        "--expires",
-        "2027-01-01T00:00:00",
-        env=_as(stack.api_key),
-    )
-    bad_scope = jobs(
-        stack.grpc_target,
-        "keys",
-        "create",
-        "--tenant",
-        "acme",
-        "--scope",
-        "root",
-        env=_as(stack.api_key),
-    )
+    create = ("keys", "create", "--tenant", "acme", "--scope")
+    bad_expiry = _as_admin(stack, *create, "jobs.read", "--expires", "2027-01-01T00:00:00")
+    bad_scope = _as_admin(stack, *create, "root")
     bad_key = jobs(stack.grpc_target, "list", env=_as("line\nbreak"))
 
     assert bad_expiry.returncode == EXIT_USAGE
