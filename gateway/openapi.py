@@ -90,6 +90,7 @@ STATUS_HEADERS: dict[int, dict[str, str]] = {
 HEADER_PARAMETERS: dict[str, tuple[tuple[str, str], ...]] = {
     "SubmitJob": (("Idempotency-Key", "request_id"),),
     "WatchJob": (("Last-Event-ID", "after_sequence"),),
+    "WatchJobs": (("Last-Event-ID", "after_cursor"),),
 }
 
 # The transcoder's gRPC code -> HTTP status mapping (convert_grpc_status), for the codes a
