@@ -136,12 +136,19 @@ def build_parser() -> argparse.ArgumentParser:
     for name, summary in (
         ("status", "show a job's state"),
         ("result", "show a job with its result, once it has finished"),
-        ("watch", "follow a job until it finishes"),
         ("cancel", "cancel a pending or running job"),
     ):
         command = commands.add_parser(name, help=summary)
         _add_common_options(command, top_level=False)
         command.add_argument("job_id", metavar="ID", help="the id printed by submit")
+    watch = commands.add_parser("watch", help="follow jobs until each has finished")
+    _add_common_options(watch, top_level=False)
+    watch.add_argument(
+        "job_ids",
+        nargs="+",
+        metavar="ID",
+        help="the ids printed by submit (several: one WatchJobs stream for all)",
+    )
     _add_keys_commands(commands)
     return parser
 
@@ -183,6 +190,26 @@ async def _follow(
             show(update)
             final = update.job
     return EXIT_OK if final.status == pb.SUCCESS else EXIT_JOB_UNSUCCESSFUL
+
+
+async def _follow_many(
+    stub: pb_grpc.JobServiceAsyncStub,
+    channel: grpc.aio.Channel,
+    job_ids: Sequence[str],
+    output: Output,
+) -> int:
+    """Render the states of several jobs on one stream; exit code by how they all ended."""
+    unique = list(dict.fromkeys(job_ids))
+    with output.follow_many(unique) as show:
+        finished = await client.watch_jobs(
+            stub,
+            channel,
+            unique,
+            on_update=show,
+            on_resume=lambda note: print(f"jobs: {note}", file=sys.stderr),
+        )
+    succeeded = all(job.status == pb.SUCCESS for job in finished)
+    return EXIT_OK if succeeded else EXIT_JOB_UNSUCCESSFUL
 
 
 async def _submit(
@@ -273,8 +300,10 @@ async def run(args: argparse.Namespace, output: Output) -> int:
                 return await _keys(channel, args, output)
             case "submit":
                 return await _submit(stub, channel, args, output)
+            case "watch" if len(args.job_ids) == 1:
+                return await _follow(stub, channel, pb.Job(id=args.job_ids[0]), output)
             case "watch":
-                return await _follow(stub, channel, pb.Job(id=args.job_id), output)
+                return await _follow_many(stub, channel, args.job_ids, output)
             case "list":
                 return await _list(stub, args, output)
             case "status":

@@ -1,17 +1,20 @@
-"""The gRPC side of the commands: the channel, watches that survive restarts, batched submits."""
+"""The gRPC side of the commands: the channel, watches that survive restarts (one job's WatchJob,
+many jobs' WatchJobs), batched submits."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import grpc
 from jobs.v1 import jobs_service_pb2 as pb
 from jobs.v1 import jobs_service_pb2_grpc as pb_grpc
+
+from jobcore.listing import MAX_WATCH_JOB_IDS
 
 DEFAULT_TARGET = "localhost:50051"
 # A unary call that takes longer than this is treated like an unreachable server.
@@ -31,6 +34,9 @@ RETRY_CODES = frozenset(
     {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED}
 )
 BATCH_ATTEMPTS = 5
+# Current states read at once by `jobs watch` of many ids.
+READS_IN_FLIGHT = 64
+FINAL_STATUSES = frozenset({pb.SUCCESS, pb.FAILED, pb.CANCELLED})
 
 
 def _with_key(
@@ -177,7 +183,7 @@ async def submit_batch(
     on_finished: Callable[[pb.Job], None],
 ) -> list[pb.Job]:
     """Submit every request with BatchSubmitJobs, BATCH_SIZE at a time, and, with `watch`,
-    follow each job as soon as its batch is stored.
+    follow every job on one WatchJobs stream, opened before the first is submitted.
 
     Returns the watched jobs in their final states (none without `watch`).
 
@@ -185,24 +191,33 @@ async def submit_batch(
     (jobs already submitted stay submitted and were reported through `on_submitted`).
     """
     slots = asyncio.Semaphore(BATCHES_IN_FLIGHT)
-    finished: list[pb.Job] = []
 
-    async def one(batch: Sequence[pb.SubmitJobRequest]) -> None:
+    async def one(batch: Sequence[pb.SubmitJobRequest], watching: JobsWatch | None) -> None:
         async with slots:
             jobs = await _submit_with_retries(stub, channel, batch)
         for job in jobs:
             on_submitted(job)
-        if watch:
-            finished.extend(await follow_jobs(stub, channel, jobs, on_finished=on_finished))
+        if watching is not None:
+            watching.track(jobs)
 
-    try:
-        async with asyncio.TaskGroup() as group:
-            for start in range(0, len(requests), BATCH_SIZE):
-                group.create_task(one(requests[start : start + BATCH_SIZE]))
-    except ExceptionGroup as failed:
-        # Siblings fail with the same error (an unreachable server, N times): show one.
-        raise failed.exceptions[0] from None
-    return finished
+    async def submit_all(watching: JobsWatch | None) -> None:
+        try:
+            async with asyncio.TaskGroup() as group:
+                for start in range(0, len(requests), BATCH_SIZE):
+                    group.create_task(one(requests[start : start + BATCH_SIZE], watching))
+        except ExceptionGroup as failed:
+            # Siblings fail with the same error (an unreachable server, N times): show one.
+            raise failed.exceptions[0] from None
+
+    if not watch:
+        await submit_all(None)
+        return []
+    # The stream follows the caller's jobs from before the first is stored, so no change is
+    # missed; the ids it is after are learnt as the batches are answered.
+    async with JobsWatch(stub, channel, on_finished=on_finished) as watching:
+        await submit_all(watching)
+        watching.close()
+        return await watching.wait()
 
 
 async def _submit_with_retries(
@@ -224,29 +239,162 @@ async def _submit_with_retries(
     raise AssertionError("unreachable: the last attempt returns or raises")
 
 
-async def follow_jobs(
+async def watch_jobs(
     stub: pb_grpc.JobServiceAsyncStub,
     channel: grpc.aio.Channel,
-    jobs: Sequence[pb.Job],
+    job_ids: Sequence[str],
     *,
-    on_finished: Callable[[pb.Job], None],
+    on_update: Callable[[pb.WatchJobsResponse], None],
+    on_resume: Callable[[str], None] | None = None,
 ) -> list[pb.Job]:
-    """Follow these jobs until each is final, telling `on_finished` of each; their final states.
+    """Follow the jobs with these ids until each is final, on one WatchJobs stream: each job's
+    state now (read once the stream is open), then every change; their final states."""
+    async with JobsWatch(
+        stub, channel, job_ids=job_ids, on_update=on_update, on_resume=on_resume
+    ) as watching:
+        slots = asyncio.Semaphore(READS_IN_FLIGHT)
 
-    The seam for watching many jobs: today one resumable WatchJob stream per job, which may
-    start late since a stream begins with the job's whole history. One WatchJobs stream for all
-    of them would replace this body.
+        async def now(job_id: str) -> pb.Job:
+            async with slots:
+                return await stub.GetResult(
+                    pb.GetResultRequest(job_id=job_id), timeout=UNARY_TIMEOUT_SECONDS
+                )
+
+        watching.track(await asyncio.gather(*(now(job_id) for job_id in job_ids)), show=True)
+        watching.close()
+        return await watching.wait()
+
+
+class JobsWatch:
+    """One WatchJobs stream that follows many jobs until each is final.
+
+    It is open (subscribed) once `async with` has entered, so every change committed from then
+    on reaches it: jobs submitted or read afterwards are followed with nothing missed. A stream
+    lost to a restart resumes from its last cursor, as watch_job resumes; after
+    RESUME_ATTEMPTS failures in a row without a message the error is raised (by `wait`).
+
+    `track` the jobs as their states become known, `close` once no more will come, then `wait`.
     """
-    finished: list[pb.Job] = []
 
-    async def one(job: pb.Job) -> None:
-        final = job
-        async for update in watch_job(stub, channel, job.id):
-            final = update.job
-        finished.append(final)
-        on_finished(final)
+    def __init__(
+        self,
+        stub: pb_grpc.JobServiceAsyncStub,
+        channel: grpc.aio.Channel,
+        *,
+        job_ids: Sequence[str] = (),
+        on_update: Callable[[pb.WatchJobsResponse], None] | None = None,
+        on_finished: Callable[[pb.Job], None] | None = None,
+        on_resume: Callable[[str], None] | None = None,
+    ) -> None:
+        self._stub = stub
+        self._channel = channel
+        # Up to the contract's limit the server selects the jobs; past it, this client does.
+        self._job_ids = list(job_ids) if len(job_ids) <= MAX_WATCH_JOB_IDS else []
+        self._on_update = on_update
+        self._on_finished = on_finished
+        self._on_resume = on_resume
+        # The latest change of each job not tracked yet, while jobs may still be tracked: a job's
+        # changes can come before the answer that names it.
+        self._untracked: dict[str, pb.WatchJobsResponse] = {}
+        self._tracked: set[str] = set()
+        self._final: dict[str, pb.Job] = {}
+        self._closed = False
+        self._all_final = asyncio.Event()
+        self._opened = asyncio.Event()
+        self._reader: asyncio.Task[None] | None = None
 
-    async with asyncio.TaskGroup() as group:
-        for job in jobs:
-            group.create_task(one(job))
-    return finished
+    async def __aenter__(self) -> JobsWatch:
+        self._reader = asyncio.create_task(self._read())
+        opened = asyncio.create_task(self._opened.wait())
+        await asyncio.wait({self._reader, opened}, return_when=asyncio.FIRST_COMPLETED)
+        opened.cancel()
+        if self._reader.done():
+            self._reader.result()  # raises what ended it
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+
+    def track(self, jobs: Iterable[pb.Job], *, show: bool = False) -> None:
+        """Follow these jobs from the states given (with `show`, passed to on_update first)."""
+        for given in jobs:
+            self._tracked.add(given.id)
+            if show and self._on_update is not None:
+                self._on_update(pb.WatchJobsResponse(job=given))
+            early = self._untracked.pop(given.id, None)
+            if early is None or early.job.status not in FINAL_STATUSES:
+                self._check_final(given)
+                continue
+            # It finished before its state was known here.
+            if show and self._on_update is not None:
+                self._on_update(early)
+            self._check_final(early.job)
+
+    def close(self) -> None:
+        """No more jobs will be tracked: the watch is done once the tracked ones are final."""
+        self._closed = True
+        self._untracked.clear()
+        self._check_done()
+
+    async def wait(self) -> list[pb.Job]:
+        """The final state of every tracked job, once each has one (in the order they ended)."""
+        assert self._reader is not None, "enter the watch first"
+        done = asyncio.create_task(self._all_final.wait())
+        await asyncio.wait({self._reader, done}, return_when=asyncio.FIRST_COMPLETED)
+        if not done.done():
+            done.cancel()
+            self._reader.result()  # the stream failed for good: raise why
+        return list(self._final.values())
+
+    def _receive(self, message: pb.WatchJobsResponse) -> None:
+        job = message.job
+        if job.id in self._final:
+            return  # final states never change; anything later is an older state
+        if job.id not in self._tracked:
+            if not self._closed:
+                early = self._untracked.get(job.id)
+                if early is None or early.sequence < message.sequence:
+                    self._untracked[job.id] = message
+            return
+        if self._on_update is not None:
+            self._on_update(message)
+        self._check_final(job)
+
+    def _check_final(self, job: pb.Job) -> None:
+        if job.status in FINAL_STATUSES and job.id not in self._final:
+            self._final[job.id] = job
+            if self._on_finished is not None:
+                self._on_finished(job)
+            self._check_done()
+
+    def _check_done(self) -> None:
+        if self._closed and len(self._final) == len(self._tracked):
+            self._all_final.set()
+
+    async def _read(self) -> None:
+        """Read the stream for good, resuming from the last cursor after an interruption."""
+        cursor = ""
+        failures = 0
+        while True:
+            request = pb.WatchJobsRequest(job_ids=self._job_ids, after_cursor=cursor)
+            try:
+                async for message in self._stub.WatchJobs(request):
+                    failures = 0
+                    cursor = message.cursor
+                    self._opened.set()
+                    if not message.heartbeat:
+                        self._receive(message)
+            except grpc.aio.AioRpcError as error:
+                if error.code() not in RESUMABLE_CODES or failures >= RESUME_ATTEMPTS:
+                    raise
+                failures += 1
+                if self._on_resume is not None:
+                    self._on_resume(
+                        f"watch of {len(self._tracked)} jobs interrupted ({error.code().name}); "
+                        f"resuming from its last cursor (attempt {failures} of {RESUME_ATTEMPTS})"
+                    )
+            # The server never ends the stream itself; a proxy that did is treated the same.
+            await _wait_for_server(self._channel, attempt=max(failures, 1))

@@ -17,7 +17,7 @@ from google.protobuf.message import Message
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from jobs.v1 import jobs_service_pb2 as pb
-from rich.console import Console, RenderableType
+from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.spinner import Spinner
@@ -53,6 +53,11 @@ class Output(Protocol):
 
     def follow(self, job: pb.Job) -> AbstractContextManager[Callable[[pb.WatchJobResponse], None]]:
         """Show a watch of `job` (maybe only its id yet); the context yields the update handler."""
+
+    def follow_many(
+        self, job_ids: Sequence[str]
+    ) -> AbstractContextManager[Callable[[pb.WatchJobsResponse], None]]:
+        """Show a watch of several jobs: each one's state now, then its changes (no heartbeats)."""
 
     def batch(self, *, count: int, watch: bool) -> AbstractContextManager[BatchView]:
         """Show `submit --count`: progress of submitted and (with `watch`) finished jobs."""
@@ -127,6 +132,13 @@ class JsonOutput:
                 self._line(update)
 
         yield show
+
+    @contextlib.contextmanager
+    def follow_many(
+        self, job_ids: Sequence[str]
+    ) -> Iterator[Callable[[pb.WatchJobsResponse], None]]:
+        """Print each job's state now (`job`), then each change (`job`, `sequence`, `cursor`)."""
+        yield self._line
 
     @contextlib.contextmanager
     def batch(self, *, count: int, watch: bool) -> Iterator[BatchView]:
@@ -238,6 +250,22 @@ class TerminalOutput:
             def show(update: pb.WatchJobResponse) -> None:
                 line.update(update.job)
                 live.refresh()
+
+            yield show
+
+    @contextlib.contextmanager
+    def follow_many(
+        self, job_ids: Sequence[str]
+    ) -> Iterator[Callable[[pb.WatchJobsResponse], None]]:
+        """A line per job, as `follow` draws it, all redrawn on every update."""
+        lines = {job_id: _WatchLine(pb.Job(id=job_id)) for job_id in job_ids}
+        with Live(Group(*lines.values()), console=self._console, refresh_per_second=10) as live:
+
+            def show(update: pb.WatchJobsResponse) -> None:
+                line = lines.get(update.job.id)
+                if line is not None:
+                    line.update(update.job)
+                    live.refresh()
 
             yield show
 

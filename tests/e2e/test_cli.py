@@ -261,6 +261,106 @@ def test_watch_resumes_after_a_server_restart(stack: Stack, workers_stopped: Non
     assert "resuming after sequence 1" in err
 
 
+def _watching(stack: Stack, *job_ids: str) -> subprocess.Popen[str]:
+    """`jobs watch ID... --json` running, its output piped."""
+    return subprocess.Popen(
+        _argv("--target", stack.grpc_target, "watch", *job_ids, "--json"),
+        cwd=ROOT,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _by_job(lines: list[dict[str, Any]]) -> dict[str, list[tuple[int, str]]]:
+    """Each job's (sequence, status) lines in the order printed (0: its state when read)."""
+    shown: dict[str, list[tuple[int, str]]] = {}
+    for line in lines:
+        shown.setdefault(line["job"]["id"], []).append(
+            (line.get("sequence", 0), line["job"]["status"])
+        )
+    return shown
+
+
+def test_watch_of_several_jobs_follows_them_on_one_stream(
+    stack: Stack, workers_stopped: None
+) -> None:
+    a, b, c = (submit(stack, "square_sum", str(n)) for n in (1, 2, 3))
+    watch = _watching(stack, a["id"], b["id"], c["id"], a["id"])  # a named twice: once
+    try:
+        assert watch.stdout is not None
+        now = [json.loads(watch.stdout.readline()) for _ in range(3)]
+        json_lines(jobs(stack.grpc_target, "cancel", c["id"], "--json"))
+        for worker in stack.workers:
+            worker.start()
+        out, err = watch.communicate(timeout=60)
+    finally:
+        watch.kill()
+
+    assert watch.returncode == EXIT_JOB_UNSUCCESSFUL, err  # c was cancelled
+    assert [(line["job"]["id"], line["job"]["status"]) for line in now] == [
+        (a["id"], "PENDING"),
+        (b["id"], "PENDING"),
+        (c["id"], "PENDING"),
+    ]
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert all(line["cursor"] for line in lines)
+    assert _by_job(lines) == {
+        c["id"]: [(2, "CANCELLED")],
+        a["id"]: [(2, "IN_PROGRESS"), (3, "SUCCESS")],
+        b["id"]: [(2, "IN_PROGRESS"), (3, "SUCCESS")],
+    }
+    results = {line["job"]["id"]: line["job"].get("result") for line in lines}
+    assert results[a["id"]] == {"result": 1.0}
+    assert results[b["id"]] == {"result": 4.0}
+    assert results[c["id"]] == {"error": "cancelled by request"}
+
+
+def test_watch_of_several_jobs_resumes_after_a_server_restart_from_its_cursor(
+    stack: Stack, workers_stopped: None
+) -> None:
+    a, b = (submit(stack, "cube_sum", str(n)) for n in (2, 3))
+    watch = _watching(stack, a["id"], b["id"])
+    try:
+        assert watch.stdout is not None
+        now = [json.loads(watch.stdout.readline()) for _ in range(2)]
+        stack.server.stop()  # SIGTERM: open streams end with UNAVAILABLE
+        for worker in stack.workers:
+            worker.start()
+        stack.start_server()
+        out, err = watch.communicate(timeout=90)
+    finally:
+        watch.kill()
+        if not stack.server.is_running():
+            stack.start_server()
+
+    assert watch.returncode == 0, err
+    assert {line["job"]["status"] for line in now} == {"PENDING"}
+    lines = [json.loads(line) for line in out.splitlines()]
+    # Nothing missed while the server was away, nothing repeated after.
+    assert sorted(_by_job(lines).values()) == [[(2, "IN_PROGRESS"), (3, "SUCCESS")]] * 2
+    assert "resuming from its last cursor" in err
+
+
+def test_watch_of_several_jobs_in_a_terminal_shows_a_line_for_each(stack: Stack) -> None:
+    a, b = (submit(stack, "square_sum", str(n)) for n in (2, 3))
+    json_lines(jobs(stack.grpc_target, "watch", a["id"], "--json"))
+    json_lines(jobs(stack.grpc_target, "watch", b["id"], "--json"))
+
+    exit_code, screen = _run_in_terminal(
+        _argv("--target", stack.grpc_target, "watch", a["id"], b["id"])
+    )
+
+    text = ANSI_ESCAPE.sub("", screen)
+    assert exit_code == 0, text
+    last_a = text.rindex(a["id"])
+    last_b = text.rindex(b["id"])
+    assert "result 4" in text[last_a:last_b]
+    assert "result 9" in text[last_b:]
+    assert text.count("✔") >= 2
+
+
 def _run_in_terminal(argv: list[str], *, timeout_seconds: float = 60) -> tuple[int, str]:
     """Run argv with a pseudo-terminal as its stdin, stdout and stderr; its exit code and screen output."""
     controller, terminal = pty.openpty()
