@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from collections.abc import Mapping
 from datetime import timedelta
 
 import asyncpg
@@ -18,18 +19,28 @@ HANGUPS = 120
 HANGUP_SPREAD = timedelta(milliseconds=200).total_seconds()
 
 
-async def _submit_and_hang_up(stack: Stack, key: str, *, after_seconds: float) -> None:
-    """POST a job through Envoy and close the connection `after_seconds` after sending it."""
-    body = json.dumps({"data": [1, 2, 3], "operation": "square_sum"}).encode()
+async def _post_and_hang_up(
+    stack: Stack,
+    path: str,
+    body: object,
+    *,
+    headers: Mapping[str, str] | None = None,
+    after_seconds: float,
+) -> None:
+    """POST `body` as JSON through Envoy and close the connection `after_seconds` after sending it."""
+    content = json.dumps(body).encode()
+    fields = {
+        **stack.auth_headers(),
+        "Content-Type": "application/json",
+        **(headers or {}),
+        "Content-Length": str(len(content)),
+    }
     request = (
-        "POST /api/v1/jobs HTTP/1.1\r\n"
+        f"POST {path} HTTP/1.1\r\n"
         f"Host: {stack.gateway_target}\r\n"
-        + "".join(f"{name}: {value}\r\n" for name, value in stack.auth_headers().items())
-        + "Content-Type: application/json\r\n"
-        f"Idempotency-Key: {key}\r\n"
-        f"Content-Length: {len(body)}\r\n"
-        "\r\n"
-    ).encode() + body
+        + "".join(f"{name}: {value}\r\n" for name, value in fields.items())
+        + "\r\n"
+    ).encode() + content
     host, port = stack.gateway_target.rsplit(":", 1)
     _, writer = await asyncio.open_connection(host, int(port))
     writer.write(request)
@@ -37,6 +48,17 @@ async def _submit_and_hang_up(stack: Stack, key: str, *, after_seconds: float) -
     await asyncio.sleep(after_seconds)
     writer.close()
     await writer.wait_closed()
+
+
+async def _submit_and_hang_up(stack: Stack, key: str, *, after_seconds: float) -> None:
+    """POST a job through Envoy and close the connection `after_seconds` after sending it."""
+    await _post_and_hang_up(
+        stack,
+        "/api/v1/jobs",
+        {"data": [1, 2, 3], "operation": "square_sum"},
+        headers={"Idempotency-Key": key},
+        after_seconds=after_seconds,
+    )
 
 
 async def _stored(database_url: str, prefix: str) -> list[asyncpg.Record]:
@@ -90,22 +112,9 @@ async def _batch_and_hang_up(stack: Stack, prefix: str, *, after_seconds: float)
         {"data": [1, 2, 3], "operation": "square_sum", "request_id": f"{prefix}{index}"}
         for index in range(JOBS_PER_BATCH)
     ]
-    body = json.dumps({"requests": requests}).encode()
-    request = (
-        "POST /api/v1/jobs:batchSubmit HTTP/1.1\r\n"
-        f"Host: {stack.gateway_target}\r\n"
-        + "".join(f"{name}: {value}\r\n" for name, value in stack.auth_headers().items())
-        + "Content-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n"
-        "\r\n"
-    ).encode() + body
-    host, port = stack.gateway_target.rsplit(":", 1)
-    _, writer = await asyncio.open_connection(host, int(port))
-    writer.write(request)
-    await writer.drain()
-    await asyncio.sleep(after_seconds)
-    writer.close()
-    await writer.wait_closed()
+    await _post_and_hang_up(
+        stack, "/api/v1/jobs:batchSubmit", {"requests": requests}, after_seconds=after_seconds
+    )
 
 
 async def test_batches_of_clients_that_hung_up_are_whole_and_start_without_the_sweep(

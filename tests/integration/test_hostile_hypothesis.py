@@ -389,46 +389,47 @@ def test_watch_job(
 # --- REST through Envoy ---------------------------------------------------------------------------
 
 
-@HOSTILE
-@given(
-    body=json_values
-    | st.fixed_dictionaries(
-        {"data": st.lists(st.floats() | big_integers | texts, max_size=10)},
+def _submit_bodies(max_numbers: int) -> st.SearchStrategy[dict[str, Any]]:
+    """SubmitJob requests as JSON, with hostile numbers, operations and request ids."""
+    return st.fixed_dictionaries(
+        {"data": st.lists(st.floats() | big_integers | texts, max_size=max_numbers)},
         optional={
             "operation": json_values | st.sampled_from(["square_sum", "cube_sum", 99]),
             "request_id": json_values | hostile_strings,
         },
-    ),
+    )
+
+
+def _post_json(
+    rest: httpx.Client, path: str, *, body: Any, idempotency_key: bytes | None, raw: bytes | None
+) -> httpx.Response:
+    """POST `body` as JSON (or `raw` in its place), with an Idempotency-Key header if one is given."""
+    headers = [(b"content-type", b"application/json")]
+    if idempotency_key is not None:
+        headers.append((b"idempotency-key", idempotency_key))
+    content = raw if raw is not None else json.dumps(body).encode()
+    return rest.post(path, content=content, headers=headers)
+
+
+@HOSTILE
+@given(
+    body=json_values | _submit_bodies(max_numbers=10),
     idempotency_key=st.none() | header_values,
     raw=st.none() | st.binary(max_size=200),
 )
 def test_post_jobs(
     rest: httpx.Client, body: Any, idempotency_key: bytes | None, raw: bytes | None
 ) -> None:
-    headers = [(b"content-type", b"application/json")]
-    if idempotency_key is not None:
-        headers.append((b"idempotency-key", idempotency_key))
-    content = raw if raw is not None else json.dumps(body).encode()
-    _check_rest(rest.post("/api/v1/jobs", content=content, headers=headers))
+    _check_rest(
+        _post_json(rest, "/api/v1/jobs", body=body, idempotency_key=idempotency_key, raw=raw)
+    )
 
 
 @HOSTILE
 @given(
     body=json_values
     | st.fixed_dictionaries(
-        {
-            "requests": st.lists(
-                json_values
-                | st.fixed_dictionaries(
-                    {"data": st.lists(st.floats() | big_integers | texts, max_size=6)},
-                    optional={
-                        "operation": json_values | st.sampled_from(["square_sum", "cube_sum", 99]),
-                        "request_id": json_values | hostile_strings,
-                    },
-                ),
-                max_size=6,
-            )
-        },
+        {"requests": st.lists(json_values | _submit_bodies(max_numbers=6), max_size=6)},
         optional={"extra": json_values},
     ),
     idempotency_key=st.none() | header_values,
@@ -437,11 +438,11 @@ def test_post_jobs(
 def test_post_batch_submit(
     rest: httpx.Client, body: Any, idempotency_key: bytes | None, raw: bytes | None
 ) -> None:
-    headers = [(b"content-type", b"application/json")]
-    if idempotency_key is not None:
-        headers.append((b"idempotency-key", idempotency_key))
-    content = raw if raw is not None else json.dumps(body).encode()
-    _check_rest(rest.post("/api/v1/jobs:batchSubmit", content=content, headers=headers))
+    _check_rest(
+        _post_json(
+            rest, "/api/v1/jobs:batchSubmit", body=body, idempotency_key=idempotency_key, raw=raw
+        )
+    )
 
 
 @HOSTILE
