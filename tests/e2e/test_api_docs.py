@@ -22,29 +22,17 @@ from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 from jobs.v1 import jobs_service_pb2 as pb
 from openapi_spec_validator import validate
-from playwright.async_api import async_playwright
 
 from devstack.stack import DESCRIPTOR, Stack
 from gateway import GatewayOptions, write_config
 from gateway.config import SWAGGER_UI_FILES
 from gateway.openapi import build_openapi
+from tests.browser import headless_chromium
 from tests.eventually import eventually
 
 # Listed in GATEWAY_CORS_ORIGINS by the session stack (tests/conftest.py); no other origin is.
 FOREIGN_ORIGIN = "http://app.example.test"
 SERVICE_PATH = "/jobs.v1.JobService"
-CHROMIUM = "/usr/bin/chromium"
-# The flags that keep Debian's Chromium headless, sandbox-free (root) and off the network.
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 # KEEP_TEST_SCREENSHOTS=DIR keeps a picture of the docs page after "Try it out".
 SCREENSHOT_DIR = os.environ.get("KEEP_TEST_SCREENSHOTS", "")
 SCHEMATHESIS = str(Path(sys.executable).parent / "schemathesis")
@@ -351,58 +339,46 @@ async def test_only_the_assets_the_page_needs_are_served(http: httpx.AsyncClient
     assert refused.json() == {"code": 12, "message": "Method Not Allowed"}
 
 
-@pytest.fixture(scope="module")
-def chromium() -> str:
-    """Debian's Chromium, which CI installs; skip only where it is missing."""
-    if not Path(CHROMIUM).is_file():
-        pytest.skip(f"Chromium is not installed at {CHROMIUM} (apt-get install -y chromium)")
-    return CHROMIUM
-
-
 @pytest.mark.timeout(300)
 async def test_swagger_ui_renders_every_operation_and_try_it_out_submits_a_job(
-    stack: Stack, chromium: str
+    stack: Stack,
 ) -> None:
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
-        try:
-            # What Swagger UI's Authorize button would add to every request it makes.
-            page = await browser.new_page(extra_http_headers=stack.auth_headers())
-            errors: list[str] = []
-            page.on("pageerror", lambda error: errors.append(str(error)))
-            await page.goto(f"{stack.http_base}/docs")
+    async with headless_chromium() as browser:
+        # What Swagger UI's Authorize button would add to every request it makes.
+        page = await browser.new_page(extra_http_headers=stack.auth_headers())
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        await page.goto(f"{stack.http_base}/docs")
 
-            blocks = page.locator(".opblock")
-            await blocks.nth(len(BLOCK_IDS) - 1).wait_for(timeout=30_000)
-            assert await blocks.count() == len(BLOCK_IDS)
-            shown = {await block.get_attribute("id") for block in await blocks.all()}
-            assert shown == BLOCK_IDS
-            title = await page.locator(".info .title").inner_text()
-            assert "JobService REST API" in title
+        blocks = page.locator(".opblock")
+        await blocks.nth(len(BLOCK_IDS) - 1).wait_for(timeout=30_000)
+        assert await blocks.count() == len(BLOCK_IDS)
+        shown = {await block.get_attribute("id") for block in await blocks.all()}
+        assert shown == BLOCK_IDS
+        title = await page.locator(".info .title").inner_text()
+        assert "JobService REST API" in title
 
-            submit = page.locator("#operations-JobService-SubmitJob")
-            await submit.locator(".opblock-summary").click()
-            await submit.locator(".try-out__btn").click()
-            body = await submit.locator("textarea.body-param__text").input_value()
-            assert json.loads(body) == {"data": [1, 2, 3], "operation": "square_sum"}
-            async with page.expect_response(
-                lambda r: r.url.endswith("/api/v1/jobs") and r.request.method == "POST"
-            ) as response_info:
-                await submit.locator("button.execute").click()
-            response = await response_info.value
-            assert response.status == 201
-            job = await response.json()
-            assert job["status"] == "PENDING"
-            assert job["id"]
-            shown_status = submit.locator(".live-responses-table tbody .response-col_status")
-            await shown_status.wait_for()
-            assert (await shown_status.inner_text()).strip() == "201"
-            assert job["id"] in await submit.locator(".live-responses-table").inner_text()
-            assert errors == []
-            if SCREENSHOT_DIR:
-                await page.screenshot(path=Path(SCREENSHOT_DIR) / "docs.png", full_page=True)
-        finally:
-            await browser.close()
+        submit = page.locator("#operations-JobService-SubmitJob")
+        await submit.locator(".opblock-summary").click()
+        await submit.locator(".try-out__btn").click()
+        body = await submit.locator("textarea.body-param__text").input_value()
+        assert json.loads(body) == {"data": [1, 2, 3], "operation": "square_sum"}
+        async with page.expect_response(
+            lambda r: r.url.endswith("/api/v1/jobs") and r.request.method == "POST"
+        ) as response_info:
+            await submit.locator("button.execute").click()
+        response = await response_info.value
+        assert response.status == 201
+        job = await response.json()
+        assert job["status"] == "PENDING"
+        assert job["id"]
+        shown_status = submit.locator(".live-responses-table tbody .response-col_status")
+        await shown_status.wait_for()
+        assert (await shown_status.inner_text()).strip() == "201"
+        assert job["id"] in await submit.locator(".live-responses-table").inner_text()
+        assert errors == []
+        if SCREENSHOT_DIR:
+            await page.screenshot(path=Path(SCREENSHOT_DIR) / "docs.png", full_page=True)
 
 
 # --------------------------------------------------------------------------- gRPC-Web and CORS
