@@ -11,14 +11,14 @@ timer per read is garbage per message, which many long-lived streams cannot affo
 
 from __future__ import annotations
 
-import contextlib
+import enum
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 from jobcore.errors import FieldViolation, InvalidJobError, ServiceShuttingDownError
-from jobcore.events import HEARTBEAT, SHUTDOWN, Inbox, JobEventHub
+from jobcore.events import HEARTBEAT, SHUTDOWN, InboxItem, JobEventHub
 from jobcore.listing import JobSelection, WatchCursor
 from jobcore.models import Job, JobEvent
 from jobcore.store import JobStore
@@ -44,34 +44,31 @@ class TenantUpdate(NamedTuple):
     traceparent: str | None = None
 
 
-async def _in_order(
-    inbox: Inbox,
-    *,
-    covered: Callable[[], int],
-    number: Callable[[JobEvent], int],
-    catch_up: Callable[[JobEvent | None], AsyncIterator[JobEvent]],
-) -> AsyncGenerator[JobEvent | None, None]:
-    """The inbox's events in commit order, none covered twice; None for a heartbeat.
+class _Step(enum.Enum):
+    """What a stream does with the next item of its inbox."""
 
-    `covered()` is the number of the last event the reader has handled: it is read after the
-    reader has handled every event yielded before. An event numbered right after it goes out
-    as it is, one at or below it is dropped, and a gap (the event that shows it) or a listener
-    reconnect (None) is filled by `catch_up` from the database.
+    HEARTBEAT = "heartbeat"  # send a heartbeat
+    SKIP = "skip"  # an event it already covered
+    SEND = "send"  # the event right after the last one it covered: send it as it is
+    CATCH_UP = "catch up"  # a gap, or a listener reconnect: read what it missed from the database
+
+
+def _step(item: InboxItem, *, covered: int, number: Callable[[JobEvent], int]) -> _Step:
+    """The rule both watches keep for an inbox item, given the number (in commit order) of the
+    last event the stream covered; ServiceShuttingDownError when the server drains.
+
+    A plain function, not a generator both loops share: it adds nothing to what each of
+    many thousand open streams holds.
     """
-    while True:
-        item = await inbox.get()
-        if item is HEARTBEAT:
-            yield None
-        elif item is SHUTDOWN:
-            raise ServiceShuttingDownError("the server is shutting down; watch again to resume")
-        elif not isinstance(item, JobEvent):  # RESYNC: notifications may have been missed
-            async for event in catch_up(None):
-                yield event
-        elif number(item) == covered() + 1:
-            yield item
-        elif number(item) > covered():
-            async for event in catch_up(item):
-                yield event
+    if item is HEARTBEAT:
+        return _Step.HEARTBEAT
+    if item is SHUTDOWN:
+        raise ServiceShuttingDownError("the server is shutting down; watch again to resume")
+    if not isinstance(item, JobEvent):  # RESYNC: notifications may have been missed
+        return _Step.CATCH_UP
+    if number(item) <= covered:
+        return _Step.SKIP
+    return _Step.SEND if number(item) == covered + 1 else _Step.CATCH_UP
 
 
 async def follow_job(
@@ -91,11 +88,6 @@ async def follow_job(
     changes for `heartbeat`, the latest state is repeated as a heartbeat. Another tenant's
     job is not found, as one that never existed.
     """
-
-    async def history(_shown_by: JobEvent | None) -> AsyncIterator[JobEvent]:
-        for event in await store.events_after(job_id, sent, tenant=tenant):
-            yield event
-
     with hub.subscribe(job_id, tenant=tenant, heartbeat=heartbeat) as inbox:
         latest = await store.get(job_id, tenant=tenant)
         if after_sequence <= 0:
@@ -103,21 +95,25 @@ async def follow_job(
             yield WatchUpdate(latest)
         else:
             sent = after_sequence
-            async for event in history(None):
+            for event in await store.events_after(job_id, sent, tenant=tenant):
                 latest, sent = event.apply_to(latest), event.sequence
                 yield WatchUpdate(latest, traceparent=event.traceparent)
-        if latest.status.is_final:
-            return
-        changes = _in_order(inbox, covered=lambda: sent, number=_sequence, catch_up=history)
-        async with contextlib.aclosing(changes):
-            async for item in changes:
-                if item is None:
-                    yield WatchUpdate(latest, heartbeat=True)
-                    continue
-                latest, sent = item.apply_to(latest), item.sequence
-                yield WatchUpdate(latest, traceparent=item.traceparent)
-                if latest.status.is_final:
-                    return
+        while not latest.status.is_final:
+            item = await inbox.get()
+            step = _step(item, covered=sent, number=_sequence)
+            if step is _Step.HEARTBEAT:
+                yield WatchUpdate(latest, heartbeat=True)
+                continue
+            if step is _Step.SKIP:
+                continue
+            events = (
+                [cast(JobEvent, item)]
+                if step is _Step.SEND
+                else await store.events_after(job_id, sent, tenant=tenant)
+            )
+            for event in events:
+                latest, sent = event.apply_to(latest), event.sequence
+                yield WatchUpdate(latest, traceparent=event.traceparent)
 
 
 def _sequence(event: JobEvent) -> int:
@@ -153,9 +149,10 @@ async def follow_tenant(
     A busy tenant's inbox is never quiet, so the hub's heartbeats stop; while none of its
     changes is selected, the stream sends a heartbeat of its own once per `heartbeat`.
     """
-    last = 0
     now = hub.clock.now
     beat_seconds = heartbeat.total_seconds()
+    last = 0  # the position covered
+    sent_at = now()  # when the last message went out
 
     async def replay(up_to: int) -> AsyncIterator[JobEvent]:
         """The tenant's events after `last` from the database, at least up to `up_to` (those
@@ -176,46 +173,45 @@ async def follow_tenant(
         if shown_by is not None and _position(shown_by) > last:
             yield shown_by
 
+    def cover(event: JobEvent) -> TenantUpdate | None:
+        """Move the stream past the event; the message to send for it, if any."""
+        nonlocal last, sent_at
+        if event.tenant != tenant or _position(event) <= last:
+            return None  # never another tenant's; nothing twice
+        last = _position(event)
+        job = event.job()
+        if selection.selects(job):
+            sent_at = now()
+            return TenantUpdate(job, last, event.traceparent)
+        if now() - sent_at >= beat_seconds:
+            sent_at = now()
+            return TenantUpdate(None, last)
+        return None
+
     with hub.subscribe_tenant(tenant, heartbeat=heartbeat) as inbox:
         newest = await store.last_event_position(tenant)
-        sent_at = now()
         if after is None:
             last = newest
             yield TenantUpdate(None, last)
         else:
             _check_resumable(after, newest=newest, retention=retention)
             last = after.position
-        changes = _chain(
-            replay(newest),
-            _in_order(inbox, covered=lambda: last, number=_position, catch_up=catch_up),
-        )
-        async with contextlib.aclosing(changes):
-            async for event in changes:
-                if event is None:
-                    sent_at = now()
-                    yield TenantUpdate(None, last)
-                    continue
-                if event.tenant != tenant or _position(event) <= last:
-                    continue  # never another tenant's; nothing twice
-                last = _position(event)
-                job = event.job()
-                if selection.selects(job):
-                    sent_at = now()
-                    yield TenantUpdate(job, last, event.traceparent)
-                elif now() - sent_at >= beat_seconds:
-                    sent_at = now()
-                    yield TenantUpdate(None, last)
-
-
-async def _chain(
-    first: AsyncIterator[JobEvent], then: AsyncGenerator[JobEvent | None, None]
-) -> AsyncGenerator[JobEvent | None, None]:
-    """`first`, then `then` (closed with this generator)."""
-    async with contextlib.aclosing(then):
-        async for event in first:
-            yield event
-        async for item in then:
-            yield item
+            async for event in replay(newest):
+                if (update := cover(event)) is not None:
+                    yield update
+        while True:
+            item = await inbox.get()
+            step = _step(item, covered=last, number=_position)
+            if step is _Step.HEARTBEAT:
+                sent_at = now()
+                yield TenantUpdate(None, last)
+            elif step is _Step.SEND:
+                if (update := cover(cast(JobEvent, item))) is not None:
+                    yield update
+            elif step is _Step.CATCH_UP:
+                async for event in catch_up(item if isinstance(item, JobEvent) else None):
+                    if (update := cover(event)) is not None:
+                        yield update
 
 
 def _check_resumable(after: WatchCursor, *, newest: int, retention: timedelta) -> None:
