@@ -80,6 +80,19 @@ async def _stored(database_url: str, prefix: str) -> list[asyncpg.Record]:
         await connection.close()
 
 
+async def _all_started_in_time(stack: Stack, prefix: str) -> list[asyncpg.Record]:
+    """The jobs stored for keys with `prefix`, once none is PENDING; each started in time."""
+    rows = await eventually(
+        lambda: _stored(stack.database_url, prefix),
+        until=lambda rows: bool(rows) and all(row["status"] != "PENDING" for row in rows),
+        timeout_seconds=START_WITHIN.total_seconds(),
+    )
+    assert all(row["waited"] < START_WITHIN for row in rows), sorted(
+        (row["waited"], row["request_id"]) for row in rows
+    )
+    return rows
+
+
 async def test_jobs_of_clients_that_hung_up_start_without_the_sweep(stack: Stack) -> None:
     assert redispatch_after(stack) >= 3 * START_WITHIN
     prefix = f"hangup-{uuid.uuid4()}-"
@@ -92,14 +105,7 @@ async def test_jobs_of_clients_that_hung_up_start_without_the_sweep(stack: Stack
         )
     )
 
-    rows = await eventually(
-        lambda: _stored(stack.database_url, prefix),
-        until=lambda rows: bool(rows) and all(row["status"] != "PENDING" for row in rows),
-        timeout_seconds=START_WITHIN.total_seconds(),
-    )
-    assert all(row["waited"] < START_WITHIN for row in rows), sorted(
-        (row["waited"], row["request_id"]) for row in rows
-    )
+    await _all_started_in_time(stack, prefix)
 
 
 BATCH_HANGUPS = 40
@@ -132,14 +138,7 @@ async def test_batches_of_clients_that_hung_up_are_whole_and_start_without_the_s
         )
     )
 
-    rows = await eventually(
-        lambda: _stored(stack.database_url, prefix),
-        until=lambda rows: bool(rows) and all(row["status"] != "PENDING" for row in rows),
-        timeout_seconds=START_WITHIN.total_seconds(),
-    )
-    assert all(row["waited"] < START_WITHIN for row in rows), sorted(
-        (row["waited"], row["request_id"]) for row in rows
-    )
+    rows = await _all_started_in_time(stack, prefix)
     # Each batch was stored whole or not at all.
     per_batch: dict[str, int] = {}
     for row in rows:
