@@ -54,6 +54,14 @@ include-operation-id = "WatchJob"
 checks.negative_data_rejection.enabled = false
 
 [[operations]]
+include-operation-id = "WatchJobs"
+# A valid request streams until the client leaves, so each one lasts the whole request timeout
+# (answered 200 with heartbeats); a short one keeps them from taking minutes. The server ignores
+# Last-Event-ID when after_cursor is set, so a malformed header is accepted then.
+request-timeout = 1
+checks.negative_data_rejection.enabled = false
+
+[[operations]]
 include-operation-id = "BatchSubmitJobs"
 # The transcoder reads a lone number where a list of numbers belongs (`"data": 0` is `[0]`, as
 # protobuf's JSON parser reads any repeated field), so a request's `data` of the wrong type may be
