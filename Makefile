@@ -42,7 +42,7 @@ $(DASHBOARD_INSTALLED): dashboard/package.json dashboard/package-lock.json
 
 # Generates its TypeScript from protos/ (and the googleapis protos in gen/third_party), type-checks
 # and bundles it; rebuilt only when its sources or the contract change.
-$(DASHBOARD): $(DASHBOARD_INSTALLED) $(DASHBOARD_SOURCES) $(PROTOS) | $(GENERATED)
+$(DASHBOARD): $(DASHBOARD_INSTALLED) $(DASHBOARD_SOURCES) scripts/generate-ts.mjs $(PROTOS) | $(GENERATED)
 	cd dashboard && npm run --silent build
 
 .PHONY: dashboard
