@@ -45,3 +45,23 @@ class CpuMeter:
     def used(self) -> float:
         """CPU seconds used since start()."""
         return cpu_seconds(self._roots) - self._start
+
+
+# Named groups of processes: ("server", (pid,)), ("workers", (pid, pid)), ...
+Parts = tuple[tuple[str, tuple[int, ...]], ...]
+
+
+class PartsMeter:
+    """CPU seconds of each named part of a process set between start() and a reading."""
+
+    def __init__(self, parts: Parts) -> None:
+        self._meters = {name: CpuMeter(pids) for name, pids in parts}
+
+    def start(self) -> None:
+        """Start (or restart) counting from now."""
+        for meter in self._meters.values():
+            meter.start()
+
+    def used(self) -> dict[str, float]:
+        """CPU seconds of each part since start()."""
+        return {name: meter.used() for name, meter in self._meters.items()}

@@ -27,7 +27,7 @@ import psutil
 from jobs.v1 import jobs_service_pb2 as pb
 from jobs.v1 import jobs_service_pb2_grpc as pb_grpc
 
-from benchmarks.cpu import CpuMeter
+from benchmarks.cpu import Parts, PartsMeter
 from benchmarks.http1 import Http1Connection, HttpError, encode_request
 from benchmarks.pinned import Samples
 from benchmarks.stats import percentile
@@ -382,8 +382,8 @@ class Lifecycle:
     delay_seconds: float
     # Above 1: submitted with BatchSubmitJobs, this many jobs a call (`in_flight` calls at once).
     batch_size: int = 1
-    # The stack's processes (roots): with batches, their CPU per job is measured too.
-    cpu_pids: tuple[int, ...] = ()
+    # The stack's processes by part (roots): in batch runs, their CPU per job is measured too.
+    cpu_parts: Parts = ()
 
 
 async def _submit_many(
@@ -481,8 +481,8 @@ async def _lifecycle_batches(
     spec: Lifecycle, stubs: list[pb_grpc.JobServiceAsyncStub], completions: _Completions
 ) -> Samples:
     rates: list[float] = []
-    cpu_ms_per_job: list[float] = []
-    meter = CpuMeter(spec.cpu_pids)
+    cpu_ms_per_job: list[dict[str, float]] = []
+    meter = PartsMeter(spec.cpu_parts)
     # The first batch (a twentieth of the size) warms up the server, the workers and the database.
     for batch in [max(100, spec.jobs // 20), *[spec.jobs] * spec.repeats]:
         timeout = 60 + batch / 20  # generous: 20 jobs/s would still finish
@@ -513,10 +513,18 @@ async def _lifecycle_batches(
             raise TimeoutError(f"submitted only {len(job_ids)} of {batch} jobs in {timeout:.0f} s")
         finished = await completions.wait_all(job_ids, timeout_seconds=timeout)
         rates.append(batch / (finished - started))
-        cpu_ms_per_job.append(meter.used() * 1000 / batch)
+        cpu_ms_per_job.append({part: used * 1000 / batch for part, used in meter.used().items()})
     samples: Samples = {f"{spec.name}_per_s": rates[1:]}
-    if spec.cpu_pids:
-        samples[f"{spec.name}_cpu_ms_per_job"] = cpu_ms_per_job[1:]
+    if spec.cpu_parts:
+        samples |= _cpu_samples(f"{spec.name}_cpu_ms_per_job", cpu_ms_per_job[1:])
+    return samples
+
+
+def _cpu_samples(name: str, repeats: list[dict[str, float]]) -> Samples:
+    """The whole set's CPU figure under `name`, and each part's under `name`_part."""
+    samples: Samples = {name: [sum(parts.values()) for parts in repeats]}
+    for part in repeats[0] if repeats else {}:
+        samples[f"{name}_{part}"] = [parts[part] for parts in repeats]
     return samples
 
 
@@ -906,8 +914,8 @@ class CeleryRoundTrips:
     warmup_tasks: int
     repeats: int
     timeout_seconds: float
-    # The Celery worker and the broker (roots): their CPU per task goes in `cpu_name`.
-    cpu_pids: tuple[int, ...] = ()
+    # The Celery worker and the broker by part (roots): their CPU per task goes in `cpu_name`.
+    cpu_parts: Parts = ()
     cpu_name: str = ""
 
 
@@ -918,8 +926,8 @@ def celery_round_trips(spec: CeleryRoundTrips) -> Samples:
     from benchmarks.celery_ref import create_app  # noqa: PLC0415
 
     app = create_app(spec.url)
-    meter = CpuMeter(spec.cpu_pids)
-    cpu_ms_per_task: list[float] = []
+    meter = PartsMeter(spec.cpu_parts)
+    cpu_ms_per_task: list[dict[str, float]] = []
 
     def batch(count: int) -> float:
         meter.start()
@@ -927,11 +935,11 @@ def celery_round_trips(spec: CeleryRoundTrips) -> Samples:
         results = [app.send_task(spec.task, args=spec.args) for _ in range(count)]
         ResultSet(results).join_native(timeout=spec.timeout_seconds)
         rate = count / (time.perf_counter() - started)
-        cpu_ms_per_task.append(meter.used() * 1000 / count)
+        cpu_ms_per_task.append({part: used * 1000 / count for part, used in meter.used().items()})
         return rate
 
     batch(spec.warmup_tasks)  # also waits for the worker to come up
     samples: Samples = {spec.name: [batch(spec.tasks) for _ in range(spec.repeats)]}
     if spec.cpu_name:
-        samples[spec.cpu_name] = cpu_ms_per_task[1:]
+        samples |= _cpu_samples(spec.cpu_name, cpu_ms_per_task[1:])
     return samples

@@ -22,12 +22,12 @@ from pathlib import Path
 import psutil
 
 from benchmarks import celery_ref, fill, loadgen
-from benchmarks.cpu import CpuMeter
+from benchmarks.cpu import Parts, PartsMeter
 from benchmarks.infra import Infrastructure, wait_for_port
 from benchmarks.machine import CpuPlan
 from benchmarks.pinned import Samples, SpecT, run_pinned
 from benchmarks.sizes import Sizes
-from devstack.processes import child_env, free_port, python_module
+from devstack.processes import ManagedProcess, child_env, free_port, python_module
 from devstack.stack import MALLOC_ENV, ROOT, Stack, default_worker_processes
 from jobcore.database import asyncpg_dsn
 from jobcore.settings import Settings
@@ -119,7 +119,9 @@ class Run:
         profile: dict[str, int | None] | None = None,
     ) -> None:
         """Run one load generator (profiling the service's processes if asked) and keep its samples."""
-        with self._profiled(function.__name__, profile or {}):
+        # Named by the measurement too: one load generator serves several measurements.
+        label = "-".join(filter(None, [function.__name__, getattr(spec, "name", "")]))
+        with self._profiled(label, profile or {}):
             self.samples |= run_pinned(
                 function, spec, cpus=self.plan.load_generator, timeout_seconds=timeout_seconds
             )
@@ -183,15 +185,24 @@ def phase_stacks() -> dict[str, tuple[dict[str, str], str]]:
     return stacks
 
 
-def stack_pids(run: Run, stack: Stack) -> tuple[int, ...]:
-    """Every process of a stack (roots: their children count with them): server, workers,
-    Envoy, Flower if it runs, and PostgreSQL and Redis (the run's shared ones, or its own)."""
-    processes = [stack.server, stack.envoy, *stack.workers]
-    if stack.config.flower:
-        processes.append(stack.flower)
-    embedded = [service.process for service in (stack.postgres, stack.redis) if service]
-    pids = [process.pid for process in [*processes, *embedded] if process.pid is not None]
-    return (*pids, *(() if embedded else run.infra.service_pids()))
+def stack_parts(run: Run, stack: Stack) -> Parts:
+    """Every process of a stack by part (roots: their children count with them): server,
+    workers, Envoy, Flower if it runs, PostgreSQL and Redis (the run's shared ones, or its own)."""
+
+    def pids(*processes: ManagedProcess | None) -> tuple[int, ...]:
+        return tuple(process.pid for process in processes if process and process.pid is not None)
+
+    infra = run.infra
+    postgres = stack.postgres.process if stack.postgres else infra.postgres.process
+    redis = stack.redis.process if stack.redis else infra.redis.process
+    parts: Parts = (
+        ("server", pids(stack.server)),
+        ("workers", pids(*stack.workers)),
+        ("envoy", pids(stack.envoy)),
+        ("postgres", pids(postgres)),
+        ("redis", pids(redis)),
+    )
+    return (*parts, ("flower", pids(stack.flower))) if stack.config.flower else parts
 
 
 def service_pids(stack: Stack) -> dict[str, int | None]:
@@ -264,7 +275,10 @@ def references(run: Run) -> None:
                 timeout_seconds=120,
                 # The worker (with its prefork children) and the broker, as the service's CPU
                 # per job counts its own processes and not the client's.
-                cpu_pids=(celery_worker.pid, *([redis_pid] if redis_pid else [])),
+                cpu_parts=(
+                    ("worker", (celery_worker.pid,)),
+                    ("redis", (redis_pid,) if redis_pid else ()),
+                ),
                 cpu_name="celery_noop_cpu_ms_per_task",
             ),
             timeout_seconds=180 + sizes.repeats * sizes.celery_noop_tasks / 50,
@@ -442,7 +456,7 @@ def delay0(run: Run) -> None:
                 window_seconds=0,
                 repeats=sizes.lifecycle_delay0_repeats,
                 delay_seconds=0,
-                cpu_pids=stack_pids(run, stack),
+                cpu_parts=stack_parts(run, stack),
             ),
             timeout_seconds=120
             + (sizes.lifecycle_delay0_repeats + 1) * (60 + sizes.lifecycle_delay0_jobs / 20),
@@ -469,13 +483,14 @@ def delay0(run: Run) -> None:
                 repeats=sizes.repeats,
                 delay_seconds=0,
                 batch_size=sizes.batch_size,
-                cpu_pids=stack_pids(run, stack),
+                cpu_parts=stack_parts(run, stack),
             ),
             timeout_seconds=120 + (sizes.repeats + 1) * (60 + jobs / 20),
             profile=service_pids(stack),
         )
-        # The issue's name for the stack's CPU per job in the zero-delay flow.
-        run.samples["cpu_ms_per_job"] = run.samples.pop("lifecycle_delay0_batch_cpu_ms_per_job")
+        # The issue's name for the stack's CPU per job in the zero-delay flow (and its parts').
+        for name in [name for name in run.samples if name.startswith("lifecycle_delay0_batch_cpu")]:
+            run.samples[name.replace("lifecycle_delay0_batch_", "")] = run.samples.pop(name)
         run.say(f"delay0: one job of {sizes.bigjob_numbers:,} numbers at a time")
         processes = tuple(
             (name, pid) for name, pid in service_pids(stack).items() if pid is not None
@@ -560,30 +575,15 @@ def _cli_submit_and_watch(run: Run, stack: Stack, *, jobs: int, attempt: int) ->
     return seconds
 
 
-_IDLE_PARTS = ("server", "workers", "envoy", "flower", "postgres", "redis")
-
-
 def _idle_cpu(run: Run, stack: Stack, *, window_seconds: float) -> None:
     """CPU cores the whole stack uses while idle, and each of its parts."""
-    parts = {
-        "server": [stack.server],
-        "workers": list(stack.workers),
-        "envoy": [stack.envoy],
-        "flower": [stack.flower],
-        "postgres": [stack.postgres.process] if stack.postgres else [],
-        "redis": [stack.redis.process] if stack.redis else [],
-    }
-    meters = {
-        name: CpuMeter(process.pid for process in processes if process.pid is not None)
-        for name, processes in parts.items()
-    }
-    for meter in meters.values():
-        meter.start()
+    meter = PartsMeter(stack_parts(run, stack))
+    meter.start()
     time.sleep(window_seconds)
-    used = {name: meter.used() / window_seconds for name, meter in meters.items()}
+    used = {name: seconds / window_seconds for name, seconds in meter.used().items()}
     run.samples["idle_cpu_cores"] = [sum(used.values())]
-    for name in _IDLE_PARTS:
-        run.samples[f"idle_cpu_cores_{name}"] = [used[name]]
+    for name, cores in used.items():
+        run.samples[f"idle_cpu_cores_{name}"] = [cores]
 
 
 PHASE_FUNCTIONS: dict[str, Callable[[Run], None]] = {
