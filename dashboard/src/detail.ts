@@ -1,6 +1,7 @@
 /**
- * The open job: its whole history, followed live with one WatchJob stream (the only stream the
- * page holds open), and cancelling it.
+ * The open job: its whole history, followed live with one WatchJob stream (the page's second,
+ * beside the WatchJobs stream of stream.ts; it ends with the job's final state), and cancelling
+ * it.
  *
  * WatchJob with after_sequence=0 starts from the current state; with after_sequence=N it first
  * replays every change after N. A job's first state (sequence 1) is always PENDING at its
@@ -16,6 +17,7 @@ import { describeError, handleCallError, jobs } from "./api";
 import { JobStatus, type Job } from "./gen/jobs/v1/jobs_service_pb";
 import { isFinal, newer } from "./format";
 import { sawJobs } from "./overview";
+import { sleep } from "./schedule";
 
 /** How long to wait before resuming a watch the network or the gateway broke. */
 const RESUME_DELAY_MS = 1000;
@@ -48,16 +50,6 @@ function update(id: string, change: Partial<OpenJob>): void {
   if (current !== null && current.id === id) {
     openJob.value = { ...current, ...change };
   }
-}
-
-function sleep(delayMs: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    const timer = setTimeout(resolve, delayMs);
-    signal.addEventListener("abort", () => {
-      clearTimeout(timer);
-      resolve();
-    });
-  });
 }
 
 async function follow(id: string, signal: AbortSignal): Promise<void> {

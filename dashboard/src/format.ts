@@ -39,6 +39,18 @@ export function ms(timestamp: Timestamp | undefined): number {
     : Number(timestamp.seconds) * 1000 + Math.floor(timestamp.nanos / 1_000_000);
 }
 
+/** Negative, zero or positive as `a` is before, at or after `b` (to the nanosecond). */
+export function compareTimes(a: Timestamp | undefined, b: Timestamp | undefined): number {
+  const seconds = (a?.seconds ?? 0n) - (b?.seconds ?? 0n);
+  return seconds !== 0n ? (seconds < 0n ? -1 : 1) : (a?.nanos ?? 0) - (b?.nanos ?? 0);
+}
+
+/** ListJobs' order, newest first: by creation time, then by id, both descending. */
+export function newestFirst(a: Job, b: Job): number {
+  const created = compareTimes(b.createdAt, a.createdAt);
+  return created !== 0 ? created : a.id < b.id ? 1 : a.id > b.id ? -1 : 0;
+}
+
 /** Which of two states of one job is the later one (a final state wins a tie). */
 export function newer(a: Job, b: Job): Job {
   const difference = ms(a.updatedAt) - ms(b.updatedAt);

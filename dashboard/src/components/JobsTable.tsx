@@ -2,11 +2,10 @@ import { openJob } from "../detail";
 import { filterExpression } from "../filter";
 import type { Job, JobStatus, Operation } from "../gen/jobs/v1/jobs_service_pb";
 import { isoTime, newer, operationName, OPERATIONS, shortTime, statusName, STATUSES } from "../format";
-import { liveError, livePage } from "../live";
-import { pageVisible } from "../schedule";
+import { liveError, livePage, olderPage } from "../live";
+import { streamError, streamState } from "../stream";
 import {
   filter,
-  nextPage,
   pageNumber,
   pageRequest,
   PAGE_SIZES,
@@ -102,6 +101,24 @@ function Filters() {
   );
 }
 
+const LIVE_TEXT = {
+  connecting: "Connecting…",
+  live: "Live: streaming every change (WatchJobs)",
+  reconnecting: "Reconnecting: resuming after the last change seen…",
+  paused: "Paused while the tab is hidden",
+} as const;
+
+/** Whether the table is live, and when it is not, why. */
+function LiveIndicator() {
+  const state = streamState.value;
+  const why = state === "reconnecting" ? streamError.value : "";
+  return (
+    <p class="live" role="status" data-live={state} title={why || undefined}>
+      {LIVE_TEXT[state]}
+    </p>
+  );
+}
+
 function Row({ job, open }: { job: Job; open: boolean }) {
   return (
     <tr data-job-id={job.id} aria-current={open ? "true" : undefined} class={open ? "open" : ""}>
@@ -128,7 +145,7 @@ export function JobsTable() {
   const request = pageRequest.value;
   const current = page !== null && page.request === request ? page : null;
   const open = openJob.value;
-  // The open job's watch may be ahead of the last poll: show whichever state is later.
+  // The open job's watch may be ahead of the stream: show whichever state is later.
   const rows = (current?.jobs ?? []).map((job) =>
     open?.job && open.id === job.id ? newer(open.job, job) : job,
   );
@@ -137,9 +154,7 @@ export function JobsTable() {
     <section class="jobs card" aria-labelledby="jobs-title">
       <div class="section-head">
         <h2 id="jobs-title">Jobs</h2>
-        <p class="live" role="status" data-live={pageVisible.value ? "on" : "paused"}>
-          {pageVisible.value ? "Live: read every second" : "Paused while the tab is hidden"}
-        </p>
+        <LiveIndicator />
       </div>
       <Filters />
       {liveError.value && (
@@ -188,8 +203,8 @@ export function JobsTable() {
         <span aria-live="polite">Page {number}</span>
         <button
           type="button"
-          onClick={() => current && nextPage(current.nextPageToken)}
-          disabled={!current?.nextPageToken}
+          onClick={() => void olderPage()}
+          disabled={!current?.nextPageToken && !current?.overflowed}
         >
           Older →
         </button>

@@ -21,7 +21,12 @@ function Counts() {
       {STATUSES.map((status) => {
         const count = shown.get(status);
         const name = statusName(status);
-        const text = count === undefined ? "…" : count.more ? `${COUNT_LIMIT}+` : String(count.count);
+        const text =
+          count === undefined
+            ? "…"
+            : count.more || count.count > COUNT_LIMIT
+              ? `${COUNT_LIMIT}+`
+              : String(count.count);
         return (
           <li key={name}>
             <button
