@@ -17,13 +17,16 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TypeVar
+from urllib.parse import urlsplit
 
 import grpc
 import httpx
 import pytest
+from google.protobuf.message import Message
 from jobs.v1 import jobs_service_pb2 as pb
 from jobs.v1 import jobs_service_pb2_grpc as pb_grpc
-from playwright.async_api import Browser, Locator, Page, expect
+from playwright.async_api import Browser, Locator, Page, Request, expect
 
 from devstack.stack import ROOT, Stack
 from tests.browser import headless_chromium
@@ -41,6 +44,9 @@ DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
 # The assertion timeout of expect(): a few of the dashboard's one-second reads and a job's delay.
 UI_TIMEOUT_MS = 20_000
+# How long the page is left alone to show that it reads nothing while nothing changes: well
+# within the overview's count correction (every 15 s).
+IDLE_SECONDS = 4.0
 # The issue's bound: no task of the page may keep it busy longer than this.
 LONG_TASK_LIMIT_MS = 200
 DOCS_SCREENSHOT = ROOT / "docs" / "dashboard.png"
@@ -73,6 +79,7 @@ new MutationObserver(record).observe(document, {
 """
 
 _tenants = itertools.count(1)
+M = TypeVar("M", bound=Message)
 
 
 @pytest.fixture(scope="module")
@@ -158,6 +165,38 @@ class Problems:
     found: list[str] = field(default_factory=list)
 
 
+@dataclass
+class GrpcWebCalls:
+    """The JobService calls a page made over gRPC-Web, from Playwright's request events."""
+
+    # (method, request message bytes) in the order the page made them.
+    made: list[tuple[str, bytes]] = field(default_factory=list)
+    # The methods of the calls that failed in the browser (aborted by the page, for instance).
+    failed: list[str] = field(default_factory=list)
+
+    @staticmethod
+    def _method(request: Request) -> str | None:
+        path = urlsplit(request.url).path
+        prefix = "/jobs.v1.JobService/"
+        return path.removeprefix(prefix) if path.startswith(prefix) else None
+
+    def on_request(self, request: Request) -> None:
+        if (method := self._method(request)) is not None:
+            # One gRPC-Web frame: a flags byte, a 4-byte length, the message.
+            self.made.append((method, (request.post_data_buffer or b"")[5:]))
+
+    def on_request_failed(self, request: Request) -> None:
+        if (method := self._method(request)) is not None:
+            self.failed.append(method)
+
+    def methods(self, since: int = 0) -> list[str]:
+        return [method for method, _ in self.made[since:]]
+
+    def requests(self, method: str, message: type[M], since: int = 0) -> list[M]:
+        """The requests of `method` made since the `since`-th call, decoded."""
+        return [message.FromString(body) for name, body in self.made[since:] if name == method]
+
+
 @contextlib.asynccontextmanager
 async def open_dashboard(
     browser: Browser,
@@ -166,8 +205,10 @@ async def open_dashboard(
     key: str | None,
     init_scripts: tuple[str, ...] = (),
     viewport: dict[str, int] | None = None,
+    calls: GrpcWebCalls | None = None,
 ) -> AsyncIterator[Page]:
-    """A new tab (its own sessionStorage) on /ui in UTC, signed in with `key` unless None.
+    """A new tab (its own sessionStorage) on /ui in UTC, signed in with `key` unless None;
+    every JobService call it makes is recorded in `calls` if given.
 
     On the way out, asserts that the page logged no console error and threw nothing.
     """
@@ -187,6 +228,9 @@ async def open_dashboard(
             ),
         )
         page.on("pageerror", lambda error: problems.found.append(f"page error: {error}"))
+        if calls is not None:
+            page.on("request", calls.on_request)
+            page.on("requestfailed", calls.on_request_failed)
         await page.goto(f"{stack.http_base}/ui")
         if key is not None:
             await sign_in(page, key)
@@ -238,6 +282,33 @@ async def wait_until_finished(tenant: Tenant, count: int) -> list[pb.Job]:
 
 async def screenshot(page: Page, tmp_path: Path, name: str) -> None:
     await page.screenshot(path=tmp_path / f"{name}.png")
+
+
+def count_value(page: Page, status: str) -> Locator:
+    return page.locator(f'ul.counts [data-count-status="{status}"] .count-value')
+
+
+async def streaming(page: Page) -> Locator:
+    """The table's live indicator, once the page's stream is open and its counts are read."""
+    live = page.locator("section.jobs .live")
+    await expect(live).to_have_attribute("data-live", "live")
+    await expect(live).to_have_text("Live: streaming every change (WatchJobs)")
+    # The counts are shown all at once, after the read of the last status.
+    await expect(count_value(page, "CANCELLED")).not_to_have_text("…")
+    return live
+
+
+async def set_visibility(page: Page, state: str) -> None:
+    """What the browser does when the tab is hidden or shown again (Playwright cannot hide a
+    tab): document.visibilityState changes and a visibilitychange event follows."""
+    await page.evaluate(
+        """state => {
+          Object.defineProperty(document, "visibilityState", { configurable: true, get: () => state });
+          Object.defineProperty(document, "hidden", { configurable: true, get: () => state === "hidden" });
+          document.dispatchEvent(new Event("visibilitychange"));
+        }""",
+        state,
+    )
 
 
 # --------------------------------------------------------------------------- serving
@@ -471,6 +542,53 @@ async def test_pages_forward_and_back_with_the_services_tokens(
         await expect(newer).to_be_disabled()
 
 
+async def test_new_jobs_push_rows_to_the_next_page_and_paging_still_shows_them(
+    browser: Browser, dashboard_stack: Stack, tenant: Tenant, tmp_path: Path
+) -> None:
+    await asyncio.gather(*(tenant.submit([float(n)]) for n in range(26)))
+    expected = [job.id for job in await tenant.list_jobs()]  # newest first
+    async with open_dashboard(browser, dashboard_stack, key=tenant.key) as page:
+        rows = page.locator("section.jobs tbody tr[data-job-id]")
+        await streaming(page)
+        await expect(rows).to_have_count(25)
+        assert await shown_ids(page) == expected[:25]
+
+        newest = [await tenant.submit([1]), await tenant.submit([2])]
+        await expect(row(page, newest[0].id)).to_be_visible()
+        await expect(row(page, newest[1].id)).to_be_visible()
+        # The page keeps its size: the two oldest rows made way.
+        await expect(rows).to_have_count(25)
+        assert await shown_ids(page) == [newest[1].id, newest[0].id, *expected[:23]]
+
+        # The next page starts after the last row shown now, not after the one the page was
+        # first read with: the two rows that made way are on it.
+        await page.get_by_role("button", name="Older").click()
+        await expect(page.locator("section.jobs caption")).to_contain_text("page 2:")
+        await expect(rows).to_have_count(3)
+        assert await shown_ids(page) == expected[23:]
+
+
+async def test_a_status_filter_takes_jobs_in_and_lets_them_go_as_they_change(
+    browser: Browser, dashboard_stack: Stack, tenant: Tenant, tmp_path: Path
+) -> None:
+    async with open_dashboard(browser, dashboard_stack, key=tenant.key) as page:
+        await streaming(page)
+        filters = page.get_by_role("form", name="Filter jobs")
+        await filters.get_by_label("Status").select_option(label="IN_PROGRESS")
+        await expect(page.locator("section.jobs caption")).to_contain_text(": 0 jobs")
+
+        job = await tenant.submit([2])
+        # In while it runs, out when it has finished.
+        await expect(row(page, job.id).locator("[data-status]")).to_have_text("IN_PROGRESS")
+        await expect(row(page, job.id)).to_have_count(
+            0, timeout=UI_TIMEOUT_MS + DELAY_SECONDS * 1000
+        )
+        await expect(count_value(page, "SUCCESS")).to_have_text("1")
+
+        await filters.get_by_label("Status").select_option(label="SUCCESS")
+        await expect(row(page, job.id).locator("[data-status]")).to_have_text("SUCCESS")
+
+
 async def test_two_hundred_jobs_changing_at_once_keep_the_page_responsive(
     browser: Browser, dashboard_stack: Stack, tenant: Tenant, tmp_path: Path
 ) -> None:
@@ -515,6 +633,155 @@ async def test_two_hundred_jobs_changing_at_once_keep_the_page_responsive(
             f"{max((t['duration'] for t in long_tasks), default=0):.0f} ms; "
             f"{time.monotonic() - started:.1f} s from submit to all SUCCESS shown"
         )
+
+
+# --------------------------------------------------------------------------- live (WatchJobs)
+
+
+async def test_jobs_submitted_by_other_clients_appear_on_top_and_go_live_to_success(
+    browser: Browser, dashboard_stack: Stack, tenant: Tenant, tmp_path: Path
+) -> None:
+    earlier = await tenant.submit([5])
+    async with open_dashboard(
+        browser, dashboard_stack, key=tenant.key, init_scripts=(ROW_STATUSES_SCRIPT,)
+    ) as page:
+        await expect(row(page, earlier.id)).to_be_visible()
+        await page.evaluate("window.__sameDocument = true")
+        by_grpc = await tenant.submit([1, 2], pb.cube_sum)
+        async with httpx.AsyncClient(base_url=dashboard_stack.http_base, timeout=10) as http:
+            response = await http.post(
+                "/api/v1/jobs",
+                json={"data": [3, 4], "operation": "square_sum"},
+                headers={"authorization": f"Bearer {tenant.key}"},
+            )
+        assert response.status_code == 201, response.text
+        by_rest: str = response.json()["id"]
+
+        # On top, newest first, above the job the page was opened with.
+        await expect(row(page, by_rest)).to_be_visible()
+        assert (await shown_ids(page))[:3] == [by_rest, by_grpc.id, earlier.id]
+        for job_id in (by_grpc.id, by_rest):
+            await expect(row(page, job_id).locator("[data-status]")).to_have_text(
+                "SUCCESS", timeout=UI_TIMEOUT_MS + DELAY_SECONDS * 1000
+            )
+            seen = await page.evaluate(f"window.__rowStatuses[{job_id!r}]")
+            assert seen[-2:] == ["IN_PROGRESS", "SUCCESS"], seen
+        # The counts followed each change (the earlier job finished after they were read too).
+        await expect(count_value(page, "SUCCESS")).to_have_text("3")
+        await expect(count_value(page, "PENDING")).to_have_text("0")
+        await expect(count_value(page, "IN_PROGRESS")).to_have_text("0")
+        await expect(page.locator("[data-last-minute]")).to_have_attribute("data-last-minute", "3")
+        # All of it without a reload.
+        assert await page.evaluate("window.__sameDocument") is True
+        await screenshot(page, tmp_path, "submitted-elsewhere")
+
+
+async def test_the_stream_not_polling_keeps_the_page_live(
+    browser: Browser, dashboard_stack: Stack, tenant: Tenant, tmp_path: Path
+) -> None:
+    calls = GrpcWebCalls()
+    async with open_dashboard(browser, dashboard_stack, key=tenant.key, calls=calls) as page:
+        live = await streaming(page)
+        # The stream was opened before the table's first page was read (the one-job read
+        # before both checks the key).
+        methods = calls.methods()
+        first_page = next(
+            index
+            for index, (method, body) in enumerate(calls.made)
+            if method == "ListJobs" and pb.ListJobsRequest.FromString(body).page_size == 25
+        )
+        assert methods.index("WatchJobs") < first_page
+
+        # Nothing changes: the page calls nothing at all. (Waiting is what this observes.)
+        idle_from = len(calls.made)
+        await asyncio.sleep(IDLE_SECONDS)
+        assert calls.methods(since=idle_from) == []
+
+        # A job from elsewhere goes from the top of the table to SUCCESS on the stream alone.
+        job = await tenant.submit([6])
+        await expect(row(page, job.id).locator("[data-status]")).to_have_text(
+            "SUCCESS", timeout=UI_TIMEOUT_MS + DELAY_SECONDS * 1000
+        )
+        assert (await shown_ids(page))[0] == job.id
+        await expect(count_value(page, "SUCCESS")).to_have_text("1")
+        table_reads = [
+            request
+            for request in calls.requests("ListJobs", pb.ListJobsRequest, since=idle_from)
+            if request.filter == ""
+        ]
+        assert table_reads == []
+        assert calls.methods().count("WatchJobs") == 1
+        await expect(live).to_have_attribute("data-live", "live")
+
+
+async def test_a_hidden_tab_closes_its_stream_and_resumes_after_its_cursor(
+    browser: Browser, dashboard_stack: Stack, tenant: Tenant, tmp_path: Path
+) -> None:
+    calls = GrpcWebCalls()
+    async with open_dashboard(browser, dashboard_stack, key=tenant.key, calls=calls) as page:
+        live = await streaming(page)
+        hidden_from = len(calls.made)
+        await set_visibility(page, "hidden")
+        await expect(live).to_have_attribute("data-live", "paused")
+        await expect(live).to_have_text("Paused while the tab is hidden")
+
+        async def failed() -> list[str]:
+            return calls.failed
+
+        # The page closed its stream.
+        await eventually(failed, until=lambda methods: methods == ["WatchJobs"], timeout_seconds=10)
+        job = await tenant.submit([3])
+        await wait_until_finished(tenant, 1)
+        # Nothing was called while the tab was hidden, and nothing shown changed.
+        assert calls.methods(since=hidden_from) == []
+        await expect(row(page, job.id)).to_have_count(0)
+
+        await set_visibility(page, "visible")
+        await expect(row(page, job.id).locator("[data-status]")).to_have_text("SUCCESS")
+        await expect(live).to_have_attribute("data-live", "live")
+        # One call: the stream again, after the cursor of its last message, which replayed what
+        # the page missed; nothing was read again.
+        assert calls.methods(since=hidden_from) == ["WatchJobs"]
+        (resumed,) = calls.requests("WatchJobs", pb.WatchJobsRequest, since=hidden_from)
+        assert resumed.after_cursor != ""
+        await expect(count_value(page, "SUCCESS")).to_have_text("1")
+        await expect(page.locator("[data-last-minute]")).to_have_attribute("data-last-minute", "1")
+
+
+async def test_a_broken_stream_shows_reconnecting_and_resumes_after_its_cursor(
+    browser: Browser, dashboard_stack: Stack, tenant: Tenant, tmp_path: Path
+) -> None:
+    calls = GrpcWebCalls()
+    async with open_dashboard(browser, dashboard_stack, key=tenant.key, calls=calls) as page:
+        live = await streaming(page)
+        job = await tenant.submit([4])
+        await expect(row(page, job.id)).to_be_visible()
+        broken_from = len(calls.made)
+        try:
+            # SIGTERM: the server ends open streams with UNAVAILABLE; the job carries on in
+            # the worker, its changes stored while no server streams them.
+            await asyncio.to_thread(dashboard_stack.server.stop)
+            await expect(live).to_have_attribute("data-live", "reconnecting")
+            await expect(live).to_contain_text("Reconnecting")
+            await screenshot(page, tmp_path, "reconnecting")
+        finally:
+            await asyncio.to_thread(dashboard_stack.start_server)
+
+        await expect(live).to_have_attribute("data-live", "live")
+        await expect(row(page, job.id).locator("[data-status]")).to_have_text(
+            "SUCCESS", timeout=UI_TIMEOUT_MS + DELAY_SECONDS * 1000
+        )
+        # Every new stream resumed after the last cursor, and the table was not read again:
+        # the changes made while the server was down came from the stream's replay.
+        resumed = calls.requests("WatchJobs", pb.WatchJobsRequest, since=broken_from)
+        assert resumed
+        assert all(request.after_cursor for request in resumed)
+        table_reads = [
+            request
+            for request in calls.requests("ListJobs", pb.ListJobsRequest, since=broken_from)
+            if request.filter == ""
+        ]
+        assert table_reads == []
 
 
 # --------------------------------------------------------------------------- credentials
