@@ -36,13 +36,13 @@ from tests.eventually import eventually
 
 pytestmark = pytest.mark.timeout(240)
 
-# Long enough to see IN_PROGRESS between two reads of the table and to press Cancel in time.
+# Long enough to see IN_PROGRESS in the table and to press Cancel in time.
 DELAY_SECONDS = 3.0
 # Every job of the 200-job test runs at once.
 WORKER_SLOTS = 250
 DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
-# The assertion timeout of expect(): a few of the dashboard's one-second reads and a job's delay.
+# The assertion timeout of expect(): a stream's reconnection or a count correction (15 s) and more.
 UI_TIMEOUT_MS = 20_000
 # How long the page is left alone to show that it reads nothing while nothing changes: well
 # within the overview's count correction (every 15 s).
