@@ -23,7 +23,7 @@ from jobcore.settings import Settings
 from jobcore.store import JobStore
 from jobcore.supervision import Supervisor
 from server.admin import AdminServicer
-from server.auth import CallGuard
+from server.auth import STREAM_CREDENTIALS_TASK, CallGuard
 
 logger = logging.getLogger(__name__)
 
@@ -63,12 +63,14 @@ class Access:
             API_KEYS_TASK, ring.run(timedelta(seconds=settings.api_key_refresh_seconds))
         )
         limiter = rate_limiter(settings)
+        guard = CallGuard(
+            api_keys=ring,
+            jwts=await jwt_verifier(settings, supervisor=supervisor),
+            rate_limiter=limiter,
+        )
+        supervisor.start(STREAM_CREDENTIALS_TASK, guard.open_streams.run())
         return cls(
-            guard=CallGuard(
-                api_keys=ring,
-                jwts=await jwt_verifier(settings, supervisor=supervisor),
-                rate_limiter=limiter,
-            ),
+            guard=guard,
             admin=AdminServicer(keys=keys, ring=ring),
             rate_limiter=limiter,
         )

@@ -9,14 +9,20 @@ provider (jobcore.jwt_tokens). AUTH_MODE=none makes every call the one anonymous
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, Final, Protocol
+import asyncio
+import contextlib
+import logging
+import weakref
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Final, NoReturn, Protocol
 
 import grpc
 
-from jobcore.errors import PermissionDeniedError, UnauthenticatedError
+from jobcore.errors import PermissionDeniedError, TransientError, UnauthenticatedError
 from jobcore.identity import ANONYMOUS, Principal, Scope, bearer_token, set_current_principal
 from jobcore.keys.material import KEY_PREFIX
+
+logger = logging.getLogger(__name__)
 
 # The scope each method needs. A method missing here is refused: a new RPC must be listed.
 METHOD_SCOPES: Final[Mapping[str, Scope]] = {
@@ -32,6 +38,11 @@ METHOD_SCOPES: Final[Mapping[str, Scope]] = {
     "/jobs.v1.AdminService/ListApiKeys": Scope.ADMIN,
     "/jobs.v1.AdminService/RevokeApiKey": Scope.ADMIN,
 }
+# How often the credentials of open streams are verified again (OpenStreams): well within the
+# 5 s in which a revocation must take effect everywhere.
+STREAM_RECHECK_SECONDS: Final = 1.0
+# The supervised task that does it (and the name of its fault file).
+STREAM_CREDENTIALS_TASK: Final = "stream-credentials"
 # API keys start with KEY_PREFIX (jobcore.keys); anything else with two dots is taken for a JWT.
 API_KEY_PREFIX: Final = KEY_PREFIX
 
@@ -52,11 +63,72 @@ class RateLimiter(Protocol):
         ...
 
 
-def _authorization(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
+def authorization_of(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
+    """The call's `authorization` metadata value, if any."""
     for name, value in context.invocation_metadata() or ():
         if name == "authorization":
             return value if isinstance(value, str) else value.decode(errors="replace")
     return None
+
+
+class OpenStreams:
+    """The streams open under each credential, ended once the credential stops working.
+
+    A credential is checked when a call starts; a stream may then stay open for hours. Every
+    STREAM_RECHECK_SECONDS the credentials of open streams are verified again (in memory, once
+    per distinct credential), and the streams of one that is now revoked, expired or unknown
+    are cancelled; the interceptor ends them UNAUTHENTICATED.
+    """
+
+    def __init__(self, authenticate: Callable[[str | None], Principal]) -> None:
+        self._authenticate = authenticate
+        self._by_credential: dict[str | None, set[asyncio.Task[Any]]] = {}
+        self._refused: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
+
+    @contextlib.contextmanager
+    def held(self, authorization: str | None) -> Iterator[None]:
+        """Count the current task as a stream opened with `authorization` while the block runs."""
+        task = asyncio.current_task()
+        if task is None:
+            yield
+            return
+        self._by_credential.setdefault(authorization, set()).add(task)
+        try:
+            yield
+        finally:
+            tasks = self._by_credential.get(authorization)
+            if tasks is not None:
+                tasks.discard(task)
+                if not tasks:
+                    del self._by_credential[authorization]
+
+    def refused(self, task: asyncio.Task[Any] | None) -> bool:
+        """Whether `task` was cancelled because its credential stopped working."""
+        return task is not None and task in self._refused
+
+    def check(self) -> int:
+        """Cancel the streams whose credential no longer verifies; how many."""
+        ended = 0
+        for authorization, tasks in list(self._by_credential.items()):
+            try:
+                self._authenticate(authorization)
+            except UnauthenticatedError:
+                for task in list(tasks):
+                    if task not in self._refused:
+                        self._refused.add(task)
+                        task.cancel()
+                        ended += 1
+            except TransientError:
+                continue  # the keys are not loaded yet: nothing is known to be revoked
+        return ended
+
+    async def run(self) -> NoReturn:
+        """Check every STREAM_RECHECK_SECONDS, forever (a supervised task of the server)."""
+        while True:
+            await asyncio.sleep(STREAM_RECHECK_SECONDS)
+            ended = self.check()
+            if ended:
+                logger.info("ended %d streams whose credentials stopped working", ended)
 
 
 class CallGuard:
@@ -73,6 +145,7 @@ class CallGuard:
         self._api_keys = api_keys
         self._jwts = jwts
         self._rate_limiter = rate_limiter
+        self.open_streams = OpenStreams(self.authenticate)
 
     @property
     def required(self) -> bool:
@@ -92,7 +165,7 @@ class CallGuard:
 
     async def admit(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> Principal:
         """The caller of `method`, once it is known, allowed and within its rate."""
-        principal = self.authenticate(_authorization(context) if self.required else None)
+        principal = self.authenticate(authorization_of(context) if self.required else None)
         needed = METHOD_SCOPES.get(method)
         if needed is None:
             # Not listed: nobody may call it until someone decides who may.

@@ -9,6 +9,7 @@ that id. A call never ends UNKNOWN, which grpc.aio would send with the exception
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import logging
@@ -25,10 +26,10 @@ from jobs.v1 import jobs_service_pb2
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind
 
-from jobcore.errors import FieldViolation, InvalidJobError, JobError
+from jobcore.errors import FieldViolation, InvalidJobError, JobError, UnauthenticatedError
 from jobcore.logs import current_job_id
 from jobcore.tracing import tracer
-from server.auth import CallGuard
+from server.auth import CallGuard, authorization_of
 from server.conversions import reject_unknown_fields
 from server.errors import abort_with, internal_status, new_correlation_id, status_for
 from server.metrics import RPC_DURATION, RPC_REQUESTS, WATCH_STREAMS_OPEN
@@ -106,7 +107,7 @@ def _wrap(
         )
     if handler.unary_stream is not None:
         return grpc.unary_stream_rpc_method_handler(
-            _wrap_stream(method, admit, handler.unary_stream),
+            _wrap_stream(method, admit, guard, handler.unary_stream),
             request_deserializer=deserializer,
             response_serializer=handler.response_serializer,
         )
@@ -237,7 +238,23 @@ def _wrap_unary(method: str, admit: _Admit, behaviour: Any) -> Any:
     return unary
 
 
-def _wrap_stream(method: str, admit: _Admit, behaviour: Any) -> Any:
+# What a stream ends with when the guard found its credential revoked or expired.
+_CREDENTIAL_ENDED = UnauthenticatedError(
+    "invalid credentials: revoked or expired while the stream was open"
+)
+
+
+@contextlib.asynccontextmanager
+async def _held_open(guard: CallGuard, credential: str | None) -> AsyncIterator[None]:
+    """The stream counted among the guard's open streams while it runs (when calls need keys)."""
+    if not guard.required:
+        yield
+        return
+    with guard.open_streams.held(credential):
+        yield
+
+
+def _wrap_stream(method: str, admit: _Admit, guard: CallGuard, behaviour: Any) -> Any:
     """The span covers the whole stream but is current only while a step of the handler runs.
 
     grpc.aio drops a stream's generator at a `yield` when the call ends during a write (client
@@ -249,13 +266,19 @@ def _wrap_stream(method: str, admit: _Admit, behaviour: Any) -> Any:
     async def stream(request: Any, context: Context) -> AsyncIterator[Any]:
         span = _start_span(method, request)
         call = _Call(method, request)
+        task = asyncio.current_task()
         WATCH_STREAMS_OPEN.inc()
         try:
             with trace.use_span(span):
                 await admit(context)
                 _check_request(request)
+            # Ended (cancelled) by the guard if its credential stops working while it is open.
+            credential = authorization_of(context) if guard.required else None
             # Closed here rather than at garbage collection, so the handler cleans up at once.
-            async with contextlib.aclosing(behaviour(request, context)) as responses:
+            async with (
+                contextlib.aclosing(behaviour(request, context)) as responses,
+                _held_open(guard, credential),
+            ):
                 while True:
                     with trace.use_span(span):
                         try:
@@ -270,6 +293,14 @@ def _wrap_stream(method: str, admit: _Admit, behaviour: Any) -> Any:
             # Also after responses were sent: the stream then ends with this status.
             with trace.use_span(span):
                 await abort_with(context, call.failed(error))
+        except asyncio.CancelledError as error:
+            if not guard.open_streams.refused(task):
+                call.interrupted(error, context)
+                raise
+            assert task is not None
+            task.uncancel()
+            with trace.use_span(span):
+                await abort_with(context, call.failed(_CREDENTIAL_ENDED))
         except BaseException as error:
             call.interrupted(error, context)
             raise

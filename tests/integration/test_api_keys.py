@@ -4,6 +4,7 @@ process within 5 s)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -385,3 +386,37 @@ async def test_a_key_revoked_on_one_server_stops_working_on_another_within_5_s(
             took = time.monotonic() - revoked_at
 
     assert took < REVOCATION_DEADLINE_SECONDS
+
+
+async def _heartbeats_until_the_end(stream: Any) -> None:
+    """Read a quiet stream (heartbeats only) until it ends: its status is raised."""
+    while True:
+        message = await asyncio.wait_for(stream.read(), timeout=REVOCATION_DEADLINE_SECONDS * 2)
+        assert isinstance(message, pb.WatchJobsResponse)
+        assert message.heartbeat
+
+
+async def test_a_stream_open_under_a_key_ends_unauthenticated_once_the_key_is_revoked(
+    stack: Stack, plain_channel: grpc.aio.Channel
+) -> None:
+    admin = pb_grpc.AdminServiceStub(plain_channel)
+    jobs = pb_grpc.JobServiceStub(plain_channel)
+    created = await admin.CreateApiKey(
+        pb.CreateApiKeyRequest(tenant=f"{_UNIQUE}-stream", scopes=["jobs.read"], name="stream"),
+        metadata=_as(stack.api_key),
+    )
+    stream = jobs.WatchJobs(pb.WatchJobsRequest(), metadata=_as(created.key))
+    first = await stream.read()
+    assert isinstance(first, pb.WatchJobsResponse)
+    assert first.heartbeat
+
+    await admin.RevokeApiKey(
+        pb.RevokeApiKeyRequest(key_id=created.api_key.id), metadata=_as(stack.api_key)
+    )
+    started = time.monotonic()
+    with pytest.raises(grpc.aio.AioRpcError) as ended:
+        await _heartbeats_until_the_end(stream)
+
+    assert ended.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert "revoked or expired while the stream was open" in (ended.value.details() or "")
+    assert time.monotonic() - started < REVOCATION_DEADLINE_SECONDS
