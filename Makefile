@@ -67,7 +67,7 @@ test: $(GENERATED) $(NODE_INSTALLED) $(DASHBOARD) ## Run the full test suite aga
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 .PHONY: bench
-bench: $(GENERATED) $(NODE_INSTALLED) $(DASHBOARD) ## Benchmark the real stack against its references (about 5 minutes; see BENCHMARKS.md).
+bench: $(GENERATED) $(NODE_INSTALLED) $(DASHBOARD) ## Benchmark the real stack against its references (about 6 minutes; see BENCHMARKS.md).
 	$(BIN)/python -m benchmarks
 
 .PHONY: bench-quick
