@@ -349,6 +349,13 @@ def edge_without_authentication(run: Run) -> None:
     """SubmitJob over gRPC as in `edge`, on a stack with AUTH_MODE=none and no rate limit."""
     sizes = run.sizes
     with run.infra.stack("edge-noauth", env=PHASE_ENVS["edge-noauth"], workers=0) as stack:
+        # As many stored jobs as `edge` has when it measures SubmitJob, so that only
+        # authentication differs.
+        asyncio.run(
+            fill.fill_finished_jobs(
+                stack.migration_database_url, until_total=sizes.getstatus_small_rows
+            )
+        )
         run.say("edge-noauth: SubmitJob over gRPC without authentication, 128 in flight")
         run.load(
             loadgen.submit_grpc,
