@@ -138,7 +138,55 @@ SQL_GUARDS = (
     SqlGuard(
         "create_jobs",
         "an idempotency key makes one job (a second insert of the key does nothing)",
-        (("        ON CONFLICT (request_id) WHERE request_id IS NOT NULL DO NOTHING\n", ""),),
+        (
+            (
+                "        ON CONFLICT (tenant, request_id) WHERE request_id IS NOT NULL DO NOTHING\n",
+                "",
+            ),
+        ),
+    ),
+    SqlGuard(
+        "create_jobs",
+        "a tenant is given no more unfinished jobs than its quota",
+        (
+            (
+                "     WHERE coalesce(usage.unfinished_jobs, 0) + new_jobs.rank_in_tenant\n"
+                "           <= new_jobs.max_unfinished_jobs\n",
+                "",
+            ),
+        ),
+    ),
+    # The tenant conditions below are replaced by ones that keep their parameter typed, so a
+    # removal fails a test by what it lets through, not by a statement that no longer prepares.
+    SqlGuard(
+        "get_job",
+        "another tenant's job is not found",
+        (("($2::text IS NULL OR tenant = $2::text)", "($2::text IS NULL OR true)"),),
+    ),
+    SqlGuard(
+        "get_job_by_request_id",
+        "idempotency keys are per tenant",
+        (("WHERE tenant = $1::text", "WHERE $1::text IS NOT NULL"),),
+    ),
+    SqlGuard(
+        "list_jobs",
+        "a listing shows only the caller's tenant",
+        (("WHERE tenant = $2::text", "WHERE $2::text IS NOT NULL"),),
+    ),
+    SqlGuard(
+        "events_after",
+        "another tenant's job has no history for a caller",
+        (("   AND tenant = $3::text", "   AND $3::text IS NOT NULL"),),
+    ),
+    SqlGuard(
+        "cancel_job",
+        "a caller cannot cancel another tenant's job",
+        (("       AND tenant = $4::text\n", "       AND $4::text IS NOT NULL\n"),),
+    ),
+    SqlGuard(
+        "tenant_events_after",
+        "a stream resuming after a position gets no change twice",
+        (("   AND position > $2::bigint", "   AND position >= $2::bigint"),),
     ),
 )
 
