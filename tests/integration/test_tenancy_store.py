@@ -250,3 +250,31 @@ async def test_a_rolled_back_change_gives_its_positions_back(
     events = await store.tenant_events_after(tenant.tenant, 0, limit=10)
     assert taken == 2
     assert [event.position for event in events] == [1, 2]
+
+
+async def test_a_retry_finds_its_own_tenants_job_when_another_tenant_used_the_key_first(
+    store: JobStore,
+) -> None:
+    key = f"first-elsewhere-{uuid.uuid4()}"
+    # A tenant whose name sorts before ACME's, so that a lookup forgetting the tenant would
+    # meet its job first whichever way it reads (by the (tenant, key) index or by insertion).
+    earlier = Principal(f"aardvark-{_RUN}", ALL_SCOPES, "key:jobs_aardvark")
+    theirs, _ = await store.create(
+        job_id=new_job_id(),
+        operation=Operation.CUBE_SUM,
+        numbers=pack_numbers([7.0]),
+        owner=earlier,
+        request_id=key,
+    )
+    mine = await _submit(store, ACME, request_id=key)
+
+    retried, created = await store.create(
+        job_id=new_job_id(),
+        operation=Operation.SQUARE_SUM,
+        numbers=pack_numbers([2.0]),
+        owner=ACME,
+        request_id=key,
+    )
+
+    assert not created
+    assert retried.id == mine.id != theirs.id
