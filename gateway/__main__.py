@@ -1,7 +1,8 @@
 """Write the Envoy bootstrap (gateway/envoy.yaml filled in): `python -m gateway --out FILE ...`.
 
 The defaults are the local layout: everything on loopback, gRPC server on 127.0.0.1:50051.
-Containers pass `--listen-host 0.0.0.0 --upstream server:50051 --dns`. TLS, the edge limits and
+Containers pass `--listen-host 0.0.0.0 --upstream server:50051 --dns`; servers on hosts of their
+own are each named, `--upstream 10.0.0.11:50051 --upstream 10.0.0.12:50051`. TLS, the edge limits and
 the accepted origins and hosts default to the GATEWAY_* environment variables (.env.example).
 """
 
@@ -66,12 +67,14 @@ def parse_args(
         help="the admin interface has no authentication: keep it on loopback",
     )
     parser.add_argument("--admin-port", type=int, default=defaults.admin_port)
+    default_upstream = f"{defaults.upstream_host}:{defaults.upstream_port}"
     parser.add_argument(
         "--upstream",
         type=_host_port,
-        default=f"{defaults.upstream_host}:{defaults.upstream_port}",
+        action="append",
         metavar="HOST:PORT",
-        help="the gRPC server (default %(default)s)",
+        help="a gRPC server; repeat it for several, balanced and each health-checked "
+        f"(default {default_upstream})",
     )
     parser.add_argument(
         "--dns",
@@ -181,7 +184,9 @@ def parse_args(
         default=defaults.health_check_interval_seconds,
     )
     args = parser.parse_args(argv)
-    upstream_host, upstream_port = args.upstream
+    (upstream_host, upstream_port), *more_upstreams = args.upstream or [
+        (defaults.upstream_host, defaults.upstream_port)
+    ]
     try:
         options = GatewayOptions(
             listen_host=args.listen_host,
@@ -191,6 +196,7 @@ def parse_args(
             upstream_host=upstream_host,
             upstream_port=upstream_port,
             upstream_dns=args.dns,
+            more_upstreams=tuple(more_upstreams),
             # Envoy resolves a relative path against its own working directory, not ours.
             descriptor_path=args.descriptor.absolute(),
             max_request_bytes=args.max_request_bytes,

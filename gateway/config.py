@@ -89,6 +89,9 @@ class GatewayOptions:
     # True: resolve upstream_host and balance over every address behind it (compose replicas).
     upstream_dns: bool
     descriptor_path: Path
+    # More gRPC servers (host, port) beside upstream_host: one cluster, balanced over all of
+    # them, each health-checked (servers on hosts of their own); addresses unless upstream_dns.
+    more_upstreams: tuple[tuple[str, int], ...] = ()
     # The submit route's body cap (its body is buffered for submit.lua): the largest valid submit.
     max_request_bytes: int = submit_body_limit(100_000)
     # The batch submit route's (buffered too): the largest batch the gRPC server takes.
@@ -125,14 +128,7 @@ class GatewayOptions:
 
     def __post_init__(self) -> None:
         """Reject values Envoy would refuse later with a far less helpful message."""
-        if not self.upstream_dns:
-            try:
-                ipaddress.ip_address(self.upstream_host)
-            except ValueError:
-                raise ValueError(
-                    f"upstream host {self.upstream_host!r} is not an IP address: "
-                    "a host name needs upstream_dns=True"
-                ) from None
+        self._check_upstreams()
         for name in ("max_request_bytes", "max_other_request_bytes", "max_batch_request_bytes"):
             if not 0 < getattr(self, name) < 2**32:
                 raise ValueError(f"{name} must be between 1 and 2**32 - 1")
@@ -158,6 +154,21 @@ class GatewayOptions:
                 raise ValueError(f"cors_origins: {origin!r} is not scheme://host[:port]")
         if not self.allowed_hosts or ("*" in self.allowed_hosts and len(self.allowed_hosts) > 1):
             raise ValueError('allowed_hosts is a list of host names, or "*" alone for any host')
+
+    def _check_upstreams(self) -> None:
+        names = [host for host, _ in self.upstreams if not _is_address(host)]
+        if names and not self.upstream_dns:
+            raise ValueError(
+                f"upstream host {names[0]!r} is not an IP address: "
+                "a host name needs upstream_dns=True"
+            )
+        if len(set(self.upstreams)) != len(self.upstreams):
+            raise ValueError("an upstream is listed twice: Envoy would count it as two servers")
+
+    @property
+    def upstreams(self) -> list[tuple[str, int]]:
+        """Every gRPC server (host, port), the first one first."""
+        return [(self.upstream_host, self.upstream_port), *self.more_upstreams]
 
     @property
     def tls(self) -> bool:
@@ -207,8 +218,10 @@ def template_values(options: GatewayOptions) -> dict[str, object]:
         "listen_host": options.listen_host,
         "listen_port": options.listen_port,
         "upstream_type": "STRICT_DNS" if options.upstream_dns else "STATIC",
-        "upstream_host": options.upstream_host,
-        "upstream_port": options.upstream_port,
+        "upstream_endpoints": [
+            {"endpoint": {"address": {"socket_address": {"address": host, "port_value": port}}}}
+            for host, port in options.upstreams
+        ],
         "descriptor": str(options.descriptor_path),
         "web_root": str(options.web_root),
         "swagger_ui_root": str(options.swagger_ui_root),
@@ -221,9 +234,13 @@ def template_values(options: GatewayOptions) -> dict[str, object]:
         "tls_cert_file": str(options.tls_cert_file or ""),
         "tls_key_file": str(options.tls_key_file or ""),
         "upstream_tls_ca_file": str(options.upstream_tls_ca_file or ""),
-        # SNI needs a name; an address is checked against the certificate's IP addresses.
+        # SNI needs a name; an address is checked against the certificate's IP addresses. The
+        # cluster sends one SNI value: the first upstream's name.
         "upstream_sni": "" if _is_address(options.upstream_host) else options.upstream_host,
-        "upstream_san_type": "IP_ADDRESS" if _is_address(options.upstream_host) else "DNS",
+        "upstream_san_matchers": [
+            {"san_type": "IP_ADDRESS" if _is_address(host) else "DNS", "matcher": {"exact": host}}
+            for host, _ in options.upstreams
+        ],
         "request_headers_timeout": _seconds(options.request_headers_timeout_seconds),
         "request_timeout": _seconds(options.request_timeout_seconds),
         "unary_timeout": _seconds(options.unary_timeout_seconds),

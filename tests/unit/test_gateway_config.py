@@ -8,6 +8,7 @@ the Lua script without serving).
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -332,3 +333,160 @@ def test_the_cli_takes_the_container_layout() -> None:
 def test_the_cli_refuses_a_host_name_without_dns() -> None:
     with pytest.raises(SystemExit):
         parse_args(["--out", "/tmp/envoy.yaml", "--upstream", "server:50051"])
+
+
+def test_several_upstreams_make_one_balanced_health_checked_cluster(tmp_path: Path) -> None:
+    rendered = render_config(
+        options(upstream_host="10.77.0.11", more_upstreams=(("10.77.0.12", 50051),))
+    )
+    config = yaml.safe_load(rendered)
+
+    (cluster,) = config["static_resources"]["clusters"]
+    (locality,) = cluster["load_assignment"]["endpoints"]
+    addresses = [
+        (
+            e["endpoint"]["address"]["socket_address"]["address"],
+            e["endpoint"]["address"]["socket_address"]["port_value"],
+        )
+        for e in locality["lb_endpoints"]
+    ]
+    assert addresses == [("10.77.0.11", 50051), ("10.77.0.12", 50051)]
+    assert cluster["lb_policy"] == "ROUND_ROBIN"
+    # Each endpoint is probed with the gRPC health check, and NOT_SERVING takes it out at the
+    # next probe.
+    (check,) = cluster["health_checks"]
+    assert check["grpc_health_check"]["service_name"] == "jobs.v1.JobService"
+    validated = envoy_validate(rendered, tmp_path)
+    assert validated.returncode == 0, validated.stdout + validated.stderr
+
+
+def test_upstream_tls_accepts_each_servers_own_address(tmp_path: Path) -> None:
+    ca = ThrowawayCa.create(tmp_path / "tls")
+    config = yaml.safe_load(
+        render_config(
+            options(
+                upstream_host="10.77.0.11",
+                more_upstreams=(("10.77.0.12", 50051),),
+                upstream_tls_ca_file=ca.ca_file,
+            )
+        )
+    )
+
+    (cluster,) = config["static_resources"]["clusters"]
+    validation = cluster["transport_socket"]["typed_config"]["common_tls_context"][
+        "validation_context"
+    ]
+    assert validation["match_typed_subject_alt_names"] == [
+        {"san_type": "IP_ADDRESS", "matcher": {"exact": "10.77.0.11"}},
+        {"san_type": "IP_ADDRESS", "matcher": {"exact": "10.77.0.12"}},
+    ]
+
+
+@pytest.mark.parametrize(
+    "more_upstreams",
+    [(("server-b", 50051),), (("127.0.0.1", 50051),)],
+    ids=["name-without-dns", "listed-twice"],
+)
+def test_bad_extra_upstreams_are_refused(more_upstreams: tuple[tuple[str, int], ...]) -> None:
+    with pytest.raises(ValueError, match="upstream"):
+        options(more_upstreams=more_upstreams)
+
+
+def test_the_cli_takes_several_upstreams() -> None:
+    parsed, _ = parse_args(
+        [
+            "--out",
+            "/tmp/envoy.yaml",
+            "--upstream",
+            "10.77.0.11:50051",
+            "--upstream",
+            "10.77.0.12:50052",
+        ],
+        environ={},
+    )
+
+    assert parsed.upstreams == [("10.77.0.11", 50051), ("10.77.0.12", 50052)]
+    assert parsed.upstream_dns is False
+
+
+def _route_for(config: dict[str, Any], method: str, path: str) -> dict[str, Any]:
+    """The first route of the API's virtual host that Envoy would pick for this request."""
+    virtual_host = _connection_manager(config)["route_config"]["virtual_hosts"][0]
+    for route in virtual_host["routes"]:
+        match = route["match"]
+        if "prefix" in match and not path.startswith(match["prefix"]):
+            continue
+        if "path" in match and path != match["path"]:
+            continue
+        if "safe_regex" in match and not re.fullmatch(match["safe_regex"]["regex"], path):
+            continue
+        wanted_method = [
+            h["string_match"]["exact"] for h in match.get("headers", []) if h["name"] == ":method"
+        ]
+        if wanted_method and wanted_method != [method]:
+            continue
+        if any(h["name"] == ":path" for h in match.get("headers", [])):
+            continue  # the query-parameter guards: these requests carry no query
+        found: dict[str, Any] = route
+        return found
+    raise AssertionError(f"no route for {method} {path}")
+
+
+def _retry_on(config: dict[str, Any], method: str, path: str) -> set[str]:
+    virtual_host = _connection_manager(config)["route_config"]["virtual_hosts"][0]
+    route = _route_for(config, method, path)["route"]
+    policy = route.get("retry_policy", virtual_host["retry_policy"])
+    return set(policy["retry_on"].split(","))
+
+
+# Failures where the request never reached a server's handler: safe to retry for any call.
+NEVER_SENT = {"reset-before-request", "connect-failure", "refused-stream"}
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/jobs.v1.JobService/SubmitJob"),
+        ("POST", "/jobs.v1.JobService/BatchSubmitJobs"),
+        ("POST", "/jobs.v1.JobService/CancelJob"),
+        ("POST", "/jobs.v1.JobService/WatchJob"),
+        ("POST", "/jobs.v1.JobService/WatchJobs"),
+        ("POST", "/api/v1/jobs"),
+        ("POST", "/api/v1/jobs:batchSubmit"),
+        ("POST", "/api/v1/jobs/abc:cancel"),
+        ("GET", "/api/v1/jobs/abc/watch"),
+    ],
+)
+def test_calls_that_change_state_or_stream_are_retried_only_when_never_sent(
+    method: str, path: str
+) -> None:
+    config = yaml.safe_load(render_config(options()))
+
+    # Never `unavailable` (the server may have stored the job before answering it) nor `reset`
+    # (the request may have been sent).
+    assert _retry_on(config, method, path) == NEVER_SENT
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/jobs.v1.JobService/GetStatus"),
+        ("POST", "/jobs.v1.JobService/GetResult"),
+        ("POST", "/jobs.v1.JobService/ListJobs"),
+        ("GET", "/api/v1/jobs/abc/status"),
+        ("GET", "/api/v1/jobs/abc/result"),
+        ("GET", "/api/v1/jobs"),
+    ],
+)
+def test_read_only_calls_are_also_retried_on_unavailable_elsewhere(method: str, path: str) -> None:
+    config = yaml.safe_load(render_config(options(unary_timeout_seconds=7)))
+
+    route = _route_for(config, method, path)["route"]
+    policy = route["retry_policy"]
+    assert set(policy["retry_on"].split(",")) == NEVER_SENT | {"unavailable"}
+    assert 1 <= policy["num_retries"] <= 3
+    # A try may take as long as the whole call: no try is cut short by the retry policy.
+    assert policy["per_try_timeout"] == route["timeout"] == "7.000s"
+    assert [p["name"] for p in policy["retry_host_predicate"]] == [
+        "envoy.retry_host_predicates.previous_hosts"
+    ]
