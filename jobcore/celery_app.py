@@ -20,6 +20,7 @@ from typing import Any
 
 from celery import Celery
 
+from jobcore.database import TCP_SILENT_LOSS_OPTIONS
 from jobcore.settings import Settings
 
 PROCESS_JOBS_TASK = "jobs.process_jobs"
@@ -32,6 +33,15 @@ TOP_PRIORITY = PRIORITY_STEPS[0]
 LOWEST_PRIORITY = PRIORITY_STEPS[-1]
 # Between the queue's name and its step in the name of the step's list (kombu's default).
 PRIORITY_SEPARATOR = "\x06\x16"
+# A broker lost in silence (packets dropped, no reset) is noticed by the worker within about
+# BROKER_HEALTH_CHECK_SECONDS x 2 + 1 s, kombu's bound for its BRPOP connection (whose
+# reply is waited for on the event loop, where no socket timeout applies), and every
+# command it sends itself (acknowledgements, restores) fails within
+# BROKER_SOCKET_TIMEOUT_SECONDS; the kernel's keepalive rules (jobcore.database) end a dead
+# connection as well. Celery then reconnects until the broker answers again, and the
+# messages it had not acknowledged come back after the visibility timeout.
+BROKER_SOCKET_TIMEOUT_SECONDS = 5
+BROKER_HEALTH_CHECK_SECONDS = 5
 
 
 def priority_step(priority: int) -> int:
@@ -108,6 +118,11 @@ def create_celery_app(settings: Settings) -> Celery:
             "interval_start": 0,
             "interval_step": 0.2,
             "visibility_timeout": settings.visibility_timeout_seconds,
+            "socket_timeout": BROKER_SOCKET_TIMEOUT_SECONDS,
+            "socket_connect_timeout": BROKER_SOCKET_TIMEOUT_SECONDS,
+            "socket_keepalive": True,
+            "socket_keepalive_options": TCP_SILENT_LOSS_OPTIONS,
+            "health_check_interval": BROKER_HEALTH_CHECK_SECONDS,
             # Publishers (jobcore.wakeup_publisher) and consumers must agree on the lists.
             "priority_steps": list(PRIORITY_STEPS),
             "sep": PRIORITY_SEPARATOR,

@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+import socket
+from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
+from typing import Any
 
 import asyncpg
 import asyncpg.pool
@@ -46,6 +48,38 @@ _TIMEOUT_SQLSTATE = "57014"
 _CONNECT_TIMEOUT_SECONDS = 10
 _CLOSE_TIMEOUT_SECONDS = 10
 
+# A network that fails by silence (packets dropped, no reset) must not hold a call forever.
+# The kernel ends such a connection on both sides: TCP_USER_TIMEOUT when data sent goes
+# unacknowledged that long, keepalive probes when the peer went quiet while we wait for its
+# answer (an idle socket has nothing unacknowledged). So a statement on a black-holed
+# connection fails within about KEEPALIVE_IDLE + KEEPALIVE_COUNT x KEEPALIVE_INTERVAL (11 s),
+# and a new connection within _CONNECT_TIMEOUT_SECONDS; PostgreSQL is asked to do the same
+# from its end, so a dead client's transaction (and its row locks) ends as soon.
+TCP_KEEPALIVE_IDLE_SECONDS = 5
+TCP_KEEPALIVE_INTERVAL_SECONDS = 2
+TCP_KEEPALIVE_COUNT = 3
+TCP_USER_TIMEOUT_SECONDS = 10
+# The last net, for a server that is reachable but does not answer (a statement stuck behind
+# a lock): longer than any statement the store runs, so it only ends the stuck ones. asyncpg
+# then asks PostgreSQL to cancel the statement, and the connection is dropped, not reused.
+COMMAND_TIMEOUT_SECONDS = 60
+# The rules as TCP-level socket options, for every connection that can fail silently (this
+# module's, and the worker's to the broker: jobcore.celery_app), enabled by SO_KEEPALIVE.
+TCP_SILENT_LOSS_OPTIONS = {
+    socket.TCP_KEEPIDLE: TCP_KEEPALIVE_IDLE_SECONDS,
+    socket.TCP_KEEPINTVL: TCP_KEEPALIVE_INTERVAL_SECONDS,
+    socket.TCP_KEEPCNT: TCP_KEEPALIVE_COUNT,
+    socket.TCP_USER_TIMEOUT: TCP_USER_TIMEOUT_SECONDS * 1000,
+}
+# PostgreSQL's names for the same socket rules on its end (an operator's own, given as
+# parameters of DATABASE_URL, win).
+_SERVER_SOCKET_SETTINGS = {
+    "tcp_keepalives_idle": str(TCP_KEEPALIVE_IDLE_SECONDS),
+    "tcp_keepalives_interval": str(TCP_KEEPALIVE_INTERVAL_SECONDS),
+    "tcp_keepalives_count": str(TCP_KEEPALIVE_COUNT),
+    "tcp_user_timeout": str(TCP_USER_TIMEOUT_SECONDS * 1000),
+}
+
 
 def asyncpg_dsn(database_url: str) -> str:
     """The plain libpq URL asyncpg expects, from SQLAlchemy's `postgresql+asyncpg://` form."""
@@ -78,7 +112,40 @@ def translate_driver_error(error: BaseException) -> TransientError | None:
     return None
 
 
-class _StatelessConnection(asyncpg.Connection):
+def bound_silent_loss(transport: object) -> None:
+    """Give a TCP connection to PostgreSQL the keepalive and user-timeout rules above.
+
+    A unix socket (or anything that is not TCP) is left alone: it cannot fail silently.
+    """
+    if not isinstance(transport, asyncio.BaseTransport):
+        return
+    sock = transport.get_extra_info("socket")
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for option, value in TCP_SILENT_LOSS_OPTIONS.items():
+        sock.setsockopt(socket.IPPROTO_TCP, option, value)
+
+
+def server_socket_settings(database_url: str) -> dict[str, str]:
+    """asyncpg's `server_settings` that ask PostgreSQL to end a silently lost connection too;
+    parameters given in `database_url` itself are left to it."""
+    given = make_url(database_url).query
+    return {name: value for name, value in _SERVER_SOCKET_SETTINGS.items() if name not in given}
+
+
+class BoundedConnection(asyncpg.Connection):
+    """A connection whose socket has the silent-loss rules (bound_silent_loss) from its start.
+
+    asyncpg has no socket hook of its own; its connection is built from the open transport.
+    """
+
+    def __init__(self, protocol: Any, transport: object, *args: Any, **kwargs: Any) -> None:
+        super().__init__(protocol, transport, *args, **kwargs)
+        bound_silent_loss(transport)
+
+
+class _StatelessConnection(BoundedConnection):
     """A pool connection that needs no reset query when it is given back.
 
     The store only runs statements and transactions on its connections (no LISTEN, SET,
@@ -93,14 +160,16 @@ class _StatelessConnection(asyncpg.Connection):
 async def create_pool(database_url: str, *, pool_size: int) -> asyncpg.Pool:
     """A pool of up to `pool_size` connections, opened as needed, that need no reset query.
 
-    Connections broken by a database restart fail their call (StoreUnavailableError, which
-    callers retry) and are replaced by the pool.
+    Connections broken by a database restart, or silently lost (see bound_silent_loss), fail
+    their call (StoreUnavailableError, which callers retry) and are replaced by the pool.
     """
     return await asyncpg.create_pool(
         asyncpg_dsn(database_url),
         min_size=0,
         max_size=pool_size,
         timeout=_CONNECT_TIMEOUT_SECONDS,
+        command_timeout=COMMAND_TIMEOUT_SECONDS,
+        server_settings=server_socket_settings(database_url),
         connection_class=_StatelessConnection,
     )
 
@@ -150,7 +219,8 @@ class Database:
         async with self._free_connection():
             try:
                 async with self._pool.acquire() as connection:
-                    rows: list[asyncpg.Record] = await connection.fetch(sql, *arguments)
+                    with _dropped_if_abandoned(connection):
+                        rows: list[asyncpg.Record] = await connection.fetch(sql, *arguments)
                     return rows
             except Exception as error:
                 _raise_translated(error)
@@ -165,8 +235,20 @@ class Database:
         """
         async with self._free_connection():
             try:
-                async with self._pool.acquire() as connection, connection.transaction():
-                    yield Transaction(connection)
+                async with self._pool.acquire() as connection:
+                    transaction = connection.transaction()
+                    with _dropped_if_abandoned(connection):
+                        await transaction.start()
+                    try:
+                        with _dropped_if_abandoned(connection):
+                            yield Transaction(connection)
+                    except BaseException:
+                        # An abandoned connection is closed: PostgreSQL rolls back for it.
+                        if not connection.is_closed():
+                            await transaction.rollback()
+                        raise
+                    with _dropped_if_abandoned(connection):
+                        await transaction.commit()
             except Exception as error:
                 _raise_translated(error)
                 raise
@@ -186,6 +268,25 @@ class Transaction:
             _raise_translated(error)
             raise
         return rows
+
+
+@contextlib.contextmanager
+def _dropped_if_abandoned(
+    connection: asyncpg.pool.PoolConnectionProxy[asyncpg.Record],
+) -> Iterator[None]:
+    """Close the connection at once if its call is cancelled or timed out mid-flight.
+
+    Its state is then unknown (a statement may still run, an answer may be on its way), and
+    over a silently lost network asyncpg's own cleanup (a cancel request on a new connection,
+    a ROLLBACK) would wait on the same dead network. Closing it ends the caller's wait now;
+    the pool opens a fresh connection for the next call, and PostgreSQL rolls back whatever
+    was open on the closed one.
+    """
+    try:
+        yield
+    except (asyncio.CancelledError, TimeoutError):
+        connection.terminate()
+        raise
 
 
 def _raise_translated(error: Exception) -> None:

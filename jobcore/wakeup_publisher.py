@@ -22,6 +22,8 @@ from collections.abc import Sequence
 import redis.asyncio
 from celery import Celery
 from kombu import serialization
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from jobcore.celery_app import (
     JOBS_QUEUE,
@@ -34,6 +36,13 @@ from jobcore.celery_app import (
 
 # How many job ids a message's argsrepr names (Flower shows it as the task's arguments).
 ARGSREPR_JOB_IDS = 3
+# A broker that has not connected, or answered a command, within this counts as down: each
+# call fails (a redis TimeoutError) instead of waiting on a network that drops packets in
+# silence. Nothing here is retried: a failed publish hands its jobs to maintenance, which
+# sends them again (and any server's sweep can), so a retry would only hold up the
+# dispatcher, and with it every wake-up queued behind, for longer. An LPUSH or an LLEN
+# takes well under a millisecond on a live broker.
+BROKER_TIMEOUT_SECONDS = 2.0
 
 
 def wakeup_argsrepr(wakeups: Sequence[Wakeup]) -> str:
@@ -59,7 +68,10 @@ class WakeupPublisher:
     def __init__(self, app: Celery, broker_url: str) -> None:
         self._app = app
         self._redis = redis.asyncio.Redis.from_url(
-            broker_url, socket_timeout=5, socket_connect_timeout=2
+            broker_url,
+            socket_timeout=BROKER_TIMEOUT_SECONDS,
+            socket_connect_timeout=BROKER_TIMEOUT_SECONDS,
+            retry=Retry(NoBackoff(), 0),
         )
 
     async def publish(self, wakeups: Sequence[Wakeup]) -> None:

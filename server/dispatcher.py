@@ -110,7 +110,12 @@ class Dispatcher:
             self._more.clear()
             # Chosen again after each publish: an urgent wake-up stored meanwhile goes next.
             while batch := self._take_batch():
-                await self._publish(batch)
+                if not await self._publish(batch):
+                    # The broker is down or unreachable: every wake-up waiting would cost
+                    # another publish timeout before maintenance got it, so all of them go to
+                    # maintenance at once.
+                    while batch := self._take_batch():
+                        await self._hand_back(batch)
             self._idle.set()
 
     def _take_batch(self) -> list[Wakeup]:
@@ -130,21 +135,25 @@ class Dispatcher:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), timeout_seconds)
 
-    async def _publish(self, batch: list[Wakeup]) -> None:
+    async def _publish(self, batch: list[Wakeup]) -> bool:
+        """Publish one message; False (its jobs handed to maintenance) if the broker failed."""
         try:
             await self._publisher.publish(batch)
         except _BROKER_ERRORS as error:
             # The jobs are stored, so their clients were right to get OK: maintenance sends them
             # (the episode's warning says so once, not once per message).
             self._broker_trouble.failed(error)
-            job_ids = [wakeup.job_id for wakeup in batch]
-            try:
-                await self._store.mark_undispatched(job_ids)
-            except TransientError as store_error:
-                # Their dispatched_at stays set: the sweep resends them once it is stale.
-                logger.warning(
-                    "could not mark %d jobs undispatched (%s)", len(job_ids), store_error
-                )
-            return
+            await self._hand_back(batch)
+            return False
         self._broker_trouble.recovered()
         DISPATCH_BATCH_SIZE.observe(len(batch))
+        return True
+
+    async def _hand_back(self, batch: list[Wakeup]) -> None:
+        """Mark the jobs undispatched, so that the next sweep (of any server) sends them."""
+        job_ids = [wakeup.job_id for wakeup in batch]
+        try:
+            await self._store.mark_undispatched(job_ids)
+        except TransientError as store_error:
+            # Their dispatched_at stays set: the sweep resends them once it is stale.
+            logger.warning("could not mark %d jobs undispatched (%s)", len(job_ids), store_error)
