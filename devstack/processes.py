@@ -11,8 +11,10 @@ themselves, and the Stack's supervisor thread calls revive().
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
+import pwd
 import signal
 import socket
 import subprocess
@@ -21,11 +23,58 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, TypeVar
 
 from jobcore.parent_death import argv_dying_with_parent
 
 logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+# Where `ip netns add` mounts each named network namespace.
+NETNS_DIR = Path("/run/netns")
+_CLONE_NEWNET = 0x40000000
+
+
+def netns_argv(netns: str, argv: Sequence[str], *, user: str | None = None) -> list[str]:
+    """`argv` run inside the named network namespace, as `user` if given (needs root).
+
+    nsenter enters first and drops to `user` after, since joining a namespace needs root; it
+    execs the program itself, so the child's pid is the program's and signals reach it.
+    """
+    prefix = ["nsenter", f"--net={NETNS_DIR / netns}"]
+    if user is not None:
+        entry = pwd.getpwnam(user)
+        prefix += [f"--setuid={entry.pw_uid}", f"--setgid={entry.pw_gid}"]
+    return [*prefix, *argv]
+
+
+def in_netns(netns: str | None, function: Callable[[], _T]) -> _T:
+    """`function()` with its sockets in the named network namespace (None: this one).
+
+    It runs on a thread of its own: joining a network namespace (setns) moves only the calling
+    thread, so the rest of the process stays where it is.
+    """
+    if netns is None:
+        return function()
+    outcome: list[_T] = []
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            with (NETNS_DIR / netns).open("rb") as handle:
+                libc = ctypes.CDLL(None, use_errno=True)
+                if libc.setns(handle.fileno(), _CLONE_NEWNET) != 0:
+                    raise OSError(ctypes.get_errno(), f"setns into network namespace {netns}")
+            outcome.append(function())
+        except BaseException as error:  # re-raised in the caller's thread
+            failure.append(error)
+
+    thread = threading.Thread(target=run, name=f"netns-{netns}")
+    thread.start()
+    thread.join()
+    if failure:
+        raise failure[0]
+    return outcome[0]
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -35,10 +84,14 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-def tcp_accepts(host: str, port: int) -> bool:
-    """Whether something accepts TCP connections on host:port."""
-    with socket.create_connection((host, port), timeout=1):
-        return True
+def tcp_accepts(host: str, port: int, *, netns: str | None = None) -> bool:
+    """Whether something accepts TCP connections on host:port (seen from `netns`, if given)."""
+
+    def connect() -> bool:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+
+    return in_netns(netns, connect)
 
 
 def port_in_use(host: str, port: int) -> bool:
@@ -84,8 +137,11 @@ class ManagedProcess:
         user: str | None = None,
         stop_signal: signal.Signals = signal.SIGTERM,
         orphan_signal: signal.Signals = signal.SIGKILL,
+        netns: str | None = None,
     ) -> None:
         self.name = name
+        # The named network namespace the child runs in (a host of a test cluster); None: ours.
+        self.netns = netns
         self.argv = list(argv)
         self.log_path = log_path
         self._env = dict(env) if env is not None else None
@@ -122,14 +178,18 @@ class ManagedProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = self.log_path.open("ab")
         self._started_at = time.monotonic()
+        argv = argv_dying_with_parent(self.argv, self._orphan_signal)
+        user = self._user
+        if self.netns is not None:
+            argv, user = netns_argv(self.netns, argv, user=user), None
         self._popen = subprocess.Popen(
-            argv_dying_with_parent(self.argv, self._orphan_signal),
+            argv,
             stdout=self._log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env=self._env,
             cwd=self._cwd,
-            user=self._user,
+            user=user,
             start_new_session=True,
         )
 

