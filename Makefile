@@ -64,7 +64,12 @@ run: $(GENERATED) $(NODE_INSTALLED) $(DASHBOARD) ## Run the whole service locall
 
 .PHONY: test
 test: $(GENERATED) $(NODE_INSTALLED) $(DASHBOARD) ## Run the full test suite against real PostgreSQL, Redis, worker, server and Envoy.
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	@# tests/hosts needs root and runs on its own (make test-hosts).
+	$(BIN)/python -m pytest --ignore=tests/hosts $(PYTEST_ARGS)
+
+.PHONY: test-hosts
+test-hosts: $(GENERATED) $(NODE_INSTALLED) $(DASHBOARD) ## As root: the service across hosts (network namespaces), with power loss, partitions and restarts (about 5 minutes).
+	$(BIN)/python -m pytest tests/hosts $(PYTEST_ARGS)
 
 .PHONY: bench
 bench: $(GENERATED) $(NODE_INSTALLED) $(DASHBOARD) ## Benchmark the real stack against its references (about 6 minutes; see BENCHMARKS.md).
