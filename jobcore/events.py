@@ -18,6 +18,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Iterator
+from collections.abc import Set as AbstractSet
 from datetime import datetime, timedelta
 from typing import Any, Final, NoReturn, TypeVar
 
@@ -77,12 +78,15 @@ _CONNECTION_ERRORS = (
     asyncpg.InterfaceError,
     TransientError,
 )
-# Heartbeats come due within this fraction of the interval late.
-_HEARTBEAT_TICKS_PER_INTERVAL = 16
+# Heartbeats come due within this fraction of the interval late. Many ticks, each with few
+# streams due, keep heartbeats flowing at an even rate rather than in bursts.
+_HEARTBEAT_TICKS_PER_INTERVAL = 64
 
 # A tick wakes this many streams, then lets the loop run them and read the LISTEN socket
-# before the next ones, so an event never waits behind every heartbeat of a crowded tick.
-_HEARTBEATS_PER_STEP = 100
+# before the next ones. An event's delivery crosses a few loop iterations (notification,
+# reader, write), and every one of them may also run one step's heartbeats: so a step is a
+# handful of streams, and an event waits behind a few heartbeats, never behind a crowd.
+_HEARTBEATS_PER_STEP = 8
 # row_to_json writes the job_events columns in table order, job_id first, without spaces.
 _JOB_ID_KEY = '"job_id":"'
 _UUID_CHARS = 36
@@ -148,23 +152,59 @@ class LoopClock:
 
 
 class Inbox(asyncio.Queue[InboxItem]):
-    """One subscriber's queue; it notes when it last received anything, for heartbeats."""
+    """One job's queue for code that waits on it as an asyncio.Queue (the worker's attempts);
+    it notes when it last received anything, for heartbeats."""
 
-    def __init__(
-        self, clock: LoopClock, *, tenant: str | None = None, capacity: int | None = None
-    ) -> None:
+    def __init__(self, clock: LoopClock, *, tenant: str | None = None) -> None:
         super().__init__()
         self._now = clock.now
         self.quiet_since = self._now()
         self.closed = False
         # Events of another tenant never reach this inbox (None: the service's own, any tenant).
         self.tenant = tenant
+
+    def put_nowait(self, item: InboxItem) -> None:
+        """Queue the item; the quiet interval starts again."""
+        self.quiet_since = self._now()
+        super().put_nowait(item)
+
+
+class StreamInbox:
+    """One open stream's inbox: what Inbox does for one reader, at a fraction of its memory.
+
+    A server holds one per open stream, tens of thousands of them, nearly all empty and
+    waiting; an asyncio.Queue carries three deques and an Event for uses a stream never has.
+    Items wait in a list (an empty one is a fraction of an empty deque; it never holds more
+    than the capacity), and a future exists only while the reader waits.
+    """
+
+    __slots__ = (
+        "_capacity",
+        "_items",
+        "_now",
+        "_overflowing",
+        "_waiter",
+        "closed",
+        "quiet_since",
+        "tenant",
+    )
+
+    def __init__(
+        self, clock: LoopClock, *, tenant: str | None = None, capacity: int | None = None
+    ) -> None:
+        self._now = clock.now
+        self.quiet_since: float = self._now()
+        self.closed = False
+        # Events of another tenant never reach this inbox (None: the service's own, any tenant).
+        self.tenant = tenant
         # Events held unread at most (None: no limit); see put_nowait.
         self._capacity = capacity
         self._overflowing = False
+        self._items: list[InboxItem] = []
+        self._waiter: asyncio.Future[None] | None = None
 
     def put_nowait(self, item: InboxItem) -> None:
-        """Queue the item; the quiet interval starts again.
+        """Queue the item and wake the reader; the quiet interval starts again.
 
         An event that finds the inbox full is dropped and RESYNC queued in its place, and so
         are the events after it until the reader takes that RESYNC: everything dropped had
@@ -174,17 +214,45 @@ class Inbox(asyncio.Queue[InboxItem]):
         if self._capacity is not None and isinstance(item, JobEvent):
             if self._overflowing:
                 return
-            if self.qsize() >= self._capacity:
+            if len(self._items) >= self._capacity:
                 self._overflowing = True
                 item = RESYNC
-        super().put_nowait(item)
+        self._items.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def get_nowait(self) -> InboxItem:
-        """The next item (Queue.get ends here too)."""
-        item = super().get_nowait()
+        """The next item; asyncio.QueueEmpty if there is none."""
+        if not self._items:
+            raise asyncio.QueueEmpty
+        item = self._items.pop(0)
         if item is RESYNC:
             self._overflowing = False
         return item
+
+    async def get(self) -> InboxItem:
+        """The next item, once there is one (a cancelled wait takes nothing)."""
+        while not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self.get_nowait()
+
+    def qsize(self) -> int:
+        """How many items wait."""
+        return len(self._items)
+
+    def empty(self) -> bool:
+        """Whether no item waits."""
+        return not self._items
+
+
+# What the hub files and the heartbeat clock beats: either kind of inbox.
+Subscriber = Inbox | StreamInbox
+_InboxT = TypeVar("_InboxT", bound=Subscriber)
 
 
 class _HeartbeatClock:
@@ -201,11 +269,11 @@ class _HeartbeatClock:
         self._clock = clock
         self._interval_seconds = interval.total_seconds()
         self._tick_seconds = self._interval_seconds / _HEARTBEAT_TICKS_PER_INTERVAL
-        self._due: dict[int, list[Inbox]] = {}
+        self._due: dict[int, list[Subscriber]] = {}
         self._next_tick = 0
         self._task: asyncio.Task[None] | None = None
 
-    def add(self, inbox: Inbox) -> None:
+    def add(self, inbox: Subscriber) -> None:
         """Send this inbox heartbeats until it is closed.
 
         Streams opened together (a burst of clients, all of them reconnecting after a
@@ -227,7 +295,7 @@ class _HeartbeatClock:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    def _file(self, inbox: Inbox, due: float) -> None:
+    def _file(self, inbox: Subscriber, due: float) -> None:
         # Ceiling: the tick that finds it is never earlier than its due time.
         self._due.setdefault(math.ceil(due / self._tick_seconds), []).append(inbox)
 
@@ -236,25 +304,29 @@ class _HeartbeatClock:
             await self._clock.sleep(self._tick_seconds)
             now = self._clock.now()
             last = math.floor(now / self._tick_seconds)
+            beaten = 0
             for tick in range(self._next_tick, last + 1):
-                inboxes = self._due.pop(tick, [])
-                for start in range(0, len(inboxes), _HEARTBEATS_PER_STEP):
-                    if start:
+                for inbox in self._due.pop(tick, ()):
+                    if beaten == _HEARTBEATS_PER_STEP:
+                        beaten = 0
                         await asyncio.sleep(0)
-                    for inbox in inboxes[start : start + _HEARTBEATS_PER_STEP]:
-                        self._beat(inbox, now)
+                    beaten += self._beat(inbox, now)
             self._next_tick = last + 1
 
-    def _beat(self, inbox: Inbox, now: float) -> None:
+    def _beat(self, inbox: Subscriber, now: float) -> bool:
+        """File the inbox under its next due tick; whether it got a heartbeat now."""
         if inbox.closed:
-            return
+            return False
         due = inbox.quiet_since + self._interval_seconds
+        beat = False
         if due <= now:
             # A reader that has not caught up gets no pile of heartbeats behind its events.
-            if inbox.empty():
+            beat = inbox.empty()
+            if beat:
                 inbox.put_nowait(HEARTBEAT)
             due = now + self._interval_seconds
         self._file(inbox, due)
+        return beat
 
 
 class JobEventHub:
@@ -263,8 +335,8 @@ class JobEventHub:
     def __init__(self, database_url: str, *, clock: LoopClock | None = None) -> None:
         self._dsn = asyncpg_dsn(database_url)
         self._clock = clock or LoopClock()
-        self._inboxes: defaultdict[uuid.UUID, set[Inbox]] = defaultdict(set)
-        self._tenant_inboxes: defaultdict[str, set[Inbox]] = defaultdict(set)
+        self._inboxes: defaultdict[uuid.UUID, set[Subscriber]] = defaultdict(set)
+        self._tenant_inboxes: defaultdict[str, set[StreamInbox]] = defaultdict(set)
         self._clocks: dict[timedelta, _HeartbeatClock] = {}
         self._connected = asyncio.Event()
         self._ready = asyncio.Event()
@@ -287,7 +359,7 @@ class JobEventHub:
         """How many streams are open."""
         return sum(len(inboxes) for inboxes in self._all_inboxes())
 
-    def _all_inboxes(self) -> Iterator[set[Inbox]]:
+    def _all_inboxes(self) -> Iterator[AbstractSet[Subscriber]]:
         yield from self._inboxes.values()
         yield from self._tenant_inboxes.values()
 
@@ -335,32 +407,40 @@ class JobEventHub:
         first one sooner, at a random point of the interval, so streams opened together
         beat apart).
         """
-        with self._subscription(
-            self._inboxes, job_id, Inbox(self._clock, tenant=tenant), heartbeat
-        ) as inbox:
+        inbox = Inbox(self._clock, tenant=tenant)
+        with self._subscription(self._inboxes, job_id, inbox, heartbeat):
+            yield inbox
+
+    @contextlib.contextmanager
+    def watch_job(
+        self, job_id: uuid.UUID, *, tenant: str, heartbeat: timedelta | None = None
+    ) -> Iterator[StreamInbox]:
+        """As `subscribe`, in the inbox an open stream holds (a StreamInbox)."""
+        inbox = StreamInbox(self._clock, tenant=tenant)
+        with self._subscription(self._inboxes, job_id, inbox, heartbeat):
             yield inbox
 
     @contextlib.contextmanager
     def subscribe_tenant(
         self, tenant: str, *, heartbeat: timedelta | None = None
-    ) -> Iterator[Inbox]:
+    ) -> Iterator[StreamInbox]:
         """An inbox that receives every event of this tenant's jobs committed from now on, in
         commit order (positions ascending); heartbeats as for `subscribe`.
 
-        It holds at most TENANT_INBOX_CAPACITY unread events, then RESYNC (see Inbox).
+        It holds at most TENANT_INBOX_CAPACITY unread events, then RESYNC (see StreamInbox).
         """
-        inbox = Inbox(self._clock, tenant=tenant, capacity=TENANT_INBOX_CAPACITY)
+        inbox = StreamInbox(self._clock, tenant=tenant, capacity=TENANT_INBOX_CAPACITY)
         with self._subscription(self._tenant_inboxes, tenant, inbox, heartbeat):
             yield inbox
 
     @contextlib.contextmanager
     def _subscription(
         self,
-        registry: defaultdict[_Key, set[Inbox]],
+        registry: defaultdict[_Key, set[_InboxT]],
         key: _Key,
-        inbox: Inbox,
+        inbox: _InboxT,
         heartbeat: timedelta | None,
-    ) -> Iterator[Inbox]:
+    ) -> Iterator[None]:
         """File the inbox under `key` in `registry`, with heartbeats, until the block ends."""
         if self._closing:
             raise ServiceShuttingDownError("the server is shutting down")
@@ -371,7 +451,7 @@ class JobEventHub:
                 clock = self._clocks[heartbeat] = _HeartbeatClock(heartbeat, clock=self._clock)
             clock.add(inbox)
         try:
-            yield inbox
+            yield
         finally:
             inbox.closed = True
             inboxes = registry.get(key)

@@ -172,6 +172,8 @@ def _start_span(method: str, request: Any) -> Span:
 class _Call:
     """Bookkeeping of one call: its outcome code and duration go to the metrics at the end."""
 
+    __slots__ = ("_started", "code", "method")
+
     def __init__(self, method: str, request: Any) -> None:
         self.method = method
         self.code = "OK"
@@ -244,23 +246,15 @@ _CREDENTIAL_ENDED = UnauthenticatedError(
 )
 
 
-@contextlib.asynccontextmanager
-async def _held_open(guard: CallGuard, credential: str | None) -> AsyncIterator[None]:
-    """The stream counted among the guard's open streams while it runs (when calls need keys)."""
-    if not guard.required:
-        yield
-        return
-    with guard.open_streams.held(credential):
-        yield
-
-
 def _wrap_stream(method: str, admit: _Admit, guard: CallGuard, behaviour: Any) -> Any:
     """The span covers the whole stream but is current only while a step of the handler runs.
 
     grpc.aio drops a stream's generator at a `yield` when the call ends during a write (client
     cancel, broken connection) and the event loop closes it later from another task. A context
     attached across a yield would then be detached in the wrong context ("Failed to detach
-    context"), so every attach and detach here happens within one step.
+    context"), so every attach and detach here happens within one step. A span that records
+    nothing (tracing off) is never made current: each message of every open stream would pay
+    for attaching it.
     """
 
     async def stream(request: Any, context: Context) -> AsyncIterator[Any]:
@@ -273,19 +267,25 @@ def _wrap_stream(method: str, admit: _Admit, guard: CallGuard, behaviour: Any) -
                 await admit(context)
                 _check_request(request)
             # Ended (cancelled) by the guard if its credential stops working while it is open.
-            credential = authorization_of(context) if guard.required else None
+            held = (
+                guard.open_streams.held(authorization_of(context))
+                if guard.required
+                else contextlib.nullcontext()
+            )
             # Closed here rather than at garbage collection, so the handler cleans up at once.
-            async with (
-                contextlib.aclosing(behaviour(request, context)) as responses,
-                _held_open(guard, credential),
-            ):
-                while True:
-                    with trace.use_span(span):
-                        try:
-                            response = await anext(responses)
-                        except StopAsyncIteration:
-                            break
-                    yield response
+            async with contextlib.aclosing(behaviour(request, context)) as responses:
+                with held:
+                    if span.is_recording():
+                        while True:
+                            with trace.use_span(span):
+                                try:
+                                    response = await anext(responses)
+                                except StopAsyncIteration:
+                                    break
+                            yield response
+                    else:
+                        async for response in responses:
+                            yield response
         except grpc.aio.AbortError as error:
             call.interrupted(error, context)
             raise

@@ -240,6 +240,12 @@ def _trace_delivery(job: Job, traceparent: str, *, method: str = "WatchJob") -> 
         pass
 
 
+def _watch_response(job: Job, *, heartbeat: bool) -> pb.WatchJobResponse:
+    return pb.WatchJobResponse(
+        job=job_to_proto(job, with_result=True), sequence=job.sequence, heartbeat=heartbeat
+    )
+
+
 class JobServicer(pb_grpc.JobServiceServicer):
     """Stores jobs in PostgreSQL, has workers woken for them, and reads them back."""
 
@@ -399,16 +405,17 @@ class JobServicer(pb_grpc.JobServiceServicer):
                 heartbeat=self._watch_heartbeat,
             )
         ) as updates:
-            last: tuple[Job, pb.Job] | None = None
+            # Heartbeats repeat the same state: the same message is sent again, built once.
+            beat: tuple[Job, pb.WatchJobResponse] | None = None
             async for update in updates:
+                if update.heartbeat:
+                    if beat is None or beat[0] is not update.job:
+                        beat = (update.job, _watch_response(update.job, heartbeat=True))
+                    yield beat[1]
+                    continue
                 if update.traceparent:
                     _trace_delivery(update.job, update.traceparent)
-                # Heartbeats repeat the same state: convert it once.
-                if last is None or last[0] is not update.job:
-                    last = (update.job, job_to_proto(update.job, with_result=True))
-                yield pb.WatchJobResponse(
-                    job=last[1], sequence=update.job.sequence, heartbeat=update.heartbeat
-                )
+                yield _watch_response(update.job, heartbeat=False)
 
     async def WatchJobs(
         self, request: pb.WatchJobsRequest, context: Context

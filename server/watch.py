@@ -88,7 +88,7 @@ async def follow_job(
     changes for `heartbeat`, the latest state is repeated as a heartbeat. Another tenant's
     job is not found, as one that never existed.
     """
-    with hub.subscribe(job_id, tenant=tenant, heartbeat=heartbeat) as inbox:
+    with hub.watch_job(job_id, tenant=tenant, heartbeat=heartbeat) as inbox:
         latest = await store.get(job_id, tenant=tenant)
         if after_sequence <= 0:
             sent = latest.sequence
