@@ -1,4 +1,10 @@
-"""Keeps the standard grpc.health.v1 status in step with PostgreSQL and the broker."""
+"""Keeps the standard grpc.health.v1 status in step with PostgreSQL and the broker.
+
+Each probe gets one interval to answer, so a dependency lost in silence (packets dropped,
+no reset) turns the server NOT_SERVING within two intervals: Envoy takes an explicit
+NOT_SERVING out of rotation at its next check. A probe that timed out drops its
+connection (jobcore.database), so the next one does not queue behind a dead socket.
+"""
 
 from __future__ import annotations
 
