@@ -2,9 +2,10 @@
 
 SubmitJob only queues the job id here (after the job is committed), so a call never
 waits on Redis. The jobs stored within a few milliseconds, or while the previous
-message was being published, go out together in one message. A publish that fails marks its jobs
-undispatched in PostgreSQL, and maintenance sends them again: the broker can lose
-a wake-up, never a job.
+message was being published, go out together in one message. A publish that fails marks its jobs,
+and every wake-up still waiting, undispatched in PostgreSQL, and maintenance (of any server)
+sends them again: the broker can lose a wake-up, never a job, and a broker that stopped
+answering costs one publish timeout, not one per message.
 
 Fair dispatch: each wake-up has a priority chosen by how deep its tenant is in backlog
 (`priority_for_backlog`), and messages are published and consumed most urgent first, so a
