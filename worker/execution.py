@@ -128,9 +128,11 @@ async def start_jobs(
     The jobs keep running after this returns; `services.running` holds them. Every job of
     the message queues at once, so the messages held by this process get their slots in the
     order they came (within a priority) and the oldest frees its claiming thread first.
+    Logs one line for the message at INFO: a line per started job would cost a busy worker
+    a sizeable share of its CPU (those are at DEBUG).
     """
     loop = asyncio.get_running_loop()
-    claims: list[asyncio.Future[None]] = []
+    claims: list[asyncio.Future[bool]] = []
     for wakeup in wakeups:
         claimed = loop.create_future()
         task = asyncio.create_task(
@@ -139,7 +141,15 @@ async def start_jobs(
         services.running.add(task)
         task.add_done_callback(functools.partial(_job_ended, services))
         claims.append(claimed)
-    await asyncio.gather(*claims)
+    started = sum(await asyncio.gather(*claims))
+    if started < len(wakeups):
+        logger.info(
+            "started %d of %d jobs; the others were not pending (finished or claimed elsewhere)",
+            started,
+            len(wakeups),
+        )
+    else:
+        logger.info("started %d jobs", started)
 
 
 async def _run_in_slot(
@@ -148,7 +158,7 @@ async def _run_in_slot(
     *,
     delay: timedelta,
     deadline: timedelta,
-    claimed: asyncio.Future[None],
+    claimed: asyncio.Future[bool],
 ) -> None:
     """Wait for a slot at the wake-up's priority, then run the job in it."""
     try:
@@ -183,13 +193,13 @@ async def execute_job(
     delay: timedelta,
     deadline: timedelta,
     trace_context: Context | None = None,
-    claimed: asyncio.Future[None] | None = None,
+    claimed: asyncio.Future[bool] | None = None,
 ) -> None:
     """Process one job end to end; a job that is not PENDING (a duplicate delivery) is skipped.
 
-    `claimed` is resolved once the claim was tried, whatever its result. The attempt
-    stops early if the job is cancelled or its claim is lost, and fails the job if
-    it runs longer than `deadline`.
+    `claimed` is resolved once the claim was tried, with whether this attempt got the job.
+    The attempt stops early if the job is cancelled or its claim is lost, and fails the job
+    if it runs longer than `deadline`.
     """
     current_job_id.set(str(job_id))
     # A child of the SubmitJob span that dispatched the job, when the message carried one.
@@ -201,7 +211,7 @@ async def execute_job(
             await _execute(services, job_id, delay=delay, deadline=deadline, claimed=claimed)
         finally:
             if claimed is not None and not claimed.done():
-                claimed.set_result(None)
+                claimed.set_result(False)
 
 
 async def _execute(
@@ -210,7 +220,7 @@ async def _execute(
     *,
     delay: timedelta,
     deadline: timedelta,
-    claimed: asyncio.Future[None] | None,
+    claimed: asyncio.Future[bool] | None,
 ) -> None:
     store, lease = services.store, services.leases.lease
     # Subscribe first: a cancellation right after the claim must not be missed.
@@ -219,11 +229,11 @@ async def _execute(
             f"job {job_id}: claim", lambda: store.claim(job_id, lease=lease), give_up_after=lease
         )
         if claimed is not None:
-            claimed.set_result(None)
+            claimed.set_result(claim is not None)
         if claim is None:
-            logger.info("job %s: not pending (finished or claimed elsewhere), skipping", job_id)
+            logger.debug("job %s: not pending (finished or claimed elsewhere), skipping", job_id)
             return
-        logger.info("job %s: attempt %d started", job_id, claim.attempt)
+        logger.debug("job %s: attempt %d started", job_id, claim.attempt)
         started = time.perf_counter()
         JOBS_IN_FLIGHT.inc()
         label = "stopped"
@@ -277,7 +287,9 @@ async def _record(store: JobStore, claim: Claim, outcome: Outcome, *, lease: tim
             "job %s: attempt %d lost its claim; outcome discarded", claim.job_id, claim.attempt
         )
         return "stopped"
-    logger.info("job %s: attempt %d finished (%s)", claim.job_id, claim.attempt, outcome)
     if outcome.error is None:
+        logger.debug("job %s: attempt %d finished (%s)", claim.job_id, claim.attempt, outcome)
         return "success"
+    # A failure is worth a line of its own: an operator looks for it by the job's id.
+    logger.info("job %s: attempt %d finished (%s)", claim.job_id, claim.attempt, outcome)
     return "timed_out" if outcome.error.startswith("timed out") else "failed"
