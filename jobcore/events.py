@@ -24,7 +24,7 @@ from typing import Any, Final, NoReturn, TypeVar
 
 import asyncpg
 
-from jobcore.database import asyncpg_dsn
+from jobcore.database import BoundedConnection, asyncpg_dsn, server_socket_settings
 from jobcore.errors import ServiceShuttingDownError, TransientError
 from jobcore.models import JobEvent
 from jobcore.rows import event_from_row
@@ -334,6 +334,11 @@ class JobEventHub:
 
     def __init__(self, database_url: str, *, clock: LoopClock | None = None) -> None:
         self._dsn = asyncpg_dsn(database_url)
+        # The store's rules for a silently lost connection, at both ends (jobcore.database).
+        self._server_settings = {
+            **server_socket_settings(database_url),
+            "application_name": LISTENER_APPLICATION_NAME,
+        }
         self._clock = clock or LoopClock()
         self._inboxes: defaultdict[uuid.UUID, set[Subscriber]] = defaultdict(set)
         self._tenant_inboxes: defaultdict[str, set[StreamInbox]] = defaultdict(set)
@@ -501,7 +506,8 @@ class JobEventHub:
                 connection = await asyncpg.connect(
                     self._dsn,
                     timeout=5,
-                    server_settings={"application_name": LISTENER_APPLICATION_NAME},
+                    connection_class=BoundedConnection,
+                    server_settings=self._server_settings,
                 )
             except _CONNECTION_ERRORS as error:
                 episode.failed(error)
