@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import json
 import math
 import multiprocessing
@@ -19,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from multiprocessing.connection import Connection
+from typing import Any
 
 import asyncpg
 import grpc
@@ -564,6 +566,8 @@ class WatchLoad:
     dsn: str
     server_pid: int
     idle_job_ids: tuple[str, ...]
+    # Of those, the streams left open while events flow.
+    watchers: int
     channels: int
     in_flight: int
     events_per_second: float
@@ -710,52 +714,126 @@ def watch(spec: WatchLoad) -> Samples:
 
 
 async def _watch(spec: WatchLoad) -> Samples:
-    channels = _open_channels(spec.target, spec.channels)
-    stubs = [pb_grpc.JobServiceStub(channel) for channel in channels]
     server = psutil.Process(spec.server_pid)
-    idle = _Streams(expected=len(spec.idle_job_ids))
-    holders: list[asyncio.Task[None]] = []
+    rss_before = server.memory_info().rss
+    idle = _IdleStreams(spec)
     try:
-        rss_before = server.memory_info().rss
-        opening = asyncio.Semaphore(_STREAM_OPEN_CONCURRENCY)
-        holders = [
-            asyncio.create_task(
-                _hold_idle_stream(
-                    stubs[index % len(stubs)],
-                    job_id,
-                    opening,
-                    idle,
-                    metadata=_auth_metadata(spec.api_key),
-                )
-            )
-            for index, job_id in enumerate(spec.idle_job_ids)
-        ]
-        await asyncio.wait_for(idle.all_answered.wait(), _STREAM_OPEN_TIMEOUT_SECONDS)
-        await asyncio.sleep(_STREAM_SETTLE_SECONDS)
+        opened = idle.opened()
         rss_after = server.memory_info().rss
-        for holder in holders:
-            if holder.done() and not holder.cancelled() and holder.exception() is not None:
-                raise RuntimeError("a WatchJob stream failed unexpectedly") from holder.exception()
-        still_open = idle.opened - idle.closed
-        for error, count in idle.errors.most_common(3):
+        for error, count in opened["errors"]:
             print(f"watch: {count} streams failed to open: {error}", file=sys.stderr)
+        still_open = opened["open"]
         samples: Samples = {
             "watch_streams": [float(still_open)],
-            "watch_streams_failed": [float(idle.failed + idle.closed)],
+            "watch_streams_failed": [float(len(spec.idle_job_ids) - still_open)],
             "watch_kb_per_stream": [(rss_after - rss_before) / max(1, still_open) / 1024],
             "watch_server_rss_mb": [rss_after / MB],
         }
-        samples |= await _flow(spec, stubs, idle)
+        channels = _open_channels(spec.target, spec.channels)
+        try:
+            stubs = [pb_grpc.JobServiceStub(channel) for channel in channels]
+            samples |= await _flow(spec, stubs, idle_open=idle.keep(spec.watchers))
+        finally:
+            await _close_channels(channels)
+    finally:
+        idle.stop()
+    return samples
+
+
+class _IdleStreams:
+    """The idle WatchJob streams, held by a process of their own.
+
+    Their heartbeats (thousands a second with 50,000 streams) are read there, so they never
+    delay the event loop that times the watchers' events; the server's cost is the same.
+    """
+
+    def __init__(self, spec: WatchLoad) -> None:
+        context = multiprocessing.get_context("spawn")
+        self._pipe, child = context.Pipe()
+        self._process = context.Process(
+            target=_hold_idle_streams, args=(spec, child), name="idle-streams"
+        )
+        self._process.start()
+        child.close()
+
+    def _answer(self, timeout_seconds: float) -> Any:
+        if not self._pipe.poll(timeout_seconds):
+            raise RuntimeError("the idle streams' process did not answer")
+        answer = self._pipe.recv()
+        if isinstance(answer, BaseException):
+            raise RuntimeError("a WatchJob stream failed unexpectedly") from answer
+        return answer
+
+    def opened(self) -> dict[str, Any]:
+        """Wait until every stream answered and settled: {"open": n, "errors": [(error, n)]}."""
+        answer: dict[str, Any] = self._answer(_STREAM_OPEN_TIMEOUT_SECONDS + 60)
+        return answer
+
+    def keep(self, count: int) -> int:
+        """Close the streams beyond the first `count`; how many stay open."""
+        self._pipe.send(("keep", count))
+        kept: int = self._answer(120)
+        return kept
+
+    def stop(self) -> None:
+        """Close every stream and end the process."""
+        with contextlib.suppress(RuntimeError, OSError):
+            self._pipe.send(("stop", 0))
+            self._answer(120)
+        self._process.join(10)
+        if self._process.is_alive():
+            self._process.kill()
+
+
+def _hold_idle_streams(spec: WatchLoad, pipe: Connection) -> None:
+    asyncio.run(_hold_idle_streams_until_stopped(spec, pipe))
+
+
+async def _hold_idle_streams_until_stopped(spec: WatchLoad, pipe: Connection) -> None:
+    channels = _open_channels(spec.target, spec.channels)
+    stubs = [pb_grpc.JobServiceStub(channel) for channel in channels]
+    idle = _Streams(expected=len(spec.idle_job_ids))
+    opening = asyncio.Semaphore(_STREAM_OPEN_CONCURRENCY)
+    holders = [
+        asyncio.create_task(
+            _hold_idle_stream(
+                stubs[index % len(stubs)],
+                job_id,
+                opening,
+                idle,
+                metadata=_auth_metadata(spec.api_key),
+            )
+        )
+        for index, job_id in enumerate(spec.idle_job_ids)
+    ]
+    commands: asyncio.Queue[tuple[str, int]] = asyncio.Queue()
+    asyncio.get_running_loop().add_reader(pipe.fileno(), lambda: commands.put_nowait(pipe.recv()))
+    try:
+        await asyncio.wait_for(idle.all_answered.wait(), _STREAM_OPEN_TIMEOUT_SECONDS)
+        await asyncio.sleep(_STREAM_SETTLE_SECONDS)
+        for holder in holders:
+            if holder.done() and not holder.cancelled() and holder.exception() is not None:
+                pipe.send(holder.exception())
+                return
+        pipe.send({"open": idle.opened - idle.closed, "errors": idle.errors.most_common(3)})
+        while True:
+            command, count = await commands.get()
+            if command == "stop":
+                break
+            for holder in holders[count:]:
+                holder.cancel()
+            await asyncio.gather(*holders[count:], return_exceptions=True)
+            pipe.send(idle.opened - idle.closed)
     finally:
         for holder in holders:
             holder.cancel()
         await asyncio.gather(*holders, return_exceptions=True)
         await _close_channels(channels)
-    return samples
+        pipe.send(idle.closed)
 
 
 async def _flow(
-    spec: WatchLoad, stubs: list[pb_grpc.JobServiceAsyncStub], idle: _Streams
+    spec: WatchLoad, stubs: list[pb_grpc.JobServiceAsyncStub], *, idle_open: int
 ) -> Samples:
     """Submit jobs at the event rate, each with a watcher; latency and rate per window."""
     flowing = _Streams()
@@ -786,7 +864,7 @@ async def _flow(
         )
         watchers.add(watcher)
         watcher.add_done_callback(watchers.discard)
-        open_streams.append((time.time(), float(idle.opened - idle.closed + flowing.live)))
+        open_streams.append((time.time(), float(idle_open + flowing.live)))
     if watchers:
         await asyncio.wait(watchers, timeout=spec.delay_seconds + 30)
     for watcher in list(watchers):

@@ -396,7 +396,7 @@ def flow(run: Run) -> None:
         )
         run.say(
             f"flow: {sizes.watch_streams:,} WatchJob streams, then "
-            f"{sizes.watch_events_per_second:g} events/s flowing"
+            f"{sizes.watch_events_per_second:g} events/s flowing to {sizes.watch_event_watchers:,}"
         )
         assert stack.server.pid is not None
         run.load(
@@ -407,6 +407,7 @@ def flow(run: Run) -> None:
                 dsn=asyncpg_dsn(stack.database_url),
                 server_pid=stack.server.pid,
                 idle_job_ids=tuple(idle_ids),
+                watchers=sizes.watch_event_watchers,
                 channels=max(sizes.channels, sizes.watch_streams // 500),
                 in_flight=sizes.in_flight,
                 events_per_second=sizes.watch_events_per_second,

@@ -23,6 +23,8 @@ class Sizes:
     getstatus_small_rows: int
     getstatus_large_rows: int
     watch_streams: int
+    # Streams left open while events flow (the latency figure is for 10,000 watchers).
+    watch_event_watchers: int
     watch_events_per_second: float
     lifecycle_delay0_jobs: int
     lifecycle_delay0_repeats: int
@@ -53,6 +55,7 @@ FULL = Sizes(
     getstatus_small_rows=10_000,
     getstatus_large_rows=1_000_000,
     watch_streams=50_000,
+    watch_event_watchers=10_000,
     watch_events_per_second=500.0,
     lifecycle_delay0_jobs=20_000,
     # One batch of 20,000 (after a warm-up): at this service's rate more would not fit 10 minutes.
@@ -80,6 +83,7 @@ QUICK = Sizes(
     getstatus_small_rows=2_000,
     getstatus_large_rows=20_000,
     watch_streams=500,
+    watch_event_watchers=500,
     watch_events_per_second=500.0,
     lifecycle_delay0_jobs=500,
     lifecycle_delay0_repeats=2,
