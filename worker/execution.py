@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -17,7 +18,7 @@ from opentelemetry.trace import SpanKind
 
 from jobcore.celery_app import Wakeup
 from jobcore.errors import ComputationError, TransientError
-from jobcore.events import RESYNC, InboxItem
+from jobcore.events import RESYNC, Inbox, InboxItem
 from jobcore.logs import current_job_id
 from jobcore.models import Claim, JobEvent, JobStatus, Outcome
 from jobcore.operations import compute, unpack_numbers
@@ -223,8 +224,11 @@ async def _execute(
     claimed: asyncio.Future[bool] | None,
 ) -> None:
     store, lease = services.store, services.leases.lease
-    # Subscribe first: a cancellation right after the claim must not be missed.
-    with services.hub.subscribe(job_id) as inbox:
+    with contextlib.ExitStack() as subscription:
+        inbox: Inbox | None = None
+        if delay > timedelta(0):
+            # Subscribe first: a cancellation right after the claim must not be missed.
+            inbox = subscription.enter_context(services.hub.subscribe(job_id))
         claim = await _retry_transient(
             f"job {job_id}: claim", lambda: store.claim(job_id, lease=lease), give_up_after=lease
         )
@@ -238,7 +242,19 @@ async def _execute(
         JOBS_IN_FLIGHT.inc()
         label = "stopped"
         try:
-            outcome = await _attempt(services, claim, inbox, delay=delay, deadline=deadline)
+            numbers = claim.numbers
+            if inbox is None and numbers is not None and len(numbers) <= _COMPUTE_INLINE_BYTES:
+                # No delay and a small job: computed right here, with no wait that a
+                # cancellation could cut short, so there is nothing to listen for. The finish
+                # is fenced: it records nothing if the job changed since the claim.
+                outcome: Outcome | None = _outcome_of(claim, numbers)
+            else:
+                if inbox is None:
+                    inbox = subscription.enter_context(services.hub.subscribe(job_id))
+                    # Subscribed after the claim: the attempt re-reads the job once, so a
+                    # change made in between is not missed.
+                    inbox.put_nowait(RESYNC)
+                outcome = await _attempt(services, claim, inbox, delay=delay, deadline=deadline)
             if outcome is not None:
                 label = await _record(store, claim, outcome, lease=lease)
         finally:

@@ -147,6 +147,35 @@ async def test_cancelling_a_running_job_stops_it_promptly(services: WorkerServic
     assert cancelled.attempts == 1
 
 
+async def test_a_job_without_delay_waiting_for_its_numbers_stops_promptly_when_cancelled(
+    services: WorkerServices,
+) -> None:
+    # With no delay a small job is computed at once and listens for nothing; a large one may
+    # wait (here: for the memory its numbers need), so it still learns of a cancellation.
+    job, _ = await services.store.create(
+        owner=TEST_OWNER,
+        job_id=new_job_id(),
+        operation=Operation.SQUARE_SUM,
+        numbers=pack_numbers([1.0] * (CLAIM_NUMBERS_MAX + 1)),
+    )
+    async with services.numbers_memory.hold(1024):
+        running = asyncio.create_task(
+            execute_job(services, job.id, delay=timedelta(0), deadline=timedelta(seconds=120))
+        )
+        await eventually(
+            lambda: services.store.get(job.id, tenant=None),
+            until=lambda j: j.status == JobStatus.IN_PROGRESS,
+        )
+
+        await services.store.cancel(job.id, by=TEST_OWNER)
+
+        await asyncio.wait_for(running, timeout=10)
+    cancelled = await services.store.get(job.id, tenant=None)
+    assert cancelled.status == JobStatus.CANCELLED
+    assert cancelled.attempts == 1
+    assert services.numbers_memory.held == 0
+
+
 async def test_a_duplicate_delivery_of_a_running_job_does_nothing(services: WorkerServices) -> None:
     job, _ = await services.store.create(
         owner=TEST_OWNER,
