@@ -189,6 +189,11 @@ class Database:
         # pool's only user.
         self._free_connections = asyncio.Semaphore(pool.get_max_size())
         self._pool_wait_seconds = pool_wait.total_seconds()
+        # Whether the last call that held a connection got PostgreSQL's answer (an error is
+        # an answer too). A call that finds no free connection is told the store is overloaded
+        # when it did, and unavailable when it did not: then the connections are held by calls
+        # waiting on a network that went silent, and another replica may reach PostgreSQL.
+        self._answering = True
 
     async def close(self) -> None:
         """Close the pool's connections (waiting briefly for calls in progress)."""
@@ -196,17 +201,30 @@ class Database:
 
     @contextlib.asynccontextmanager
     async def _free_connection(self) -> AsyncIterator[None]:
-        """Hold one of the pool's connections for a call; StoreOverloadedError if none frees up in time."""
+        """Hold one of the pool's connections for a call; if none frees up in time,
+        StoreOverloadedError, or StoreUnavailableError while calls get no answer."""
         try:
             async with asyncio.timeout(self._pool_wait_seconds):
                 await self._free_connections.acquire()
         except TimeoutError:
             logger.warning(
-                "no pooled PostgreSQL connection became free within %s s", self._pool_wait_seconds
+                "no pooled PostgreSQL connection became free within %s s%s",
+                self._pool_wait_seconds,
+                "" if self._answering else " (the last call got no answer)",
             )
+            if not self._answering:
+                raise StoreUnavailableError(_UNAVAILABLE_MESSAGE) from None
             raise StoreOverloadedError(_OVERLOADED_MESSAGE) from None
         try:
             yield
+        except (StoreUnavailableError, TimeoutError, asyncio.CancelledError):
+            self._answering = False
+            raise
+        except BaseException:
+            self._answering = True
+            raise
+        else:
+            self._answering = True
         finally:
             self._free_connections.release()
 

@@ -25,7 +25,7 @@ from sqlalchemy.engine import make_url
 
 from devstack.stack import Stack
 from jobcore.database import TCP_USER_TIMEOUT_SECONDS, BoundedConnection, asyncpg_dsn
-from jobcore.errors import TransientError
+from jobcore.errors import StoreUnavailableError, TransientError
 from jobcore.ids import new_job_id
 from jobcore.models import Claim, Job, JobStatus, Outcome
 from jobcore.operations import Operation, pack_numbers
@@ -225,6 +225,41 @@ async def test_a_call_abandoned_on_a_silent_connection_ends_and_the_pool_recover
     postgres_proxy.thaw()
     async with asyncio.timeout(CALL_BOUND_SECONDS):
         await cut_off_store.ping()
+
+
+async def test_a_call_that_finds_every_connection_held_by_a_silent_network_hears_unavailable(
+    isolated_database_url: str, postgres_proxy: FreezableProxy
+) -> None:
+    # Overloaded (RESOURCE_EXHAUSTED) would tell a client to back off from this replica's
+    # load; these connections wait on a network that went silent, which another replica
+    # may not share (UNAVAILABLE: retry, elsewhere if need be).
+    store = await JobStore.connect(
+        _through(isolated_database_url, postgres_proxy),
+        pool_size=2,
+        pool_wait=timedelta(milliseconds=300),
+    )
+    try:
+        await store.ping()
+        postgres_proxy.freeze()
+        hanging = asyncio.create_task(store.ping())
+        # A call abandoned at its caller's deadline got no answer; its connection is dropped,
+        # and the next call takes the slot and waits to connect through the frozen network.
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.3):
+                await store.ping()
+        reconnecting = asyncio.create_task(store.ping())
+        await asyncio.sleep(0.1)  # it holds the slot now
+        # Told at the end of the pool wait, not after a connect timeout of its own.
+        with pytest.raises(StoreUnavailableError):
+            async with asyncio.timeout(5):
+                await store.ping()
+    finally:
+        postgres_proxy.thaw()
+        for call in (hanging, reconnecting):
+            with contextlib.suppress(TransientError):
+                async with asyncio.timeout(CALL_BOUND_SECONDS):
+                    await call
+        await store.close()
 
 
 async def test_store_connections_end_on_silence_at_both_ends(isolated_database_url: str) -> None:
