@@ -190,12 +190,6 @@ async def test_2_worker_partitioned_from_db_beyond_its_lease(
     assert "could not renew its lease" in _log_since(cluster, "worker-a", log_offset)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product: watch streams open on a server cut off from PostgreSQL end with "
-    "RESOURCE_EXHAUSTED ('the job store has no connection to spare') after the 5 s pool wait, "
-    "not UNAVAILABLE, so careful clients may not resume them on the other server",
-)
 async def test_4_server_black_holed_from_db_with_watchers(
     cluster: Cluster, cluster_report: Report
 ) -> None:
