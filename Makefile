@@ -71,6 +71,10 @@ test: $(GENERATED) $(NODE_INSTALLED) $(DASHBOARD) ## Run the full test suite aga
 test-hosts: $(GENERATED) $(NODE_INSTALLED) $(DASHBOARD) ## As root: the service across hosts (network namespaces), with power loss, partitions and restarts (about 5 minutes).
 	$(BIN)/python -m pytest tests/hosts $(PYTEST_ARGS)
 
+.PHONY: scaling
+scaling: $(GENERATED) $(NODE_INSTALLED) $(DASHBOARD) ## As root: per-job cost of each kind of host on the cluster of hosts, with R1/R2; rewrites docs/SCALING.md's figures (about 3 minutes).
+	$(BIN)/python -m tests.hosts.capacity --references
+
 .PHONY: bench
 bench: $(GENERATED) $(NODE_INSTALLED) $(DASHBOARD) ## Benchmark the real stack against its references (about 6 minutes; see BENCHMARKS.md).
 	$(BIN)/python -m benchmarks
