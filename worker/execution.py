@@ -210,6 +210,18 @@ async def execute_job(
         span.set_attribute("job.id", str(job_id))
         try:
             await _execute(services, job_id, delay=delay, deadline=deadline, claimed=claimed)
+        except TransientError as error:
+            # The store stayed unreachable for a whole lease (a partition, an outage): this
+            # process gives the job up. PostgreSQL still has it: an unclaimed job is woken
+            # again by maintenance, a claimed one is taken back when its lease runs out, and
+            # an outcome this attempt may yet record is fenced by its attempt number.
+            span.record_exception(error)
+            logger.warning(
+                "job %s: gave it up, the job store stayed unavailable for a lease (%s); "
+                "it runs again once its lease or its wake-up expires",
+                job_id,
+                error,
+            )
         finally:
             if claimed is not None and not claimed.done():
                 claimed.set_result(False)
