@@ -56,11 +56,17 @@ async def test_events_a_watcher_receives_continue_the_trace(
     async def job_spans() -> list[dict[str, Any]]:
         return [s for s in _spans(*logs) if s["attributes"].get("job.id") == job.id]
 
+    # The worker logs its span once its finish has returned, which may be after the server
+    # delivered the change: wait for both.
     spans = await eventually(
         job_spans,
-        until=lambda found: any(
-            s["span"].endswith("WatchJob deliver") and s["attributes"]["job.status"] == "SUCCESS"
-            for s in found
+        until=lambda found: (
+            any(
+                s["span"].endswith("WatchJob deliver")
+                and s["attributes"]["job.status"] == "SUCCESS"
+                for s in found
+            )
+            and any(s["span"] == "process_job" for s in found)
         ),
     )
 
