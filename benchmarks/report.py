@@ -42,6 +42,8 @@ RATIOS: dict[str, tuple[str, str]] = {
     "ratio_submit_grpc_vs_echo": ("submit_grpc_c128_per_s", "echo_grpc_c128_per_s"),
     "ratio_submit_grpc_p99_vs_echo_p99": ("submit_grpc_c128_p99_ms", "echo_grpc_c128_p99_ms"),
     "ratio_submit_rest_vs_grpc": ("submit_rest_c128_per_s", "submit_grpc_c128_per_s"),
+    # The same Envoy hop on both sides: what REST itself costs (transcoding, the submit script).
+    "ratio_submit_rest_vs_grpc_envoy": ("submit_rest_c128_per_s", "submit_grpc_envoy_c128_per_s"),
     "ratio_submit_grpc_auth_vs_noauth": ("submit_grpc_c128_per_s", "submit_grpc_noauth_c128_per_s"),
     "ratio_batch_submit_vs_submit_grpc": ("batch_submit_jobs_per_s", "submit_grpc_c128_per_s"),
     "ratio_lifecycle_delay0_vs_celery_noop": (
@@ -118,6 +120,9 @@ LABELS: dict[str, str] = {
     "submit_rest_c128_per_s": "SubmitJob REST via Envoy, 128 in flight (/s)",
     "submit_rest_c128_p99_ms": "SubmitJob REST p99 (ms)",
     "ratio_submit_rest_vs_grpc": "  ratio REST / gRPC",
+    "submit_grpc_envoy_c128_per_s": "SubmitJob gRPC via Envoy, 128 in flight (/s)",
+    "submit_grpc_envoy_c128_p99_ms": "  gRPC via Envoy p99 (ms)",
+    "ratio_submit_rest_vs_grpc_envoy": "  ratio REST / gRPC, both via Envoy",
     "batch_submit_jobs_per_s": "BatchSubmitJobs, 1,000 a call, 8 in flight (jobs/s)",
     "batch_submit_p99_ms": "  BatchSubmitJobs call p99 (ms)",
     "ratio_batch_submit_vs_submit_grpc": "  ratio batch / SubmitJob gRPC",

@@ -322,6 +322,13 @@ def edge(run: Run) -> None:
             timeout_seconds=_throughput_timeout(sizes),
             profile=service_pids(stack),
         )
+        run.say("edge: SubmitJob over gRPC through Envoy, 128 in flight")
+        run.load(
+            loadgen.submit_grpc,
+            _throughput(run, "submit_grpc_envoy_c128", stack.gateway_target, api_key=stack.api_key),
+            timeout_seconds=_throughput_timeout(sizes),
+            profile=service_pids(stack),
+        )
         run.say(
             f"edge: BatchSubmitJobs, {sizes.batch_size:,} jobs a call, "
             f"{sizes.batch_in_flight} calls in flight"
