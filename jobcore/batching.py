@@ -51,6 +51,9 @@ class Coalescer(Generic[Item, Result]):
         self._max_in_flight = max_in_flight
         self._min_interval = min_interval
         self._queue: list[tuple[Item, asyncio.Future[Result]]] = []
+        # The sizes of the queued items added up (with `size_of`), so that every arriving call
+        # can tell whether a full batch waits without walking the queue.
+        self._queued_size = 0
         self._flushing: set[asyncio.Task[None]] = set()
         self._last_started = -math.inf
         self._last_size = 0
@@ -59,6 +62,8 @@ class Coalescer(Generic[Item, Result]):
     async def __call__(self, item: Item) -> Result:
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         self._queue.append((item, future))
+        if self._size_of is not None:
+            self._queued_size += self._size_of(item)
         self._start_batches()
         return await future
 
@@ -75,18 +80,30 @@ class Coalescer(Generic[Item, Result]):
         while self._queue and len(self._flushing) < self._max_in_flight:
             now = loop.time()
             not_before = self._last_started + self._min_interval
-            count = self._next_batch_count()
-            full = count == self._max_batch or count < len(self._queue)
-            if self._last_size > 1 and now < not_before and not full:
+            if self._last_size > 1 and now < not_before and not self._full():
                 if self._wakeup is None:
                     self._wakeup = loop.call_at(not_before, self._woken)
                 return
+            count = self._next_batch_count()
             batch = self._queue[:count]
             del self._queue[:count]
+            if self._size_of is not None:
+                self._queued_size -= sum(self._size_of(item) for item, _ in batch)
             self._last_started, self._last_size = now, count
             task = asyncio.create_task(self._flush(batch))
             self._flushing.add(task)
             task.add_done_callback(self._flushed)
+
+    def _full(self) -> bool:
+        """Whether the next batch is as large as a batch may be (it would leave calls queued)."""
+        if len(self._queue) >= self._max_batch:
+            return True
+        # Sizes are never negative, so the queue overflows max_batch_size iff its total does.
+        return (
+            self._size_of is not None
+            and len(self._queue) > 1
+            and self._queued_size > self._max_batch_size
+        )
 
     def _next_batch_count(self) -> int:
         """How many queued calls the next batch takes."""
