@@ -44,7 +44,7 @@ from jobcore.models import Claim, Job, JobEvent, JobStatus, Outcome
 from jobcore.operations import Operation
 from jobcore.queries import QUERIES, QueryName
 from jobcore.rows import claim_from_row, event_from_row, job_from_row
-from jobcore.tracing import trace_headers
+from jobcore.tracing import current_traceparent
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ def _list_jobs_sql(shape: tuple[tuple[Field, Operator], ...], *, after_cursor: b
 
 def _traceparent() -> str | None:
     """The caller's trace context, recorded with the events of the changes it makes."""
-    return trace_headers().get("traceparent")
+    return current_traceparent()
 
 
 def request_digest(operation: Operation, numbers: bytes | memoryview) -> bytes:

@@ -94,6 +94,18 @@ def trace_headers() -> dict[str, str]:
     return carrier
 
 
+def current_traceparent() -> str | None:
+    """The current trace context's W3C traceparent, to record with a change or send along a job;
+    None outside a valid span.
+
+    Asked several times by every call: without a valid span (tracing off) the propagators
+    write nothing, so they are not run.
+    """
+    if not trace.get_current_span().get_span_context().is_valid:
+        return None
+    return trace_headers().get("traceparent")
+
+
 def context_from(headers: Mapping[str, str]) -> Context:
     """The trace context a message carried (an empty one if it carried none)."""
     return propagate.extract(dict(headers))

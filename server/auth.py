@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import weakref
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from typing import Any, Final, NoReturn, Protocol
 
 import grpc
@@ -23,6 +24,9 @@ from jobcore.identity import ANONYMOUS, Principal, Scope, bearer_token, set_curr
 from jobcore.keys.material import KEY_PREFIX
 
 logger = logging.getLogger(__name__)
+
+# A call's metadata, as grpc.aio hands it over: (key, value) pairs.
+Metadata = Collection[tuple[str, str | bytes]]
 
 # The scope each method needs. A method missing here is refused: a new RPC must be listed.
 METHOD_SCOPES: Final[Mapping[str, Scope]] = {
@@ -63,12 +67,32 @@ class RateLimiter(Protocol):
         ...
 
 
-def authorization_of(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
-    """The call's `authorization` metadata value, if any."""
-    for name, value in context.invocation_metadata() or ():
-        if name == "authorization":
+# The metadata of the context it was last read from, in the current task: grpc.aio converts all
+# of a call's metadata into new objects on every `invocation_metadata()`, and a call is asked for
+# its credential and then for its headers. Keyed by the context, so that a task that serves
+# several contexts (a test calling handlers directly) never reads another's.
+_read_metadata: contextvars.ContextVar[tuple[object, Metadata] | None] = contextvars.ContextVar(
+    "read_metadata", default=None
+)
+
+
+def metadata_value(context: grpc.aio.ServicerContext[Any, Any], key: str) -> str | None:
+    """A metadata value of the call (REST clients' headers arrive through Envoy as metadata)."""
+    read = _read_metadata.get()
+    if read is not None and read[0] is context:
+        metadata = read[1]
+    else:
+        metadata = context.invocation_metadata() or ()
+        _read_metadata.set((context, metadata))
+    for name, value in metadata:
+        if name == key:
             return value if isinstance(value, str) else value.decode(errors="replace")
     return None
+
+
+def authorization_of(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
+    """The call's `authorization` metadata value, if any."""
+    return metadata_value(context, "authorization")
 
 
 class OpenStreams:
@@ -145,16 +169,17 @@ class CallGuard:
         self._api_keys = api_keys
         self._jwts = jwts
         self._rate_limiter = rate_limiter
+        self._required = api_keys is not None or jwts is not None
         self.open_streams = OpenStreams(self.authenticate)
 
     @property
     def required(self) -> bool:
         """Whether calls need a credential."""
-        return self._api_keys is not None or self._jwts is not None
+        return self._required
 
     def authenticate(self, authorization: str | None) -> Principal:
         """The principal of an `authorization` metadata value; UnauthenticatedError if none."""
-        if not self.required:
+        if not self._required:
             return ANONYMOUS
         token = bearer_token(authorization)
         if token.startswith(API_KEY_PREFIX) and self._api_keys is not None:
@@ -165,7 +190,7 @@ class CallGuard:
 
     async def admit(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> Principal:
         """The caller of `method`, once it is known, allowed and within its rate."""
-        principal = self.authenticate(authorization_of(context) if self.required else None)
+        principal = self.authenticate(authorization_of(context) if self._required else None)
         needed = METHOD_SCOPES.get(method)
         if needed is None:
             # Not listed: nobody may call it until someone decides who may.

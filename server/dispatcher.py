@@ -25,7 +25,7 @@ from jobcore.celery_app import LOWEST_PRIORITY, TOP_PRIORITY, Wakeup
 from jobcore.errors import TransientError
 from jobcore.store import JobStore
 from jobcore.supervision import TransientEpisode, inject_fault
-from jobcore.tracing import trace_headers
+from jobcore.tracing import current_traceparent
 from jobcore.wakeup_publisher import WakeupPublisher
 from server.metrics import DISPATCH_BATCH_SIZE
 
@@ -96,7 +96,7 @@ class Dispatcher:
         wake-up's priority.
         """
         priority = priority_for_backlog(backlog)
-        wakeup = Wakeup(job_id, traceparent or trace_headers().get("traceparent"), priority)
+        wakeup = Wakeup(job_id, traceparent or current_traceparent(), priority)
         self._waiting.setdefault(priority, []).append(wakeup)
         self._idle.clear()
         self._more.set()

@@ -32,7 +32,7 @@ from jobcore.tracing import tracer
 from server.auth import CallGuard, authorization_of
 from server.conversions import reject_unknown_fields
 from server.errors import abort_with, internal_status, new_correlation_id, status_for
-from server.metrics import RPC_DURATION, RPC_REQUESTS, WATCH_STREAMS_OPEN
+from server.metrics import WATCH_STREAMS_OPEN, rpc_duration, rpc_requests
 from server.submit_wire import (
     MalformedRequest,
     ReceivedBatch,
@@ -157,13 +157,12 @@ def _check_request(request: Any) -> None:
     )
 
 
-def _start_span(method: str, request: Any) -> Span:
+def _start_span(span_name: str, job_id: str) -> Span:
     """A server span per call, named like the RPC; SubmitJob adds the new job's id itself.
 
     It is started, not made current: each wrapper decides where it is current (see _wrap_stream).
     """
-    span = tracer().start_span(f"jobs.v1.JobService/{method}", kind=SpanKind.SERVER)
-    job_id = getattr(request, "job_id", "")
+    span = tracer().start_span(span_name, kind=SpanKind.SERVER)
     if job_id:
         span.set_attribute("job.id", job_id)
     return span
@@ -174,12 +173,11 @@ class _Call:
 
     __slots__ = ("_started", "code", "method")
 
-    def __init__(self, method: str, request: Any) -> None:
+    def __init__(self, method: str, job_id: str) -> None:
         self.method = method
         self.code = "OK"
         self._started = time.perf_counter()
         # Log records of this call carry the job id it is about (each call has its own context).
-        job_id = getattr(request, "job_id", "")
         if job_id:
             current_job_id.set(job_id)
 
@@ -211,33 +209,55 @@ class _Call:
             self.code = "CANCELLED"
 
     def done(self) -> None:
-        RPC_REQUESTS.labels(self.method, self.code).inc()
-        RPC_DURATION.labels(self.method).observe(time.perf_counter() - self._started)
+        rpc_requests(self.method, self.code).inc()
+        rpc_duration(self.method).observe(time.perf_counter() - self._started)
 
 
 def _wrap_unary(method: str, admit: _Admit, behaviour: Any) -> Any:
+    """A span with no valid context (tracing off) is not made current: attaching and detaching
+    it would cost every call, and it holds no trace context for anything downstream to record
+    or send (nor does it record anything to end)."""
+    span_name = _span_name(method)
+
     async def unary(request: Any, context: Context) -> Any:
-        with trace.use_span(_start_span(method, request), end_on_exit=True):
-            call = _Call(method, request)
-            try:
-                # Who calls first: a stranger learns nothing, not even what is wrong with
-                # the request.
-                await admit(context)
-                _check_request(request)
-                return await behaviour(request, context)
-            except grpc.aio.AbortError as error:
-                call.interrupted(error, context)
-                raise
-            except Exception as error:
-                await abort_with(context, call.failed(error))
-                raise  # unreachable: abort raises
-            except BaseException as error:
-                call.interrupted(error, context)
-                raise
-            finally:
-                call.done()
+        job_id = _job_id_of(request)
+        span = _start_span(span_name, job_id)
+        if not span.get_span_context().is_valid:
+            return await handle(request, context, job_id)
+        with trace.use_span(span, end_on_exit=True):
+            return await handle(request, context, job_id)
+
+    async def handle(request: Any, context: Context, job_id: str) -> Any:
+        call = _Call(method, job_id)
+        try:
+            # Who calls first: a stranger learns nothing, not even what is wrong with
+            # the request.
+            await admit(context)
+            _check_request(request)
+            return await behaviour(request, context)
+        except grpc.aio.AbortError as error:
+            call.interrupted(error, context)
+            raise
+        except Exception as error:
+            await abort_with(context, call.failed(error))
+            raise  # unreachable: abort raises
+        except BaseException as error:
+            call.interrupted(error, context)
+            raise
+        finally:
+            call.done()
 
     return unary
+
+
+def _span_name(method: str) -> str:
+    return f"jobs.v1.JobService/{method}"
+
+
+def _job_id_of(request: Any) -> str:
+    """The job id a request is about ("" for none)."""
+    job_id: str = getattr(request, "job_id", "")
+    return job_id
 
 
 # What a stream ends with when the guard found its credential revoked or expired.
@@ -257,9 +277,12 @@ def _wrap_stream(method: str, admit: _Admit, guard: CallGuard, behaviour: Any) -
     for attaching it.
     """
 
+    span_name = _span_name(method)
+
     async def stream(request: Any, context: Context) -> AsyncIterator[Any]:
-        span = _start_span(method, request)
-        call = _Call(method, request)
+        job_id = _job_id_of(request)
+        span = _start_span(span_name, job_id)
+        call = _Call(method, job_id)
         task = asyncio.current_task()
         WATCH_STREAMS_OPEN.inc()
         try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from prometheus_client import Counter, Gauge, Histogram
 
 RPC_REQUESTS = Counter(
@@ -24,3 +26,23 @@ DISPATCH_BATCH_SIZE = Histogram(
     "Jobs per published wake-up message (more than 1 when jobs arrive faster than publishing).",
     buckets=(1, 2, 5, 10, 20, 50, 100),
 )
+
+
+# Labelled children looked up once: `labels()` takes a lock and builds its key on every call,
+# and these are counted on every call.
+@functools.cache
+def rpc_requests(method: str, code: str) -> Counter:
+    """RPC_REQUESTS' counter of `method` calls that ended with `code`."""
+    return RPC_REQUESTS.labels(method, code)
+
+
+@functools.cache
+def rpc_duration(method: str) -> Histogram:
+    """RPC_DURATION's histogram of `method`."""
+    return RPC_DURATION.labels(method)
+
+
+@functools.cache
+def jobs_submitted(operation: str) -> Counter:
+    """JOBS_SUBMITTED's counter of `operation` jobs."""
+    return JOBS_SUBMITTED.labels(operation)

@@ -32,7 +32,8 @@ from jobcore.listing import (
 from jobcore.models import Job, JobStatus
 from jobcore.operations import Operation, pack_numbers, validate_numbers
 from jobcore.store import JobStore, Submission
-from jobcore.tracing import context_from, trace_headers, tracer
+from jobcore.tracing import context_from, current_traceparent, tracer
+from server.auth import metadata_value
 from server.conversions import (
     job_id_from_proto,
     job_ids_from_proto,
@@ -41,7 +42,7 @@ from server.conversions import (
     reject_unknown_fields,
 )
 from server.dispatcher import Dispatcher
-from server.metrics import JOBS_SUBMITTED
+from server.metrics import jobs_submitted
 from server.submit_wire import MAX_BATCH_REQUESTS, ReceivedBatch, ReceivedSubmitJob
 from server.watch import follow_job, follow_tenant
 
@@ -60,14 +61,6 @@ _SEQUENCE_DIGITS = re.compile(r"[0-9]{1,10}")
 # call's trailers, and gRPC clients refuse trailers past 8 KiB (some of them at once, all past
 # 16 KiB), which a few dozen would reach.
 _MAX_BATCH_VIOLATIONS = 20
-
-
-def _metadata(context: Context, key: str) -> str | None:
-    """A request header (REST clients' headers arrive through Envoy as gRPC metadata)."""
-    for name, value in context.invocation_metadata() or ():
-        if name == key:
-            return value if isinstance(value, str) else value.decode(errors="replace")
-    return None
 
 
 def _request_id(field: str, header: str | None) -> str | None:
@@ -202,7 +195,7 @@ def _after_sequence(request: pb.WatchJobRequest, context: Context) -> int:
         raise InvalidJobError([FieldViolation("after_sequence", "must not be negative")])
     if request.after_sequence:
         return request.after_sequence
-    header = _metadata(context, "last-event-id")
+    header = metadata_value(context, "last-event-id")
     if header is None or header == "":
         return 0
     # ASCII digits only: str.isdigit() and int() also take "²" or "٣", and int() signs and spaces.
@@ -222,7 +215,7 @@ def _after_cursor(request: pb.WatchJobsRequest, context: Context) -> tuple[str, 
     """Where to resume and the field it came in: after_cursor, or the SSE Last-Event-ID header."""
     if request.after_cursor:
         return request.after_cursor, "after_cursor"
-    return _metadata(context, "last-event-id") or "", "Last-Event-ID"
+    return metadata_value(context, "last-event-id") or "", "Last-Event-ID"
 
 
 def _trace_delivery(job: Job, traceparent: str, *, method: str = "WatchJob") -> None:
@@ -280,7 +273,7 @@ class JobServicer(pb_grpc.JobServiceServicer):
         valid = _validate_submit(
             received,
             max_numbers=self._max_job_numbers,
-            header_key=_metadata(context, "idempotency-key"),
+            header_key=metadata_value(context, "idempotency-key"),
         )
         # The wake-up is queued by the store's callback, not after the await: a caller that
         # goes away (a deadline, a hang-up) once its job is stored must not take it along.
@@ -290,9 +283,7 @@ class JobServicer(pb_grpc.JobServiceServicer):
             numbers=valid.numbers,
             owner=current_principal(),
             request_id=valid.request_id,
-            on_stored=functools.partial(
-                self._wake_a_worker, traceparent=trace_headers().get("traceparent")
-            ),
+            on_stored=functools.partial(self._wake_a_worker, traceparent=current_traceparent()),
         )
         trace.get_current_span().set_attribute("job.id", str(job.id))
         return job_to_proto(job, with_result=False)
@@ -309,7 +300,7 @@ class JobServicer(pb_grpc.JobServiceServicer):
         submissions, positions = _validate_batch(
             received,
             max_numbers=self._max_job_numbers,
-            header_key=_metadata(context, "idempotency-key"),
+            header_key=metadata_value(context, "idempotency-key"),
         )
         # Woken as SubmitJob's jobs are, by the store's callback once the batch is committed.
         stored = await self._store.create_batch(
@@ -323,9 +314,7 @@ class JobServicer(pb_grpc.JobServiceServicer):
                 for valid in submissions
             ],
             owner=current_principal(),
-            on_stored=functools.partial(
-                self._wake_a_worker, traceparent=trace_headers().get("traceparent")
-            ),
+            on_stored=functools.partial(self._wake_a_worker, traceparent=current_traceparent()),
         )
         trace.get_current_span().set_attribute("jobs.count", len(stored))
         jobs = [job_to_proto(job, with_result=False) for job, _ in stored]
@@ -336,7 +325,7 @@ class JobServicer(pb_grpc.JobServiceServicer):
     ) -> None:
         """Queue the wake-up of a stored job (JobStore.create calls this as soon as it is stored)."""
         if created:
-            JOBS_SUBMITTED.labels(job.operation.value).inc()
+            jobs_submitted(job.operation.value).inc()
         # A retry of a job still PENDING may be all that is left of a submit whose wake-up
         # was lost, so it wakes a worker again: a duplicate wake-up is harmless, because
         # claiming a job is a compare-and-set.
