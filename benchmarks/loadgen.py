@@ -150,15 +150,22 @@ class Throughput:
 
 async def _repeated(call: Callable[[int], Awaitable[object]], spec: Throughput) -> Samples:
     await _closed_loop(call, in_flight=spec.in_flight, seconds=spec.warmup_seconds)
-    samples: Samples = {f"{spec.name}_{key}": [] for key in ("per_s", "p99_ms", "errors")}
+    samples: Samples = {}
     for _ in range(spec.repeats):
-        window, seconds = await _closed_loop(
-            call, in_flight=spec.in_flight, seconds=spec.window_seconds
-        )
-        samples[f"{spec.name}_per_s"].append(window.completed / seconds)
-        samples[f"{spec.name}_p99_ms"].append(percentile(window.latencies, 0.99) * 1000)
-        samples[f"{spec.name}_errors"].append(float(window.errors))
+        await _measure_window(call, spec, samples)
     return samples
+
+
+async def _measure_window(
+    call: Callable[[int], Awaitable[object]], spec: Throughput, samples: Samples
+) -> None:
+    """One window of closed-loop load; its rate, p99 and errors appended to `samples`."""
+    window, seconds = await _closed_loop(
+        call, in_flight=spec.in_flight, seconds=spec.window_seconds
+    )
+    samples.setdefault(f"{spec.name}_per_s", []).append(window.completed / seconds)
+    samples.setdefault(f"{spec.name}_p99_ms", []).append(percentile(window.latencies, 0.99) * 1000)
+    samples.setdefault(f"{spec.name}_errors", []).append(float(window.errors))
 
 
 def submit_grpc(spec: Throughput) -> Samples:
@@ -168,18 +175,57 @@ def submit_grpc(spec: Throughput) -> Samples:
 
 async def _submit_grpc(spec: Throughput) -> Samples:
     channels = _open_channels(spec.target, spec.channels)
+    try:
+        return await _repeated(_submit_call(channels, spec.api_key), spec)
+    finally:
+        await _close_channels(channels)
+
+
+def _submit_call(
+    channels: list[grpc.aio.Channel], api_key: str
+) -> Callable[[int], Awaitable[object]]:
+    """One SubmitJob of SMALL_JOB on the lane's channel."""
     stubs = [pb_grpc.JobServiceStub(channel) for channel in channels]
-    metadata = _auth_metadata(spec.api_key)
+    metadata = _auth_metadata(api_key)
 
     async def call(lane: int) -> None:
         await stubs[lane % len(stubs)].SubmitJob(
             SMALL_JOB, timeout=CALL_TIMEOUT_SECONDS, metadata=metadata
         )
 
+    return call
+
+
+@dataclass(frozen=True)
+class Alternating:
+    """Closed-loop loads on several targets measured in turns, window by window, so that
+    whatever else the host does in the meantime touches each of them alike."""
+
+    loads: tuple[Throughput, ...]
+
+
+def submit_grpc_alternating(spec: Alternating) -> Samples:
+    """SubmitJob over gRPC on each target in turn: each load's rate, p99 and errors per window."""
+    return asyncio.run(_submit_grpc_alternating(spec))
+
+
+async def _submit_grpc_alternating(spec: Alternating) -> Samples:
+    channels = [_open_channels(load.target, load.channels) for load in spec.loads]
     try:
-        return await _repeated(call, spec)
+        calls = [
+            _submit_call(opened, load.api_key)
+            for opened, load in zip(channels, spec.loads, strict=True)
+        ]
+        for call, load in zip(calls, spec.loads, strict=True):
+            await _closed_loop(call, in_flight=load.in_flight, seconds=load.warmup_seconds)
+        samples: Samples = {}
+        for _ in range(max(load.repeats for load in spec.loads)):
+            for call, load in zip(calls, spec.loads, strict=True):
+                await _measure_window(call, load, samples)
+        return samples
     finally:
-        await _close_channels(channels)
+        for opened in channels:
+            await _close_channels(opened)
 
 
 def submit_rest(spec: Throughput) -> Samples:

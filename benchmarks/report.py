@@ -44,7 +44,11 @@ RATIOS: dict[str, tuple[str, str]] = {
     "ratio_submit_rest_vs_grpc": ("submit_rest_c128_per_s", "submit_grpc_c128_per_s"),
     # The same Envoy hop on both sides: what REST itself costs (transcoding, the submit script).
     "ratio_submit_rest_vs_grpc_envoy": ("submit_rest_c128_per_s", "submit_grpc_envoy_c128_per_s"),
-    "ratio_submit_grpc_auth_vs_noauth": ("submit_grpc_c128_per_s", "submit_grpc_noauth_c128_per_s"),
+    # Measured in alternate windows on two stacks (runner.edge_without_authentication).
+    "ratio_submit_grpc_auth_vs_noauth": (
+        "submit_grpc_auth_alternating_c128_per_s",
+        "submit_grpc_noauth_c128_per_s",
+    ),
     "ratio_batch_submit_vs_submit_grpc": ("batch_submit_jobs_per_s", "submit_grpc_c128_per_s"),
     "ratio_lifecycle_delay0_vs_celery_noop": (
         "lifecycle_delay0_per_s",
@@ -114,7 +118,9 @@ LABELS: dict[str, str] = {
     "submit_grpc_c128_p99_ms": "SubmitJob gRPC p99 (ms)",
     "ratio_submit_grpc_p99_vs_echo_p99": "  ratio SubmitJob p99 / R1 p99",
     "ratio_submit_grpc_vs_echo": "  ratio SubmitJob gRPC / R1",
-    "submit_grpc_noauth_c128_per_s": "SubmitJob gRPC without authentication (/s)",
+    "submit_grpc_auth_alternating_c128_per_s": "SubmitJob gRPC, authenticated, in turns (/s)",
+    "submit_grpc_auth_alternating_c128_p99_ms": "  authenticated, in turns, p99 (ms)",
+    "submit_grpc_noauth_c128_per_s": "SubmitJob gRPC without authentication, in turns (/s)",
     "submit_grpc_noauth_c128_p99_ms": "  without authentication p99 (ms)",
     "ratio_submit_grpc_auth_vs_noauth": "  ratio with / without authentication",
     "submit_rest_c128_per_s": "SubmitJob REST via Envoy, 128 in flight (/s)",

@@ -353,23 +353,47 @@ def edge(run: Run) -> None:
 
 
 def edge_without_authentication(run: Run) -> None:
-    """SubmitJob over gRPC as in `edge`, on a stack with AUTH_MODE=none and no rate limit."""
+    """SubmitJob over gRPC as in `edge`, on a stack with AUTH_MODE=none and no rate limit, and
+    in alternate windows on a stack like `edge`'s: the ratio of the two is what authentication
+    costs, with the host's drift between phases taken out."""
     sizes = run.sizes
-    with run.infra.stack("edge-noauth", env=PHASE_ENVS["edge-noauth"], workers=0) as stack:
+    with (
+        run.infra.stack("edge-noauth", env=PHASE_ENVS["edge-noauth"], workers=0) as without,
+        run.infra.stack("edge-auth", env=PHASE_ENVS["edge"], workers=0) as with_auth,
+    ):
         # As many stored jobs as `edge` has when it measures SubmitJob, so that only
         # authentication differs.
-        asyncio.run(
-            fill.fill_finished_jobs(
-                stack.migration_database_url, until_total=sizes.getstatus_small_rows
+        for stack in (without, with_auth):
+            asyncio.run(
+                fill.fill_finished_jobs(
+                    stack.migration_database_url, until_total=sizes.getstatus_small_rows
+                )
             )
+        run.say(
+            "edge-noauth: SubmitJob over gRPC with and without authentication, "
+            "128 in flight, in alternate windows"
         )
-        run.say("edge-noauth: SubmitJob over gRPC without authentication, 128 in flight")
         run.load(
-            loadgen.submit_grpc,
-            # The same client as in `edge`, key included (the server reads none).
-            _throughput(run, "submit_grpc_noauth_c128", stack.grpc_target, api_key=ECHO_API_KEY),
-            timeout_seconds=_throughput_timeout(sizes),
-            profile=service_pids(stack),
+            loadgen.submit_grpc_alternating,
+            loadgen.Alternating(
+                loads=(
+                    _throughput(
+                        run,
+                        "submit_grpc_auth_alternating_c128",
+                        with_auth.grpc_target,
+                        api_key=with_auth.api_key,
+                    ),
+                    # The same client, key included (the server reads none).
+                    _throughput(
+                        run, "submit_grpc_noauth_c128", without.grpc_target, api_key=ECHO_API_KEY
+                    ),
+                )
+            ),
+            timeout_seconds=2 * _throughput_timeout(sizes),
+            profile={
+                **{f"noauth-{name}": pid for name, pid in service_pids(without).items()},
+                **{f"auth-{name}": pid for name, pid in service_pids(with_auth).items()},
+            },
         )
 
 
