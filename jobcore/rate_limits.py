@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, Final
@@ -54,11 +56,64 @@ MAX_BATCH: Final = 1024
 # round trips a second instead of one per call, and a call waits a few milliseconds at most
 # (SubmitJob's own statements wait for up to 20 ms).
 MIN_BATCH_INTERVAL_SECONDS: Final = 0.005
+# The counters' TTLs are in milliseconds.
+RESOLUTION_SECONDS: Final = 0.001
 # Every counter's Redis key starts with this (the broker's keys share the database).
 KEY_PREFIX: Final = "jobs:rate"
 
 # (tenant, actor): whose calls a counter counts.
 _Caller = tuple[str, str]
+
+
+@dataclasses.dataclass(frozen=True)
+class SlidingWindow:
+    """One credential's two counters as Redis holds them, and the rule the `limits` library's
+    Lua script applies to them (acquire_sliding_window.lua), times in seconds.
+
+    A window's counter lives 2 x `expiry` from its first call; once less than `expiry` is left it
+    becomes the previous window's counter, and a new one starts. A call is admitted while
+    floor(previous_count x previous_ttl / expiry) + current_count + 1 <= limit: the previous
+    window's calls fade out as its counter's TTL runs down.
+    """
+
+    limit: int
+    expiry: float
+    previous_count: int
+    previous_ttl: float
+    current_count: int
+    current_ttl: float
+
+    @property
+    def remaining(self) -> int:
+        """How many more calls would be admitted now."""
+        return max(0, self.limit - self._previous_weight(self.previous_ttl) - self.current_count)
+
+    def counted(self, calls: int) -> SlidingWindow:
+        """The window once `calls` more calls are counted in it."""
+        return dataclasses.replace(self, current_count=self.current_count + calls)
+
+    def seconds_until_one_more(self) -> float:
+        """How long until one more call is admitted, if no other call is counted meanwhile.
+
+        Never less than the counters' resolution (a millisecond), so a refused caller is never
+        told to retry at once. The library's own estimate (WindowStats.reset_time) is the moment
+        the current window turns, which is 0 s for a counter made within the same millisecond
+        and too early whenever the calls of the turned window still fill the limit.
+        """
+        room = self.limit - self.current_count - 1  # what the previous window may still weigh
+        if room >= 0:
+            if self._previous_weight(self.previous_ttl) <= room:
+                return RESOLUTION_SECONDS
+            # The previous window's weight falls below room + 1 when its TTL does this.
+            ttl = (room + 1) * self.expiry / self.previous_count
+            return self.previous_ttl - ttl + RESOLUTION_SECONDS
+        # The current window must turn into the previous one (which keeps its counter's TTL) and
+        # fade until its calls weigh less than the limit: never before it turns, as ttl <= expiry.
+        ttl = self.limit * self.expiry / self.current_count
+        return self.current_ttl - ttl + RESOLUTION_SECONDS
+
+    def _previous_weight(self, ttl: float) -> int:
+        return math.floor(self.previous_count * ttl / self.expiry)
 
 
 class RedisRateLimiter:
@@ -97,10 +152,10 @@ class RedisRateLimiter:
         self._connections = asyncio.Semaphore(MAX_CONNECTIONS)
         # The storage takes the pool among its client options (typed too narrowly for it).
         options: dict[str, Any] = {"connection_pool": self._pool}
-        storage = RedisStorage(
+        self._storage = RedisStorage(
             _async_uri(redis_url), implementation="redispy", key_prefix=KEY_PREFIX, **options
         )
-        self._strategy = SlidingWindowCounterRateLimiter(storage)
+        self._strategy = SlidingWindowCounterRateLimiter(self._storage)
         self._batches: Coalescer[Principal, None] = Coalescer(
             self._count_batch,
             max_batch=MAX_BATCH,
@@ -161,12 +216,20 @@ class RedisRateLimiter:
             if await self._strategy.hit(self.limit, *caller, cost=calls):
                 return calls, 0.0
             # Not all of them: as many as still fit, the first to come first.
-            stats = await self._strategy.get_window_stats(self.limit, *caller)
-            admitted = min(stats.remaining, calls - 1)
-            if admitted > 0 and not await self._strategy.hit(self.limit, *caller, cost=admitted):
-                admitted = 0
-        # When the sliding count has dropped enough for one more call.
-        return admitted, max(stats.reset_time - time.time(), 0.0)
+            window = SlidingWindow(
+                self.limit.amount,
+                self.limit.get_expiry(),
+                *await self._storage.get_sliding_window(
+                    self.limit.key_for(*caller), self.limit.get_expiry()
+                ),
+            )
+            admitted = min(window.remaining, calls - 1)
+            if admitted > 0:
+                if await self._strategy.hit(self.limit, *caller, cost=admitted):
+                    window = window.counted(admitted)
+                else:
+                    admitted = 0
+        return admitted, window.seconds_until_one_more()
 
     def _verdict(
         self, verdicts: dict[_Caller, tuple[int, float]], caller: _Caller

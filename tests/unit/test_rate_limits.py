@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-import pytest
+import math
 
-from jobcore.rate_limits import parse_rate, rate_limiter
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from jobcore.rate_limits import RESOLUTION_SECONDS, SlidingWindow, parse_rate, rate_limiter
 from jobcore.settings import Settings
 
 
@@ -44,3 +48,67 @@ def test_the_default_rate_is_generous_and_needs_no_connection_to_build(
 
     assert limiter is not None
     assert str(limiter.limit) == "10000 per 1 second"
+
+
+def _admits_one_more(window: SlidingWindow, after: float) -> bool:
+    """What acquire_sliding_window.lua decides for one call `after` seconds later, no call
+    counted meanwhile: the current counter turns into the previous one (keeping its TTL) once
+    less than `expiry` of it is left, and a counter whose TTL ran out is gone."""
+    previous, previous_ttl = window.previous_count, window.previous_ttl - after
+    current, current_ttl = window.current_count, window.current_ttl - after
+    if 0 < current_ttl < window.expiry:
+        previous, previous_ttl, current = current, current_ttl, 0
+    if previous_ttl <= 0:
+        previous = 0
+    if current_ttl <= 0:
+        current = 0
+    return math.floor(previous * previous_ttl / window.expiry) + current + 1 <= window.limit
+
+
+@st.composite
+def _windows(draw: st.DrawFn) -> SlidingWindow:
+    """Counters as the script leaves them: neither over the limit, the previous one's TTL what
+    was left of it when it turned, so `expiry` less than the current one's."""
+    limit = draw(st.integers(1, 50))
+    expiry = draw(st.sampled_from([1, 2, 60, 3600]))
+    current_ttl = expiry * (1 + draw(st.floats(0.001, 1)))
+    previous_count = draw(st.integers(0, limit))
+    return SlidingWindow(
+        limit=limit,
+        expiry=expiry,
+        previous_count=previous_count,
+        previous_ttl=current_ttl - expiry if previous_count else 0.0,
+        current_count=draw(st.integers(0, limit)),
+        current_ttl=current_ttl,
+    )
+
+
+@given(_windows())
+def test_the_time_to_retry_is_when_the_counters_admit_one_more_call(window: SlidingWindow) -> None:
+    wait = window.seconds_until_one_more()
+
+    assert wait >= RESOLUTION_SECONDS
+    assert _admits_one_more(window, wait)
+    if wait > 3 * RESOLUTION_SECONDS:
+        assert not _admits_one_more(window, wait - 2 * RESOLUTION_SECONDS)
+
+
+def test_a_full_window_made_this_millisecond_says_retry_in_a_whole_window() -> None:
+    """The `limits` library's estimate was 0 s here (the counter's TTL, 2 minutes, modulo one)."""
+    window = SlidingWindow(
+        5, 60, previous_count=0, previous_ttl=0, current_count=5, current_ttl=120
+    )
+
+    assert window.remaining == 0
+    assert window.seconds_until_one_more() == pytest.approx(60.001)
+
+
+def test_calls_of_the_previous_window_fade_out_in_proportion() -> None:
+    """10 calls a minute, all 10 in the window that just turned: with 5 calls in the new one,
+    one more once half of the previous window has faded; with 7, once 70 % has."""
+    window = SlidingWindow(
+        10, 60, previous_count=10, previous_ttl=60, current_count=5, current_ttl=120
+    )
+
+    assert window.seconds_until_one_more() == pytest.approx(30.001)
+    assert window.counted(2).seconds_until_one_more() == pytest.approx(42.001)
