@@ -16,11 +16,11 @@ import statistics
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, Literal
 
 import asyncpg
 import grpc
@@ -146,6 +146,8 @@ class Throughput:
     warmup_seconds: float
     window_seconds: float
     repeats: int
+    # gRPC to `target`, or REST (HTTP/1.1 with JSON) to the gateway at `target`.
+    protocol: Literal["grpc", "rest"] = "grpc"
 
 
 async def _repeated(call: Callable[[int], Awaitable[object]], spec: Throughput) -> Samples:
@@ -168,72 +170,49 @@ async def _measure_window(
     samples.setdefault(f"{spec.name}_errors", []).append(float(window.errors))
 
 
-def submit_grpc(spec: Throughput) -> Samples:
-    """SubmitJob over gRPC (also R1, against the echo server): rate, p99 and errors per window."""
-    return asyncio.run(_submit_grpc(spec))
+def submit(spec: Throughput) -> Samples:
+    """SubmitJob over gRPC (also R1, against the echo server) or REST through Envoy: rate, p99
+    and errors per window."""
+    return asyncio.run(_submit(spec))
 
 
-async def _submit_grpc(spec: Throughput) -> Samples:
-    channels = _open_channels(spec.target, spec.channels)
-    try:
-        return await _repeated(_submit_call(channels, spec.api_key), spec)
-    finally:
-        await _close_channels(channels)
+async def _submit(spec: Throughput) -> Samples:
+    async with _submit_call(spec) as call:
+        return await _repeated(call, spec)
 
 
 def _submit_call(
-    channels: list[grpc.aio.Channel], api_key: str
-) -> Callable[[int], Awaitable[object]]:
-    """One SubmitJob of SMALL_JOB on the lane's channel."""
+    spec: Throughput,
+) -> contextlib.AbstractAsyncContextManager[Callable[[int], Awaitable[object]]]:
+    """One submit of SMALL_JOB per call over the load's connections, open while in the block."""
+    return _rest_submit_call(spec) if spec.protocol == "rest" else _grpc_submit_call(spec)
+
+
+@contextlib.asynccontextmanager
+async def _grpc_submit_call(
+    spec: Throughput,
+) -> AsyncIterator[Callable[[int], Awaitable[object]]]:
+    """SubmitJob, the lanes sharing `spec.channels` channels."""
+    channels = _open_channels(spec.target, spec.channels)
     stubs = [pb_grpc.JobServiceStub(channel) for channel in channels]
-    metadata = _auth_metadata(api_key)
+    metadata = _auth_metadata(spec.api_key)
 
     async def call(lane: int) -> None:
         await stubs[lane % len(stubs)].SubmitJob(
             SMALL_JOB, timeout=CALL_TIMEOUT_SECONDS, metadata=metadata
         )
 
-    return call
-
-
-@dataclass(frozen=True)
-class Alternating:
-    """Closed-loop loads on several targets measured in turns, window by window, so that
-    whatever else the host does in the meantime touches each of them alike."""
-
-    loads: tuple[Throughput, ...]
-
-
-def submit_grpc_alternating(spec: Alternating) -> Samples:
-    """SubmitJob over gRPC on each target in turn: each load's rate, p99 and errors per window."""
-    return asyncio.run(_submit_grpc_alternating(spec))
-
-
-async def _submit_grpc_alternating(spec: Alternating) -> Samples:
-    channels = [_open_channels(load.target, load.channels) for load in spec.loads]
     try:
-        calls = [
-            _submit_call(opened, load.api_key)
-            for opened, load in zip(channels, spec.loads, strict=True)
-        ]
-        for call, load in zip(calls, spec.loads, strict=True):
-            await _closed_loop(call, in_flight=load.in_flight, seconds=load.warmup_seconds)
-        samples: Samples = {}
-        for _ in range(max(load.repeats for load in spec.loads)):
-            for call, load in zip(calls, spec.loads, strict=True):
-                await _measure_window(call, load, samples)
-        return samples
+        yield call
     finally:
-        for opened in channels:
-            await _close_channels(opened)
+        await _close_channels(channels)
 
 
-def submit_rest(spec: Throughput) -> Samples:
-    """POST /api/v1/jobs through Envoy, one keep-alive HTTP/1.1 connection per call in flight."""
-    return asyncio.run(_submit_rest(spec))
-
-
-async def _submit_rest(spec: Throughput) -> Samples:
+@contextlib.asynccontextmanager
+async def _rest_submit_call(
+    spec: Throughput,
+) -> AsyncIterator[Callable[[int], Awaitable[object]]]:
+    """POST /api/v1/jobs, one keep-alive HTTP/1.1 connection per lane."""
     host, port = spec.target.rsplit(":", 1)
     request = encode_request(
         method="POST",
@@ -250,10 +229,35 @@ async def _submit_rest(spec: Throughput) -> Samples:
             raise HttpError(f"HTTP {status}: {body[:200]!r}")
 
     try:
-        return await _repeated(call, spec)
+        yield call
     finally:
         for connection in connections:
             await connection.close()
+
+
+@dataclass(frozen=True)
+class Alternating:
+    """Closed-loop loads on several targets measured in turns, window by window, so that
+    whatever else the host does in the meantime touches each of them alike."""
+
+    loads: tuple[Throughput, ...]
+
+
+def submit_alternating(spec: Alternating) -> Samples:
+    """Submits to each load's target in turn: each load's rate, p99 and errors per window."""
+    return asyncio.run(_submit_alternating(spec))
+
+
+async def _submit_alternating(spec: Alternating) -> Samples:
+    async with contextlib.AsyncExitStack() as opened:
+        calls = [await opened.enter_async_context(_submit_call(load)) for load in spec.loads]
+        for call, load in zip(calls, spec.loads, strict=True):
+            await _closed_loop(call, in_flight=load.in_flight, seconds=load.warmup_seconds)
+        samples: Samples = {}
+        for _ in range(max(load.repeats for load in spec.loads)):
+            for call, load in zip(calls, spec.loads, strict=True):
+                await _measure_window(call, load, samples)
+        return samples
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import psutil
 
@@ -218,12 +219,20 @@ def service_pids(stack: Stack) -> dict[str, int | None]:
     return servers | {worker.name: worker.pid for worker in stack.workers}
 
 
-def _throughput(run: Run, name: str, target: str, *, api_key: str) -> loadgen.Throughput:
+def _throughput(
+    run: Run,
+    name: str,
+    target: str,
+    *,
+    api_key: str,
+    protocol: Literal["grpc", "rest"] = "grpc",
+) -> loadgen.Throughput:
     sizes = run.sizes
     return loadgen.Throughput(
         name=name,
         target=target,
         api_key=api_key,
+        protocol=protocol,
         in_flight=sizes.in_flight,
         channels=sizes.channels,
         warmup_seconds=sizes.warmup_seconds,
@@ -246,7 +255,7 @@ def references(run: Run) -> None:
     ) as echo:
         wait_for_port(echo, port)
         run.load(
-            loadgen.submit_grpc,
+            loadgen.submit,
             # The echo server ignores the key; the client sends one so that it does the same
             # work per call as against the service.
             _throughput(run, "echo_grpc_c128", f"127.0.0.1:{port}", api_key=ECHO_API_KEY),
@@ -308,25 +317,30 @@ def edge(run: Run) -> None:
     with run.infra.stack("edge", env=PHASE_ENVS["edge"], workers=0) as stack:
         run.say(f"edge: GetStatus with {sizes.getstatus_small_rows:,} stored jobs")
         _get_status(run, stack, rows=sizes.getstatus_small_rows, suffix="10k")
-        run.say("edge: SubmitJob over gRPC, 128 in flight")
-        run.load(
-            loadgen.submit_grpc,
-            _throughput(run, "submit_grpc_c128", stack.grpc_target, api_key=stack.api_key),
-            timeout_seconds=_throughput_timeout(sizes),
-            profile=service_pids(stack),
+        # The three in turns, window by window, so that the host's drift between phases does
+        # not enter their ratios.
+        run.say(
+            "edge: SubmitJob over gRPC, REST through Envoy and gRPC through Envoy, "
+            "128 in flight, in alternate windows"
         )
-        run.say("edge: SubmitJob over REST through Envoy, 128 in flight")
         run.load(
-            loadgen.submit_rest,
-            _throughput(run, "submit_rest_c128", stack.gateway_target, api_key=stack.api_key),
-            timeout_seconds=_throughput_timeout(sizes),
-            profile=service_pids(stack),
-        )
-        run.say("edge: SubmitJob over gRPC through Envoy, 128 in flight")
-        run.load(
-            loadgen.submit_grpc,
-            _throughput(run, "submit_grpc_envoy_c128", stack.gateway_target, api_key=stack.api_key),
-            timeout_seconds=_throughput_timeout(sizes),
+            loadgen.submit_alternating,
+            loadgen.Alternating(
+                loads=(
+                    _throughput(run, "submit_grpc_c128", stack.grpc_target, api_key=stack.api_key),
+                    _throughput(
+                        run,
+                        "submit_rest_c128",
+                        stack.gateway_target,
+                        api_key=stack.api_key,
+                        protocol="rest",
+                    ),
+                    _throughput(
+                        run, "submit_grpc_envoy_c128", stack.gateway_target, api_key=stack.api_key
+                    ),
+                )
+            ),
+            timeout_seconds=3 * _throughput_timeout(sizes),
             profile=service_pids(stack),
         )
         run.say(
@@ -374,7 +388,7 @@ def edge_without_authentication(run: Run) -> None:
             "128 in flight, in alternate windows"
         )
         run.load(
-            loadgen.submit_grpc_alternating,
+            loadgen.submit_alternating,
             loadgen.Alternating(
                 loads=(
                     _throughput(
