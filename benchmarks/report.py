@@ -39,8 +39,12 @@ class Target:
 
 # name: (numerator, denominator), both medians.
 RATIOS: dict[str, tuple[str, str]] = {
-    "ratio_submit_grpc_vs_echo": ("submit_grpc_c128_per_s", "echo_grpc_c128_per_s"),
-    "ratio_submit_grpc_p99_vs_echo_p99": ("submit_grpc_c128_p99_ms", "echo_grpc_c128_p99_ms"),
+    # Against R1's echo server measured in alternate windows with SubmitJob (runner.edge).
+    "ratio_submit_grpc_vs_echo": ("submit_grpc_c128_per_s", "echo_grpc_in_turns_c128_per_s"),
+    "ratio_submit_grpc_p99_vs_echo_p99": (
+        "submit_grpc_c128_p99_ms",
+        "echo_grpc_in_turns_c128_p99_ms",
+    ),
     "ratio_submit_rest_vs_grpc": ("submit_rest_c128_per_s", "submit_grpc_c128_per_s"),
     # The same Envoy hop on both sides: what REST itself costs (transcoding, the submit script).
     "ratio_submit_rest_vs_grpc_envoy": ("submit_rest_c128_per_s", "submit_grpc_envoy_c128_per_s"),
@@ -114,6 +118,8 @@ LABELS: dict[str, str] = {
     "celery_noop_cpu_ms_per_task": "R2 CPU per no-op task, worker + broker (ms)",
     "celery_noop_cpu_ms_per_task_worker": "  Celery worker (ms)",
     "celery_noop_cpu_ms_per_task_redis": "  Redis (ms)",
+    "echo_grpc_in_turns_c128_per_s": "R1 echo, in turns with SubmitJob (/s)",
+    "echo_grpc_in_turns_c128_p99_ms": "  R1 echo in turns, p99 (ms)",
     "submit_grpc_c128_per_s": "SubmitJob gRPC, 128 in flight (/s)",
     "submit_grpc_c128_p99_ms": "SubmitJob gRPC p99 (ms)",
     "ratio_submit_grpc_p99_vs_echo_p99": "  ratio SubmitJob p99 / R1 p99",

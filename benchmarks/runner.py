@@ -317,32 +317,48 @@ def edge(run: Run) -> None:
     with run.infra.stack("edge", env=PHASE_ENVS["edge"], workers=0) as stack:
         run.say(f"edge: GetStatus with {sizes.getstatus_small_rows:,} stored jobs")
         _get_status(run, stack, rows=sizes.getstatus_small_rows, suffix="10k")
-        # The three in turns, window by window, so that the host's drift between phases does
-        # not enter their ratios.
+        # The three in turns with R1's echo server, window by window, so that the host's drift
+        # between phases does not enter their ratios to each other and to R1.
         run.say(
             "edge: SubmitJob over gRPC, REST through Envoy and gRPC through Envoy, "
-            "128 in flight, in alternate windows"
+            "and R1's echo server, 128 in flight, in alternate windows"
         )
-        run.load(
-            loadgen.submit_alternating,
-            loadgen.Alternating(
-                loads=(
-                    _throughput(run, "submit_grpc_c128", stack.grpc_target, api_key=stack.api_key),
-                    _throughput(
-                        run,
-                        "submit_rest_c128",
-                        stack.gateway_target,
-                        api_key=stack.api_key,
-                        protocol="rest",
-                    ),
-                    _throughput(
-                        run, "submit_grpc_envoy_c128", stack.gateway_target, api_key=stack.api_key
-                    ),
-                )
-            ),
-            timeout_seconds=3 * _throughput_timeout(sizes),
-            profile=service_pids(stack),
-        )
+        echo_port = free_port()
+        with run.infra.process(
+            "echo-server-in-turns", python_module("benchmarks.echo_server", str(echo_port))
+        ) as echo:
+            wait_for_port(echo, echo_port)
+            run.load(
+                loadgen.submit_alternating,
+                loadgen.Alternating(
+                    loads=(
+                        _throughput(
+                            run,
+                            "echo_grpc_in_turns_c128",
+                            f"127.0.0.1:{echo_port}",
+                            api_key=ECHO_API_KEY,
+                        ),
+                        _throughput(
+                            run, "submit_grpc_c128", stack.grpc_target, api_key=stack.api_key
+                        ),
+                        _throughput(
+                            run,
+                            "submit_rest_c128",
+                            stack.gateway_target,
+                            api_key=stack.api_key,
+                            protocol="rest",
+                        ),
+                        _throughput(
+                            run,
+                            "submit_grpc_envoy_c128",
+                            stack.gateway_target,
+                            api_key=stack.api_key,
+                        ),
+                    )
+                ),
+                timeout_seconds=4 * _throughput_timeout(sizes),
+                profile=service_pids(stack),
+            )
         run.say(
             f"edge: BatchSubmitJobs, {sizes.batch_size:,} jobs a call, "
             f"{sizes.batch_in_flight} calls in flight"
