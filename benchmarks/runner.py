@@ -245,20 +245,26 @@ def _throughput_timeout(sizes: Sizes) -> float:
     return 60 + 2 * (sizes.warmup_seconds + sizes.repeats * sizes.window_seconds)
 
 
+@contextlib.contextmanager
+def _echo_server(run: Run, name: str) -> Iterator[str]:
+    """R1's bare grpc.aio echo server, running while in the block (its log is `name`.log): its
+    target."""
+    port = free_port()
+    with run.infra.process(name, python_module("benchmarks.echo_server", str(port))) as echo:
+        wait_for_port(echo, port)
+        yield f"127.0.0.1:{port}"
+
+
 def references(run: Run) -> None:
     """R1 (bare grpc.aio echo), R2 (Celery no-op round trip) and R3 (the seed's 2 s prefork task)."""
     sizes = run.sizes
-    port = free_port()
     run.say("R1: bare grpc.aio echo server, same client")
-    with run.infra.process(
-        "echo-server", python_module("benchmarks.echo_server", str(port))
-    ) as echo:
-        wait_for_port(echo, port)
+    with _echo_server(run, "echo-server") as echo_target:
         run.load(
             loadgen.submit,
             # The echo server ignores the key; the client sends one so that it does the same
             # work per call as against the service.
-            _throughput(run, "echo_grpc_c128", f"127.0.0.1:{port}", api_key=ECHO_API_KEY),
+            _throughput(run, "echo_grpc_c128", echo_target, api_key=ECHO_API_KEY),
             timeout_seconds=_throughput_timeout(sizes),
         )
     url = run.infra.new_redis_url()
@@ -323,20 +329,13 @@ def edge(run: Run) -> None:
             "edge: SubmitJob over gRPC, REST through Envoy and gRPC through Envoy, "
             "and R1's echo server, 128 in flight, in alternate windows"
         )
-        echo_port = free_port()
-        with run.infra.process(
-            "echo-server-in-turns", python_module("benchmarks.echo_server", str(echo_port))
-        ) as echo:
-            wait_for_port(echo, echo_port)
+        with _echo_server(run, "echo-server-in-turns") as echo_target:
             run.load(
                 loadgen.submit_alternating,
                 loadgen.Alternating(
                     loads=(
                         _throughput(
-                            run,
-                            "echo_grpc_in_turns_c128",
-                            f"127.0.0.1:{echo_port}",
-                            api_key=ECHO_API_KEY,
+                            run, "echo_grpc_in_turns_c128", echo_target, api_key=ECHO_API_KEY
                         ),
                         _throughput(
                             run, "submit_grpc_c128", stack.grpc_target, api_key=stack.api_key
