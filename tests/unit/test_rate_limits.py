@@ -50,10 +50,11 @@ def test_the_default_rate_is_generous_and_needs_no_connection_to_build(
     assert str(limiter.limit) == "10000 per 1 second"
 
 
-def _admits_one_more(window: SlidingWindow, after: float) -> bool:
-    """What acquire_sliding_window.lua decides for one call `after` seconds later, no call
-    counted meanwhile: the current counter turns into the previous one (keeping its TTL) once
-    less than `expiry` of it is left, and a counter whose TTL ran out is gone."""
+def _admits(window: SlidingWindow, calls: int, after: float = 0.0) -> bool:
+    """What acquire_sliding_window.lua decides for `calls` calls counted together `after`
+    seconds later, no call counted meanwhile: the current counter turns into the previous one
+    (keeping its TTL) once less than `expiry` of it is left, and a counter whose TTL ran out is
+    gone."""
     previous, previous_ttl = window.previous_count, window.previous_ttl - after
     current, current_ttl = window.current_count, window.current_ttl - after
     if 0 < current_ttl < window.expiry:
@@ -62,7 +63,7 @@ def _admits_one_more(window: SlidingWindow, after: float) -> bool:
         previous = 0
     if current_ttl <= 0:
         current = 0
-    return math.floor(previous * previous_ttl / window.expiry) + current + 1 <= window.limit
+    return math.floor(previous * previous_ttl / window.expiry) + current + calls <= window.limit
 
 
 @st.composite
@@ -88,9 +89,15 @@ def test_the_time_to_retry_is_when_the_counters_admit_one_more_call(window: Slid
     wait = window.seconds_until_one_more()
 
     assert wait >= RESOLUTION_SECONDS
-    assert _admits_one_more(window, wait)
+    assert _admits(window, 1, after=wait)
     if wait > 3 * RESOLUTION_SECONDS:
-        assert not _admits_one_more(window, wait - 2 * RESOLUTION_SECONDS)
+        assert not _admits(window, 1, after=wait - 2 * RESOLUTION_SECONDS)
+
+
+@given(_windows())
+def test_the_calls_remaining_are_as_many_as_the_counters_admit_now(window: SlidingWindow) -> None:
+    assert window.remaining == 0 or _admits(window, window.remaining)
+    assert not _admits(window, window.remaining + 1)
 
 
 def test_a_full_window_made_this_millisecond_says_retry_in_a_whole_window() -> None:
@@ -105,10 +112,10 @@ def test_a_full_window_made_this_millisecond_says_retry_in_a_whole_window() -> N
 
 def test_calls_of_the_previous_window_fade_out_in_proportion() -> None:
     """10 calls a minute, all 10 in the window that just turned: with 5 calls in the new one,
-    one more once half of the previous window has faded; with 7, once 70 % has."""
+    one more once half of the previous window has faded; with 8, once 80 % has."""
     window = SlidingWindow(
         10, 60, previous_count=10, previous_ttl=60, current_count=5, current_ttl=120
     )
 
     assert window.seconds_until_one_more() == pytest.approx(30.001)
-    assert window.counted(2).seconds_until_one_more() == pytest.approx(42.001)
+    assert window.counted(3).seconds_until_one_more() == pytest.approx(48.001)
