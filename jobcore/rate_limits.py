@@ -86,7 +86,7 @@ class SlidingWindow:
     @property
     def remaining(self) -> int:
         """How many more calls would be admitted now."""
-        return max(0, self.limit - self._previous_weight(self.previous_ttl) - self.current_count)
+        return max(0, self.limit - self._previous_weight - self.current_count)
 
     def counted(self, calls: int) -> SlidingWindow:
         """The window once `calls` more calls are counted in it."""
@@ -102,7 +102,7 @@ class SlidingWindow:
         """
         room = self.limit - self.current_count - 1  # what the previous window may still weigh
         if room >= 0:
-            if self._previous_weight(self.previous_ttl) <= room:
+            if self._previous_weight <= room:
                 return RESOLUTION_SECONDS
             # The previous window's weight falls below room + 1 when its TTL does this.
             ttl = (room + 1) * self.expiry / self.previous_count
@@ -112,8 +112,10 @@ class SlidingWindow:
         ttl = self.limit * self.expiry / self.current_count
         return self.current_ttl - ttl + RESOLUTION_SECONDS
 
-    def _previous_weight(self, ttl: float) -> int:
-        return math.floor(self.previous_count * ttl / self.expiry)
+    @property
+    def _previous_weight(self) -> int:
+        """What the previous window's calls count for now."""
+        return math.floor(self.previous_count * self.previous_ttl / self.expiry)
 
 
 class RedisRateLimiter:
